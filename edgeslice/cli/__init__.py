@@ -1,0 +1,47 @@
+"""The ``edgeslice`` command line (Typer)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgeslice import __version__
+
+from .compress import compress_command
+from .slice import slice_command
+from .train import train_command
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Semantic slicing (NeuSemSlice) for edge models: slice, restructure, re-adapt, grow, ship.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgeslice {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Semantic slicing (NeuSemSlice) for edge models."""
+
+
+app.command("train")(train_command)
+app.command("slice")(slice_command)
+app.command("compress")(compress_command)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

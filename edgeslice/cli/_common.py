@@ -1,0 +1,135 @@
+"""Shared CLI plumbing: the options every command takes, error handling, and JSON/table output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class DeviceType(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class MetricName(str, Enum):
+    avg = "avg"
+    var = "var"
+    ens = "ens"
+    taylor = "taylor"
+
+
+class StrategyName(str, Enum):
+    semantic = "semantic"
+    category = "category"
+    global_ = "global"
+
+
+class SimilarityName(str, Enum):
+    cka = "cka"
+    gram = "gram"
+
+
+ModelArg = Annotated[str, typer.Argument(help="timm model name or alias (mobilenetv3 = mobilenetv3_small_100).")]
+DataOpt = Annotated[
+    str, typer.Option("--data", help="fashion-mnist, digits, mnist, cifar10, or an ImageFolder directory.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for initialisation, shuffling and calibration sampling.")]
+DeviceOpt = Annotated[DeviceType, typer.Option("--device-type", help="Where to run: auto picks CUDA when present.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", exists=True, dir_okay=True, help="model.safetensors (with model.json beside it)."),
+]
+
+
+def _unit_interval(value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _positive(value: float) -> float:
+    if not value > 0:
+        raise typer.BadParameter(f"must be > 0, got {value}")
+    return value
+
+
+ThetaOpt = Annotated[float, typer.Option("--theta", callback=_unit_interval, help="Similarity threshold θ in (0, 1].")]
+MetricOpt = Annotated[MetricName, typer.Option("--metric", help="Neuron contribution metric.")]
+StrategyOpt = Annotated[StrategyName, typer.Option("--strategy", help="Neuron selection strategy.")]
+SimilarityOpt = Annotated[
+    SimilarityName,
+    typer.Option("--similarity", help="cka: centered linear CKA (default); gram: the paper's uncentered Eq. 2."),
+]
+RatioOpt = Annotated[
+    float,
+    typer.Option("--ratio", callback=_unit_interval, help="Kept share per layer for category/global."),
+]
+CalibOpt = Annotated[int, typer.Option("--calib-per-class", min=1, help="Calibration images per class (seeded).")]
+ImageSizeOpt = Annotated[int | None, typer.Option("--image-size", min=8, help="Resize images to this side (px).")]
+DownloadOpt = Annotated[bool, typer.Option("--download", help="Allow torchvision to download the data set.")]
+
+
+def handle_errors(fn):
+    """Turn edgeslice's errors into a one-line message on stderr and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from edgeslice.errors import EdgesliceError
+
+        try:
+            return fn(*args, **kwargs)
+        except (EdgesliceError, ValueError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def setup(json_out: bool, device_type: DeviceType, seed: int):
+    """Common start of a command: progress bars off under --json, seeded torch, the torch device."""
+    from edgeslice._progress import set_enabled
+    from edgeslice.models import resolve_device
+
+    set_enabled(not json_out)
+    import torch
+
+    torch.manual_seed(seed)
+    return resolve_device(device_type.value)
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*[str(v) for v in r])
+    return t
+
+
+def fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -1,0 +1,129 @@
+"""``edgeslice compress``: slice, restructure, fine-tune and export a model in one command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import (
+    CalibOpt,
+    CheckpointOpt,
+    DataOpt,
+    DeviceOpt,
+    DeviceType,
+    DownloadOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    MetricName,
+    MetricOpt,
+    ModelArg,
+    RatioOpt,
+    SeedOpt,
+    SimilarityName,
+    SimilarityOpt,
+    StrategyName,
+    StrategyOpt,
+    ThetaOpt,
+    _positive,
+    console,
+    emit_json,
+    fmt_bytes,
+    handle_errors,
+    setup,
+    table,
+)
+
+
+@handle_errors
+def compress_command(
+    model: ModelArg,
+    checkpoint: CheckpointOpt = None,
+    data: DataOpt = "fashion-mnist",
+    theta: ThetaOpt = 0.95,
+    metric: MetricOpt = MetricName.taylor,
+    strategy: StrategyOpt = StrategyName.semantic,
+    ratio: RatioOpt = 0.5,
+    similarity: SimilarityOpt = SimilarityName.cka,
+    calib_per_class: CalibOpt = 100,
+    train_epochs: Annotated[
+        float, typer.Option("--train-epochs", callback=_positive, help="Baseline epochs when no --checkpoint.")
+    ] = 1.0,
+    finetune_epochs: Annotated[
+        float, typer.Option("--finetune-epochs", min=0.0, help="Fine-tuning epochs after restructuring.")
+    ] = 1.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
+    image_size: ImageSizeOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: edgeslice-out/<model>].")] = None,
+    download: DownloadOpt = False,
+    seed: SeedOpt = 0,
+    device_type: DeviceOpt = DeviceType.auto,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compress MODEL: calibrate, slice at θ, remove non-critical channels, fine-tune, export ONNX + index.
+
+    Without --checkpoint a baseline is trained on --data and cached under $EDGESLICE_HOME (~/.cache/edgeslice).
+    """
+    device = setup(json_out, device_type, seed)
+    from edgeslice.models import resolve_model_name
+    from edgeslice.pipeline import CompressConfig, SliceConfig, compress
+
+    timm_name = resolve_model_name(model)
+    if checkpoint is not None:
+        from edgeslice.models import read_meta
+
+        meta = read_meta(checkpoint)
+        if meta.timm_name != timm_name:
+            raise ValueError(f"checkpoint {checkpoint} is a {meta.timm_name!r}, not {timm_name!r}")
+        image_size = image_size or meta.input_size
+    cfg = CompressConfig(
+        model=model,
+        data=data,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        slicing=SliceConfig(
+            metric=metric.value,
+            strategy=strategy.value,
+            theta=theta,
+            ratio=ratio,
+            similarity=similarity.value,
+            calib_per_class=calib_per_class,
+        ),
+        train_epochs=train_epochs,
+        finetune_epochs=finetune_epochs,
+        batch_size=batch_size,
+        image_size=image_size,
+        seed=seed,
+        download=download,
+    )
+    out = out or Path("edgeslice-out") / timm_name
+    report = compress(cfg, out, device)
+    report["out"] = str(out)
+    if json_out:
+        emit_json(report)
+        return
+    b, a = report["onnx_before"], report["onnx_after"]
+    rows = [
+        ["parameters", f"{report['params_before']:,}", f"{report['params_after']:,}"],
+        ["compression rate", "", f"{report['compression_rate']:.1%}"],
+        ["test accuracy (%)", f"{report['accuracy_before']:.2f}", f"{report['accuracy_after']:.2f}"],
+        ["  before fine-tune (%)", "", f"{report['accuracy_restructured']:.2f}"],
+        ["critical channels", f"{report['slicing']['total_channels']}", f"{report['slicing']['critical_channels']}"],
+        ["ONNX size", fmt_bytes(b["raw_bytes"]), fmt_bytes(a["raw_bytes"])],
+        ["ONNX size (gzip)", fmt_bytes(b["gzip_bytes"]), fmt_bytes(a["gzip_bytes"])],
+        ["onnxruntime latency, batch 1 (ms)", f"{b['latency']['median_ms']:.3f}", f"{a['latency']['median_ms']:.3f}"],
+        ["ONNX parity max |Δ|", "", f"{report['onnx_parity_max_abs']:.2e}"],
+        ["index file", "", fmt_bytes(report["index_bytes"])],
+    ]
+    console.print(
+        table(
+            f"{report['model']} on {report['data']['name']} — {report['slicing']['strategy']} slicing, "
+            f"{report['slicing']['metric']}, θ={theta:g}",
+            ["", "before", "after"],
+            rows,
+        )
+    )
+    console.print(
+        f"artifacts in {out}: model.onnx, model.safetensors, model.json, critical_index, report.json, "
+        f"manifest.json, critical_ratio.png ({report['timings_s']['total_s']:.0f} s)"
+    )

@@ -1,0 +1,101 @@
+"""``edgeslice slice``: find the critical neurons of a checkpoint and write the index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import (
+    CalibOpt,
+    DataOpt,
+    DeviceOpt,
+    DeviceType,
+    DownloadOpt,
+    JsonOpt,
+    MetricName,
+    MetricOpt,
+    ModelArg,
+    RatioOpt,
+    SeedOpt,
+    SimilarityName,
+    SimilarityOpt,
+    StrategyName,
+    StrategyOpt,
+    ThetaOpt,
+    console,
+    emit_json,
+    handle_errors,
+    setup,
+    table,
+)
+
+
+@handle_errors
+def slice_command(
+    model: ModelArg,
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", exists=True, help="model.safetensors (with model.json beside it).")
+    ],
+    data: DataOpt = "fashion-mnist",
+    metric: MetricOpt = MetricName.taylor,
+    strategy: StrategyOpt = StrategyName.semantic,
+    theta: ThetaOpt = 0.95,
+    ratio: RatioOpt = 0.5,
+    similarity: SimilarityOpt = SimilarityName.cka,
+    calib_per_class: CalibOpt = 100,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/slice"),
+    download: DownloadOpt = False,
+    seed: SeedOpt = 0,
+    device_type: DeviceOpt = DeviceType.auto,
+    json_out: JsonOpt = False,
+) -> None:
+    """Slice MODEL: score channels per class on a calibration sample and write OUT/critical_index + a per-layer chart."""
+    device = setup(json_out, device_type, seed)
+    from edgeslice._io import atomic_write_json, staging_dir
+    from edgeslice.data import load_data
+    from edgeslice.models import load_checkpoint, resolve_model_name
+    from edgeslice.pipeline import SliceConfig, check_against_data, layer_table, plot_layer_ratios, slice_model
+
+    cfg = SliceConfig(
+        metric=metric.value,
+        strategy=strategy.value,
+        theta=theta,
+        ratio=ratio,
+        similarity=similarity.value,
+        calib_per_class=calib_per_class,
+    )
+    net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
+    bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download)
+    check_against_data(meta, bundle)
+    _, result, index = slice_model(net.to(device), meta, bundle, cfg, seed=seed, device=device)
+    rows = layer_table(result)
+    with staging_dir(out) as stage:
+        index.save(stage / "critical_index")
+        plot_layer_ratios(rows, stage / "critical_ratio.png", f"{meta.timm_name}: critical channels per layer")
+        summary = {
+            "model": meta.timm_name,
+            "checkpoint": str(checkpoint),
+            "params": result.params,
+            "critical_channels": result.kept_channels,
+            "total_channels": result.total_channels,
+            "index_bytes": (stage / "critical_index").stat().st_size,
+            "layers": rows,
+        }
+        atomic_write_json(stage / "slice.json", summary)
+    summary["index"] = str(out / "critical_index")
+    if json_out:
+        emit_json(summary)
+        return
+    console.print(
+        table(
+            f"critical channels of {meta.timm_name} ({result.params})",
+            ["layer", "critical", "total", "share"],
+            [[r["layer"], r["critical"], r["channels"], f"{r['critical'] / r['channels']:.0%}"] for r in rows],
+        )
+    )
+    console.print(
+        f"{result.kept_channels}/{result.total_channels} channels critical; index "
+        f"{summary['index_bytes']} bytes → {summary['index']}"
+    )

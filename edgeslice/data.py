@@ -1,0 +1,514 @@
+"""Datasets for edgeslice: Fashion-MNIST, digits, MNIST, CIFAR-10 and ImageFolder trees, plus class-split helpers.
+
+Every split is held in memory as uint8 so that ``__getitem__`` is a slice and a divide, never a PIL decode:
+the datasets this toolkit targets (on-device maintenance sets) are small, and training loops hit items often.
+
+Example:
+    >>> bundle = load_data("digits", seed=0)
+    >>> x, y = bundle.train[0]
+    >>> x.shape, bundle.in_chans, len(bundle.classes)
+    (torch.Size([1, 32, 32]), 1, 10)
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from .errors import EdgesliceError
+
+__all__ = [
+    "ArrayDataset",
+    "DataBundle",
+    "DataError",
+    "calibration_indices",
+    "class_subset",
+    "list_datasets",
+    "load_data",
+    "normalize",
+    "targets_of",
+]
+
+# Module-level so tests (and unusual installs) can point it elsewhere.
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+_GRAY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N")
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
+_TEST_FRACTION = 0.2
+_MAX_DEFAULT_SIZE = 224
+
+
+class DataError(EdgesliceError):
+    """Bad or missing data; str(e) is a one-line message fit for a CLI user."""
+
+
+class ArrayDataset(Dataset):
+    """In-memory images with integer labels.
+
+    Args:
+        images: uint8 tensor (n, C, H, W).
+        labels: int64 tensor (n,).
+
+    Items are ``(float32 (C, H, W) in [0, 1], int label)``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 (n, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.dim() != 1 or len(labels) != len(images):
+            raise ValueError(f"labels must be ({len(images)},), got {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i].float().div_(255), int(self.labels[i])
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        # DataLoader uses this when present: one gather + one divide per batch instead of per item.
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        x = self.images[idx].float().div_(255)
+        return list(zip(x.unbind(0), self.labels[idx].tolist(), strict=True))
+
+    def __repr__(self) -> str:
+        return f"ArrayDataset(n={len(self)}, shape={tuple(self.images.shape[1:])})"
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """A loaded dataset: train/test splits plus what a model needs to consume them.
+
+    Attributes:
+        name: Canonical dataset name, or the resolved folder path.
+        train: Training split; items are (float32 (C, H, W) in [0, 1], int label).
+        test: Test split, same item format.
+        classes: Class names, indexed by label.
+        in_chans: Number of image channels.
+        image_size: Side of the square images.
+        mean: Per-channel normalisation mean (len == in_chans).
+        std: Per-channel normalisation std (len == in_chans).
+        source: One line saying where the data came from.
+    """
+
+    name: str
+    train: Dataset
+    test: Dataset
+    classes: list[str]
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError(f"mean/std need {self.in_chans} values, got {len(self.mean)}/{len(self.std)}")
+
+    def describe(self) -> dict:
+        """Returns a JSON-able summary of the bundle."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "n_train": len(self.train),
+            "n_test": len(self.test),
+            "classes": list(self.classes),
+            "in_chans": self.in_chans,
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+
+_LOADERS: dict[str, Callable[..., DataBundle]] = {}
+
+
+def _register(name: str) -> Callable[[Callable[..., DataBundle]], Callable[..., DataBundle]]:
+    def deco(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
+        _LOADERS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    """Returns the names ``load_data`` accepts besides folder paths, sorted."""
+    return sorted(_LOADERS)
+
+
+def load_data(
+    name_or_path: str,
+    *,
+    image_size: int | None = None,
+    seed: int = 0,
+    download: bool = False,
+    root: str | Path | None = None,
+) -> DataBundle:
+    """Loads a named dataset or an ImageFolder tree into memory.
+
+    Args:
+        name_or_path: A name from ``list_datasets()`` (case-insensitive; "fmnist" is an alias) or a folder
+            laid out as ``DIR/train/<class>/*.png`` with optional ``DIR/val/`` (or ``DIR/test/``).
+        image_size: Resize every split once to this square side; None keeps the dataset's default.
+        seed: Seed for the train/test split of datasets that have none (digits, folders without val/).
+        download: Let torchvision download missing datasets.
+        root: Torchvision data root; defaults to ``$EDGESLICE_DATA`` or ``~/.cache/edgeslice/data``.
+
+    Returns:
+        The loaded ``DataBundle``.
+
+    Raises:
+        DataError: The dataset is unknown, missing or unreadable.
+
+    Example:
+        >>> load_data("digits", image_size=16).describe()["image_size"]
+        16
+    """
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    key = name_or_path.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key in _LOADERS:
+        return _LOADERS[key](image_size=image_size, seed=seed, download=download, root=_data_root(root))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return _load_folder(path, image_size=image_size, seed=seed)
+    if os.sep in name_or_path or "/" in name_or_path or name_or_path.startswith((".", "~")):
+        raise DataError(f"data folder not found: {name_or_path}")
+    raise DataError(
+        f"unknown dataset '{name_or_path}': use one of {', '.join(list_datasets())}, or a folder with train/<class>/"
+    )
+
+
+def targets_of(dataset: Dataset) -> torch.Tensor:
+    """Returns the int64 labels of every item, without decoding images where the dataset allows it."""
+    if isinstance(dataset, ArrayDataset):
+        return dataset.labels
+    if isinstance(dataset, Subset):
+        return targets_of(dataset.dataset)[torch.as_tensor(list(dataset.indices), dtype=torch.int64)]
+    if isinstance(dataset, ConcatDataset):
+        return torch.cat([targets_of(d) for d in dataset.datasets])
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return torch.as_tensor(targets, dtype=torch.int64)
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
+
+
+def calibration_indices(dataset: Dataset, per_class: int, seed: int) -> list[int]:
+    """Picks a fixed, seeded sample of ``per_class`` items for each class.
+
+    Args:
+        dataset: Any dataset ``targets_of`` understands.
+        per_class: Items to take per class; classes with fewer items give all they have.
+        seed: Seed of the private ``torch.Generator``; the global RNG is never touched.
+
+    Returns:
+        Dataset indices sorted by (class, index).
+    """
+    if per_class < 0:
+        raise ValueError(f"per_class must be >= 0, got {per_class}")
+    targets = targets_of(dataset)
+    gen = torch.Generator().manual_seed(seed)
+    out: list[int] = []
+    for c in torch.unique(targets).tolist():  # ascending
+        idx = (targets == c).nonzero().flatten()
+        chosen = idx[torch.randperm(len(idx), generator=gen)[:per_class]]
+        out.extend(chosen.sort().values.tolist())
+    return out
+
+
+def class_subset(dataset: Dataset, classes: Sequence[int]) -> Subset:
+    """Returns the items whose label is in ``classes``; labels keep their original values."""
+    targets = targets_of(dataset)
+    keep = torch.isin(targets, torch.as_tensor(list(classes), dtype=torch.int64))
+    return Subset(dataset, keep.nonzero().flatten().tolist())
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalises (B, C, H, W) (or (C, H, W)) images in [0, 1] per channel, on ``x``'s device and dtype."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - m) / s
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _data_root(root: str | Path | None) -> Path:
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get("EDGESLICE_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgeslice" / "data"
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resizes uint8 (n, C, H, W) to (n, C, size, size) with antialiased bilinear; a no-op at the same size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = torch.empty((*images.shape[:2], size, size), dtype=torch.uint8)
+    # Chunked so float copies of large sets (70k images) stay a few hundred MB at most.
+    for start in range(0, len(images), 8192):
+        x = images[start : start + 8192].float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + 8192] = y.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of uint8 (n, C, H, W) scaled to [0, 1]."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    sq = torch.zeros_like(total)
+    for chunk in images.split(4096):
+        x = chunk.to(torch.float64).div_(255)  # float64: sum of squares over millions of pixels loses digits in fp32
+        total += x.sum((0, 2, 3))
+        sq += x.square().sum((0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / n
+    # A floor keeps normalize finite on constant images (a one-colour toy folder).
+    std = (sq / n - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def _stratified_split(labels: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded per-class 80/20 split; returns sorted (train_idx, test_idx)."""
+    gen = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in torch.unique(labels).tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        n_test = round(len(idx) * _TEST_FRACTION)
+        if len(idx) >= 2:  # every class with two items gets one of each, however small the fraction
+            n_test = min(max(n_test, 1), len(idx) - 1)
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    return torch.cat(train).sort().values, torch.cat(test).sort().values
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parses an IDX file (optionally gzipped): 2 zero bytes, dtype code, ndim, then big-endian uint32 dims."""
+    try:
+        raw = path.read_bytes()
+        data = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DataError(f"not an IDX file (bad magic number): {path}")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"truncated IDX header: {path}")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    count = int(np.prod(dims, dtype=np.int64))
+    if len(data) - header != count * dtype.itemsize:
+        raise DataError(f"IDX size mismatch in {path}: header says {dims}, file has {len(data) - header} data bytes")
+    # Copy: frombuffer over bytes is read-only, and torch tensors must own writable memory.
+    return np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_idx_split(directory: Path, prefix: str) -> ArrayDataset | None:
+    """Loads ``{prefix}-images-idx3-ubyte`` + labels from a directory, or None if either file is absent."""
+    img_path = _find_idx(directory, f"{prefix}-images-idx3-ubyte")
+    lbl_path = _find_idx(directory, f"{prefix}-labels-idx1-ubyte")
+    if img_path is None or lbl_path is None:
+        return None
+    images, labels = _read_idx(img_path), _read_idx(lbl_path)
+    if images.dtype != np.uint8 or images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"IDX shapes do not match: {img_path} {images.shape} vs {lbl_path} {labels.shape}")
+    return ArrayDataset(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels))
+
+
+def _idx_bundle(directory: Path) -> tuple[ArrayDataset, ArrayDataset] | None:
+    train, test = _load_idx_split(directory, "train"), _load_idx_split(directory, "t10k")
+    return (train, test) if train is not None and test is not None else None
+
+
+def _finish(
+    name: str,
+    train: ArrayDataset,
+    test: ArrayDataset,
+    classes: list[str],
+    image_size: int | None,
+    source: str,
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None,
+) -> DataBundle:
+    """Resizes both splits once if asked, and computes train statistics when the dataset has no published ones."""
+    if image_size is not None:
+        train = ArrayDataset(_resize(train.images, image_size), train.labels)
+        test = ArrayDataset(_resize(test.images, image_size), test.labels)
+    mean, std = stats if stats is not None else _channel_stats(train.images)
+    c, h = train.images.shape[1], train.images.shape[2]
+    return DataBundle(name, train, test, classes, c, h, mean, std, source)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# loaders
+
+
+@_register("fashion-mnist")
+def _load_fashion_mnist(*, image_size: int | None, seed: int, download: bool, root: Path) -> DataBundle:
+    del seed  # Fashion-MNIST ships its own split
+    stats = ((0.2860,), (0.3530,))
+    raw = root / "FashionMNIST" / "raw"
+    found, source = _idx_bundle(raw), f"torchvision root: {raw}"
+    if found is None:
+        found, source = (
+            _idx_bundle(DEBIAN_FASHION_MNIST_DIR),
+            f"Debian dataset-fashion-mnist: {DEBIAN_FASHION_MNIST_DIR}",
+        )
+    if found is None and download:
+        from torchvision.datasets import FashionMNIST
+
+        try:
+            FashionMNIST(str(root), train=True, download=True)
+        except (OSError, RuntimeError) as e:
+            raise DataError(f"Fashion-MNIST download into {root} failed: {e}") from e
+        found, source = _idx_bundle(raw), f"torchvision download: {raw}"
+    if found is None:
+        raise DataError(
+            "Fashion-MNIST not found: install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
+            "pass --download where the network allows, or use --data digits (offline, from scikit-learn)"
+        )
+    return _finish("fashion-mnist", *found, FASHION_MNIST_CLASSES, image_size, source, stats)
+
+
+@_register("digits")
+def _load_digits(*, image_size: int | None, seed: int, download: bool, root: Path) -> DataBundle:
+    del download, root  # bundled with scikit-learn
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # 8x8 values 0..16 -> 0..255 so digits share the uint8 path of every other dataset.
+    images = torch.from_numpy(np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    tr, te = _stratified_split(labels, seed)
+    train, test = ArrayDataset(images[tr], labels[tr]), ArrayDataset(images[te], labels[te])
+    # 32 px by default: timm CNNs downsample by 32, so 8 px inputs would vanish.
+    size = 32 if image_size is None else image_size
+    classes = [str(i) for i in range(10)]
+    return _finish("digits", train, test, classes, size, f"scikit-learn load_digits (80/20 split, seed {seed})", None)
+
+
+def _torchvision_split(cls_name: str, root: Path, train: bool, download: bool) -> Dataset:
+    import torchvision.datasets
+
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        return cls(str(root), train=train, download=download)
+    except (OSError, RuntimeError) as e:
+        if download:
+            raise DataError(f"{cls_name} download into {root} failed: {e}") from e
+        raise DataError(f"{cls_name} not found under {root}: pass --download (or --root DIR holding it)") from e
+
+
+@_register("mnist")
+def _load_mnist(*, image_size: int | None, seed: int, download: bool, root: Path) -> DataBundle:
+    del seed
+    splits = [_torchvision_split("MNIST", root, t, download) for t in (True, False)]
+    train, test = (ArrayDataset(s.data.unsqueeze(1).contiguous(), s.targets) for s in splits)
+    classes = [str(i) for i in range(10)]
+    return _finish("mnist", train, test, classes, image_size, f"torchvision MNIST: {root}", ((0.1307,), (0.3081,)))
+
+
+@_register("cifar10")
+def _load_cifar10(*, image_size: int | None, seed: int, download: bool, root: Path) -> DataBundle:
+    del seed
+    splits = [_torchvision_split("CIFAR10", root, t, download) for t in (True, False)]
+    train, test = (
+        ArrayDataset(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(s.targets))
+        for s in splits
+    )
+    stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    return _finish("cifar10", train, test, list(splits[0].classes), image_size, f"torchvision CIFAR10: {root}", stats)
+
+
+def _list_images(split_dir: Path) -> dict[str, list[Path]]:
+    return {
+        d.name: sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        for d in sorted(split_dir.iterdir())
+        if d.is_dir() and not d.name.startswith(".")
+    }
+
+
+def _load_folder(path: Path, *, image_size: int | None, seed: int) -> DataBundle:
+    from PIL import Image
+
+    path = path.resolve()
+    if not path.is_dir():
+        raise DataError(f"not a data folder: {path}")
+    if not (path / "train").is_dir():
+        raise DataError(f"no train/ folder in {path} (expected {path}/train/<class>/*.png)")
+    train_files = _list_images(path / "train")
+    classes = sorted(train_files)
+    held_out = next((path / s for s in ("val", "test") if (path / s).is_dir()), None)
+    test_files = _list_images(held_out) if held_out is not None else {}
+    extra = sorted(set(test_files) - set(classes))
+    if extra:
+        raise DataError(f"{held_out} has classes missing from train/: {', '.join(extra)}")
+    train_items = [(p, classes.index(c)) for c in classes for p in train_files[c]]
+    test_items = [(p, classes.index(c)) for c in sorted(test_files) for p in test_files[c]]
+    if not train_items:
+        raise DataError(f"no images in {path / 'train'} (expected {path}/train/<class>/*.png)")
+    if held_out is not None and not test_items:
+        raise DataError(f"no images in {held_out} (expected {held_out}/<class>/*.png, or remove it to split train/)")
+
+    # First pass reads headers only (PIL opens lazily) to fix channels and size before decoding anything.
+    modes = []
+    for p, _ in train_items + test_items:
+        try:
+            with Image.open(p) as im:
+                modes.append(im.mode)
+                if len(modes) == 1:
+                    first_size = im.size
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"unreadable image {p}: {e}") from e
+    gray = all(m in _GRAY_MODES for m in modes)
+    size = image_size if image_size is not None else min(min(first_size), _MAX_DEFAULT_SIZE)
+
+    def decode(items: list[tuple[Path, int]]) -> ArrayDataset:
+        images = np.empty((len(items), size, size) if gray else (len(items), size, size, 3), dtype=np.uint8)
+        for i, (p, _) in enumerate(items):
+            try:
+                with Image.open(p) as im:
+                    if im.mode.startswith("I"):
+                        # 16/32-bit grayscale: scale to 8 bits instead of letting PIL clip at 255.
+                        arr = np.asarray(im, dtype=np.float64)
+                        im = Image.fromarray(np.rint(arr * (255.0 / max(arr.max(), 255.0))).astype(np.uint8))
+                    im = im.convert("L" if gray else "RGB")
+                    images[i] = np.asarray(im.resize((size, size), Image.BILINEAR))
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                raise DataError(f"unreadable image {p}: {e}") from e
+        x = torch.from_numpy(images)
+        x = x.unsqueeze(1) if gray else x.permute(0, 3, 1, 2).contiguous()
+        return ArrayDataset(x, torch.tensor([y for _, y in items], dtype=torch.int64))
+
+    train = decode(train_items)
+    if held_out is not None:
+        test, source = decode(test_items), f"ImageFolder: {path} (train/ + {held_out.name}/)"
+    else:
+        tr, te = _stratified_split(train.labels, seed)
+        train, test = ArrayDataset(train.images[tr], train.labels[tr]), ArrayDataset(train.images[te], train.labels[te])
+        source = f"ImageFolder: {path} (train/ split 80/20, seed {seed})"
+    return _finish(str(path), train, test, classes, None, source, None)

@@ -1,0 +1,116 @@
+"""ONNX export, onnxruntime parity check, and size/latency measurements."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ExportError
+from .slicing.observe import eval_mode
+
+DEFAULT_OPSET = 17
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
+    """Export ``model`` (eval mode, CPU, dynamic batch axis) to ``path`` atomically.
+
+    The TorchScript exporter is used first because it is fast and writes one self-contained file with BatchNorm
+    folded; the dynamo exporter is the fallback.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    model_cpu = model.to("cpu")
+    example = example[:1].to("cpu").float()
+    try:
+        with eval_mode(model_cpu), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(
+                    model_cpu,
+                    (example,),
+                    tmp,
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                    opset_version=opset,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
+            except Exception:  # noqa: BLE001 - the legacy exporter may be gone in newer torch
+                torch.onnx.export(
+                    model_cpu,
+                    (example,),
+                    tmp,
+                    input_names=["input"],
+                    output_names=["logits"],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    opset_version=opset,
+                    dynamo=True,
+                    external_data=False,
+                )
+        os.replace(tmp, path)
+    except Exception as e:
+        raise ExportError(f"ONNX export failed: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _session(path: str | Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def check_parity(model: nn.Module, path: str | Path, inputs: torch.Tensor, *, atol: float = 1e-4) -> float:
+    """Max |PyTorch − onnxruntime| over ``inputs``; raises ExportError above ``atol``."""
+    sess = _session(path)
+    with torch.no_grad(), eval_mode(model):
+        ref = model.to("cpu")(inputs.to("cpu").float()).numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: inputs.cpu().float().numpy()})[0]
+    if got.shape != ref.shape:
+        raise ExportError(f"onnxruntime output shape {got.shape} differs from PyTorch {ref.shape}")
+    diff = float(abs(got - ref).max())
+    if not diff <= atol:
+        raise ExportError(f"ONNX parity failed: max |onnxruntime - PyTorch| = {diff:.3g} > {atol:g}")
+    return diff
+
+
+def onnx_latency(
+    path: str | Path, input_shape: tuple[int, ...], *, runs: int = 50, warmup: int = 5, threads: int | None = None
+) -> dict[str, float]:
+    """onnxruntime CPU latency of one batch of ``input_shape`` (median and p90 over ``runs``, in ms)."""
+    import numpy as np
+
+    sess = _session(path, threads)
+    feed = {sess.get_inputs()[0].name: np.random.default_rng(0).random(input_shape, dtype=np.float32)}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t) * 1e3)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))], "runs": runs}
+
+
+def file_sizes(path: str | Path) -> dict[str, int]:
+    """Raw and gzip-compressed size in bytes (firmware images are usually compressed)."""
+    raw = Path(path).read_bytes()
+    return {"raw_bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0))}

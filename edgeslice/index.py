@@ -1,0 +1,179 @@
+"""The critical-neuron index file: which channels of which layers are critical, overall and per class.
+
+The file is canonical JSON compressed with gzip (mtime 0, so equal content gives equal bytes). Channel sets are
+little-endian bitsets (bit i of byte i//8 is channel i) in hex; see docs/index-format.md. Reading validates every
+field, and :meth:`CriticalIndex.check_model` binds the index to the model it was sliced from.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._io import atomic_write_bytes, canonical_json
+from .errors import IndexFileError
+
+INDEX_FORMAT = "edgeslice-critical-index"
+INDEX_VERSION = 1
+
+
+def pack_bits(mask: torch.Tensor) -> str:
+    """(N,) bool → hex of the little-endian bitset."""
+    return np.packbits(mask.to(torch.bool).cpu().numpy().astype(np.uint8), bitorder="little").tobytes().hex()
+
+
+def unpack_bits(hex_bits: str, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`; raises IndexFileError if the length does not fit ``n`` channels."""
+    try:
+        raw = bytes.fromhex(hex_bits)
+    except (ValueError, TypeError) as e:
+        raise IndexFileError(f"index bitset is not hex: {e}") from e
+    if len(raw) != (n + 7) // 8:
+        raise IndexFileError(f"index bitset has {len(raw)} bytes for {n} channels")
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
+    if bits[n:].any():
+        raise IndexFileError("index bitset has bits set past the channel count")
+    return torch.from_numpy(bits[:n].astype(bool))
+
+
+@dataclass
+class CriticalIndex:
+    """Critical neurons of one model.
+
+    Attributes:
+        model_fingerprint: sha256 of the sliced model's weights (see :func:`edgeslice.models.fingerprint`).
+        timm_name: the model architecture.
+        layers: [{"name", "observe", "channels"}] in forward order.
+        critical: layer → (N,) bool, union over classes.
+        per_class: layer → (C, N) bool, or None when the strategy has no per-class sets.
+        classes: class names, in label order.
+        params: strategy, metric, similarity, θ or ratio.
+        calibration: how the calibration set was drawn (dataset, per class, seed, samples).
+    """
+
+    model_fingerprint: str
+    timm_name: str
+    layers: list[dict[str, Any]]
+    critical: dict[str, torch.Tensor]
+    per_class: dict[str, torch.Tensor] | None
+    classes: list[str]
+    params: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    version: int = INDEX_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        layers = []
+        for spec in self.layers:
+            entry = dict(spec)
+            entry["critical"] = pack_bits(self.critical[spec["name"]])
+            if self.per_class is not None:
+                entry["per_class"] = [pack_bits(row) for row in self.per_class[spec["name"]]]
+            layers.append(entry)
+        return {
+            "format": INDEX_FORMAT,
+            "version": self.version,
+            "model_fingerprint": self.model_fingerprint,
+            "timm_name": self.timm_name,
+            "classes": list(self.classes),
+            "params": self.params,
+            "calibration": self.calibration,
+            "layers": layers,
+            "summary": {
+                "critical_channels": int(sum(int(m.sum()) for m in self.critical.values())),
+                "total_channels": int(sum(m.numel() for m in self.critical.values())),
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> CriticalIndex:
+        if not isinstance(d, dict) or d.get("format") != INDEX_FORMAT:
+            raise IndexFileError("not an edgeslice critical-neuron index")
+        if d.get("version") != INDEX_VERSION:
+            raise IndexFileError(f"unsupported index version {d.get('version')!r} (expected {INDEX_VERSION})")
+        try:
+            classes = [str(c) for c in d["classes"]]
+            layers, critical, per_class = [], {}, {}
+            has_per_class = all("per_class" in e for e in d["layers"])
+            for e in d["layers"]:
+                name, n = str(e["name"]), int(e["channels"])
+                if n <= 0 or name in critical:
+                    raise IndexFileError(f"index layer {name!r} is duplicated or has no channels")
+                layers.append({"name": name, "observe": str(e["observe"]), "channels": n})
+                critical[name] = unpack_bits(e["critical"], n)
+                if has_per_class:
+                    if len(e["per_class"]) != len(classes):
+                        raise IndexFileError(f"index layer {name!r} has per-class sets for another class count")
+                    per_class[name] = torch.stack([unpack_bits(h, n) for h in e["per_class"]])
+                    if not torch.equal(per_class[name].any(0), critical[name]) and d["params"].get("strategy") in (
+                        "semantic",
+                        "category",
+                    ):
+                        raise IndexFileError(f"index layer {name!r}: union of per-class sets differs from its set")
+            return cls(
+                model_fingerprint=str(d["model_fingerprint"]),
+                timm_name=str(d["timm_name"]),
+                layers=layers,
+                critical=critical,
+                per_class=per_class if has_per_class else None,
+                classes=classes,
+                params=dict(d.get("params", {})),
+                calibration=dict(d.get("calibration", {})),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise IndexFileError(f"malformed index: {e!r}") from e
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9, mtime=0, filename="") as gz:
+            gz.write(canonical_json(self.to_dict()))
+        return buf.getvalue()
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically; returns the path."""
+        return atomic_write_bytes(path, self.to_bytes())
+
+    @classmethod
+    def load(cls, path: str | Path) -> CriticalIndex:
+        """Read and validate an index file (gzip'd or plain JSON)."""
+        p = Path(path)
+        if not p.is_file():
+            raise IndexFileError(f"index file {p} not found")
+        raw = p.read_bytes()
+        try:
+            if raw[:2] == b"\x1f\x8b":
+                raw = gzip.decompress(raw)
+            d = json.loads(raw.decode("utf-8"))
+        except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise IndexFileError(f"cannot read index {p}: {e}") from e
+        return cls.from_dict(d)
+
+    def check_model(self, timm_name: str, layers: list[dict[str, Any]], fingerprint: str | None = None) -> None:
+        """Refuse an index that was made for another model.
+
+        Args:
+            timm_name: the model's architecture.
+            layers: the model's sliceable layers (name, channels).
+            fingerprint: the model's weight fingerprint; checked when given.
+        """
+        if timm_name != self.timm_name:
+            raise IndexFileError(f"index is for {self.timm_name!r}, not {timm_name!r}")
+        mine = [(e["name"], e["channels"]) for e in self.layers]
+        theirs = [(e["name"], int(e["channels"])) for e in layers]
+        if mine != theirs:
+            diff = next(((a, b) for a, b in zip(mine, theirs, strict=False) if a != b), None)
+            raise IndexFileError(
+                f"index layers do not match the model ({len(mine)} vs {len(theirs)} layers"
+                + (f"; first difference {diff[0]} vs {diff[1]}" if diff else "")
+                + ")"
+            )
+        if fingerprint is not None and fingerprint != self.model_fingerprint:
+            raise IndexFileError(
+                f"index was sliced from model {self.model_fingerprint[:12]}…, not {fingerprint[:12]}… (other weights)"
+            )

@@ -1,0 +1,482 @@
+"""The pipelines behind the commands: baseline training (cached), slicing, and ``compress``.
+
+``compress`` = calibrate → semantic slice → restructure (torch-pruning) → fine-tune → export (ONNX + checkpoint +
+index + report + manifest). Every artifact is written to a staging folder and moved into ``--out`` only when the
+whole run succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from . import __version__
+from ._io import atomic_write_json, sha256_file, staging_dir
+from ._progress import progress
+from .data import DataBundle, calibration_indices, load_data, normalize
+from .errors import EdgesliceError, ModelError
+from .index import CriticalIndex
+from .models import (
+    ModelMeta,
+    create_model,
+    fingerprint,
+    load_checkpoint,
+    resolve_model_name,
+    save_checkpoint,
+)
+from .slicing import STRATEGIES, SemanticSlicer, SliceResult, channel_masks
+from .slicing.metrics import list_metrics
+from .slicing.solver import SIMILARITIES
+from .train import evaluate, iterate_batches, train_model
+
+CONFIG_VERSION = 1
+
+
+def edgeslice_home() -> Path:
+    """``$EDGESLICE_HOME`` or ``~/.cache/edgeslice``: where trained baselines are cached."""
+    return Path(os.environ.get("EDGESLICE_HOME") or Path.home() / ".cache" / "edgeslice")
+
+
+@dataclass(frozen=True)
+class SliceConfig:
+    """How critical neurons are chosen (validated on construction)."""
+
+    metric: str = "taylor"
+    strategy: str = "semantic"
+    theta: float = 0.95
+    ratio: float = 0.5
+    similarity: str = "cka"
+    calib_per_class: int = 100
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if self.metric not in list_metrics():
+            raise ValueError(f"unknown metric {self.metric!r}; valid: {', '.join(list_metrics())}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {self.similarity!r}; valid: {', '.join(SIMILARITIES)}")
+        if not 0.0 < self.theta <= 1.0:
+            raise ValueError(f"theta must be in (0, 1], got {self.theta}")
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.calib_per_class < 1:
+            raise ValueError(f"calib-per-class must be >= 1, got {self.calib_per_class}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SliceConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown slice settings: {', '.join(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Everything ``edgeslice compress`` does, as one validated value."""
+
+    model: str = "mobilenetv3"
+    data: str = "fashion-mnist"
+    checkpoint: str | None = None
+    slicing: SliceConfig = field(default_factory=SliceConfig)
+    train_epochs: float = 1.0
+    finetune_epochs: float = 1.0
+    batch_size: int = 128
+    lr: float = 3e-3
+    finetune_lr: float = 1e-3
+    image_size: int | None = None
+    seed: int = 0
+    download: bool = False
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if self.train_epochs <= 0 or self.finetune_epochs < 0:
+            raise ValueError("train-epochs must be > 0 and finetune-epochs >= 0")
+        if self.batch_size < 1:
+            raise ValueError("batch-size must be >= 1")
+        if self.lr <= 0 or self.finetune_lr <= 0:
+            raise ValueError("learning rates must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_prepare(meta_or_bundle: ModelMeta | DataBundle) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The normalisation a model expects, as a batch function."""
+    mean, std = tuple(meta_or_bundle.mean), tuple(meta_or_bundle.std)
+    return lambda x: normalize(x, mean, std)
+
+
+def _data_key(bundle: DataBundle) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(bundle.name).name or "data")
+    digest = hashlib.sha256(f"{bundle.name}|{bundle.source}|{len(bundle.train)}".encode()).hexdigest()[:8]
+    return f"{name}-{bundle.image_size}px-{digest}"
+
+
+def meta_for(timm_name: str, bundle: DataBundle, **info: Any) -> ModelMeta:
+    return ModelMeta(
+        timm_name=timm_name,
+        classes=list(bundle.classes),
+        in_chans=bundle.in_chans,
+        input_size=bundle.image_size,
+        mean=list(bundle.mean),
+        std=list(bundle.std),
+        info=info,
+    )
+
+
+def train_baseline(
+    model_name: str,
+    bundle: DataBundle,
+    *,
+    epochs: float,
+    seed: int,
+    device: torch.device,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+) -> tuple[nn.Module, ModelMeta]:
+    """Train a model from scratch on ``bundle`` and measure its test accuracy."""
+    timm_name = resolve_model_name(model_name)
+    torch.manual_seed(seed)
+    model = create_model(timm_name, num_classes=len(bundle.classes), in_chans=bundle.in_chans).to(device)
+    prepare = make_prepare(bundle)
+    t0 = time.perf_counter()
+    stats = train_model(
+        model,
+        bundle.train,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        prepare=prepare,
+        device=device,
+        description=f"train {timm_name}",
+    )
+    acc = evaluate(model, bundle.test, prepare=prepare, device=device, description="test accuracy")
+    meta = meta_for(
+        timm_name,
+        bundle,
+        data=bundle.describe(),
+        seed=seed,
+        epochs=epochs,
+        test_accuracy=acc,
+        train_seconds=round(time.perf_counter() - t0, 2),
+        final_loss=stats["final_loss"],
+    )
+    return model, meta
+
+
+def cached_baseline(
+    model_name: str,
+    bundle: DataBundle,
+    *,
+    epochs: float,
+    seed: int,
+    device: torch.device,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+) -> tuple[nn.Module, ModelMeta, Path, bool]:
+    """The baseline for (model, data, seed, epochs): loaded from the cache, or trained and cached.
+
+    Returns:
+        (model on ``device``, meta, checkpoint path, whether it came from the cache).
+    """
+    timm_name = resolve_model_name(model_name)
+    path = (
+        edgeslice_home()
+        / "baselines"
+        / f"{timm_name}-{_data_key(bundle)}-seed{seed}-ep{epochs:g}"
+        / "model.safetensors"
+    )
+    if path.is_file():
+        try:
+            model, meta = load_checkpoint(path, expect_model=timm_name)
+            return model.to(device), meta, path, True
+        except ModelError:
+            pass  # a corrupt cache entry is retrained and overwritten
+    model, meta = train_baseline(
+        model_name, bundle, epochs=epochs, seed=seed, device=device, batch_size=batch_size, lr=lr
+    )
+    save_checkpoint(model, meta, path)
+    return model, meta, path, False
+
+
+def check_against_data(meta: ModelMeta, bundle: DataBundle) -> None:
+    """Refuse a checkpoint whose classes or input format do not fit the data."""
+    if len(meta.classes) != len(bundle.classes) or meta.in_chans != bundle.in_chans:
+        raise ModelError(
+            f"checkpoint is for {len(meta.classes)} classes x {meta.in_chans} channels, the data has "
+            f"{len(bundle.classes)} x {bundle.in_chans}"
+        )
+
+
+def calibration_set(bundle: DataBundle, per_class: int, seed: int) -> Subset:
+    """The fixed, seeded per-class calibration sample of the training split."""
+    return Subset(bundle.train, calibration_indices(bundle.train, per_class, seed))
+
+
+def slice_model(
+    model: nn.Module,
+    meta: ModelMeta,
+    bundle: DataBundle,
+    cfg: SliceConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    batch_size: int = 100,
+) -> tuple[SemanticSlicer, SliceResult, CriticalIndex]:
+    """Calibrate on a seeded per-class sample, slice, and build the index bound to the model's fingerprint."""
+    calib = calibration_set(bundle, cfg.calib_per_class, seed)
+    example = make_prepare(meta)(next(iterate_batches(calib, 2))[0].to(device))
+    slicer = SemanticSlicer(model, example, metric=cfg.metric, similarity=cfg.similarity)
+    with progress(f"calibrate ({cfg.metric})", len(calib)) as advance:
+        slicer.calibrate(
+            iterate_batches(calib, batch_size),
+            num_classes=len(meta.classes),
+            prepare=make_prepare(meta),
+            device=device,
+            on_batch=advance,
+        )
+    if cfg.strategy == "semantic":
+        result = slicer.slice(theta=cfg.theta, strategy="semantic")
+    else:
+        result = slicer.slice(ratio=cfg.ratio, strategy=cfg.strategy)
+    index = CriticalIndex(
+        model_fingerprint=meta.fingerprint or fingerprint(model),
+        timm_name=meta.timm_name,
+        layers=[{"name": la.name, "observe": la.observe, "channels": la.channels} for la in slicer.layers],
+        critical=result.critical,
+        per_class=result.per_class,
+        classes=list(meta.classes),
+        params=result.params,
+        calibration={
+            "dataset": bundle.name,
+            "source": bundle.source,
+            "split": "train",
+            "per_class": cfg.calib_per_class,
+            "seed": seed,
+            "samples": len(calib),
+        },
+    )
+    return slicer, result, index
+
+
+def layer_table(result: SliceResult, effective: dict[str, torch.Tensor] | None = None) -> list[dict[str, Any]]:
+    """Per layer: critical / total channels (and channels kept after coupling, when restructured)."""
+    rows = []
+    for la in result.layers:
+        row = {"layer": la.name, "channels": la.channels, "critical": int(result.critical[la.name].sum())}
+        if effective is not None:
+            row["kept"] = int(effective[la.name].sum())
+        rows.append(row)
+    return rows
+
+
+def plot_layer_ratios(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Bar chart of the critical (and kept) share of channels per layer, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["layer"] for r in rows]
+    crit = [r["critical"] / r["channels"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(8, 0.22 * len(rows)), 4.2), dpi=110)
+    ax.bar(range(len(rows)), crit, color="#e07b39", label="critical")
+    if rows and "kept" in rows[0]:
+        kept = [r["kept"] / r["channels"] for r in rows]
+        ax.plot(range(len(rows)), kept, "k.", label="kept after coupling")
+    ax.set_xticks(range(len(rows)), names, rotation=90, fontsize=6)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share of channels")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_manifest(folder: Path, config: dict[str, Any], seed: int) -> Path:
+    """``manifest.json``: sha256 and size of every file, library versions, the effective config and seed."""
+    import importlib.metadata as md
+
+    files = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name != "manifest.json":
+            files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    versions = {}
+    for pkg in ("torch", "timm", "torch-pruning", "onnx", "onnxruntime", "numpy", "safetensors"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return atomic_write_json(
+        folder / "manifest.json",
+        {
+            "tool": "edgeslice",
+            "tool_version": __version__,
+            "versions": versions,
+            "config": config,
+            "seed": seed,
+            "files": files,
+        },
+    )
+
+
+def _latency_and_size(model: nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
+    from .export import export_onnx, file_sizes, onnx_latency
+
+    export_onnx(model, example, path)
+    return {**file_sizes(path), "latency": onnx_latency(path, (1, *example.shape[1:]))}
+
+
+def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, Any]:
+    """Run the whole compression pipeline and write the artifacts to ``out``; returns the report."""
+    from .export import check_parity
+    from .restructure import restructure_
+
+    timings: dict[str, float] = {}
+    t_all = t = time.perf_counter()
+    timm_name = resolve_model_name(cfg.model)
+    bundle = load_data(cfg.data, image_size=cfg.image_size, seed=cfg.seed, download=cfg.download)
+    if cfg.checkpoint:
+        model, meta = load_checkpoint(cfg.checkpoint, expect_model=timm_name)
+        check_against_data(meta, bundle)
+        model.to(device)
+        baseline_source, cached = str(cfg.checkpoint), True
+    else:
+        model, meta, path, cached = cached_baseline(
+            cfg.model,
+            bundle,
+            epochs=cfg.train_epochs,
+            seed=cfg.seed,
+            device=device,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+        )
+        baseline_source = str(path)
+    timings["baseline_s"] = time.perf_counter() - t
+    prepare = make_prepare(meta)
+    t = time.perf_counter()
+    acc_before = evaluate(model, bundle.test, prepare=prepare, device=device, description="baseline accuracy")
+    timings["evaluate_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    slicer, result, index = slice_model(model, meta, bundle, cfg.slicing, seed=cfg.seed, device=device)
+    timings["slice_s"] = time.perf_counter() - t
+
+    # Keep an unpruned copy for the masked-equivalence check and the "before" ONNX.
+    import copy
+
+    original = copy.deepcopy(model).eval()
+    calib_x, _ = next(iterate_batches(bundle.test, 64))
+    calib_x = prepare(calib_x.to(device))
+    t = time.perf_counter()
+    report_rs = restructure_(model, slicer.layers, result.critical, calib_x[:2], scores=result.scores)
+    with torch.no_grad(), channel_masks(original, slicer.layers, report_rs.effective_keep):
+        masked = original(calib_x)
+    with torch.no_grad():
+        pruned = model.eval()(calib_x)
+    equivalence = float((masked - pruned).abs().max())
+    if equivalence > 1e-3 * max(1.0, float(masked.abs().max())):
+        raise EdgesliceError(f"restructured model differs from the masked model by {equivalence:.3g} (a bug)")
+    acc_restructured = evaluate(model, bundle.test, prepare=prepare, device=device, description="restructured accuracy")
+    timings["restructure_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if cfg.finetune_epochs > 0:
+        train_model(
+            model,
+            bundle.train,
+            epochs=cfg.finetune_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.finetune_lr,
+            seed=cfg.seed + 1,
+            prepare=prepare,
+            device=device,
+            description="fine-tune",
+        )
+    acc_after = evaluate(model, bundle.test, prepare=prepare, device=device, description="fine-tuned accuracy")
+    timings["finetune_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    rows = layer_table(result, report_rs.effective_keep)
+    with staging_dir(out) as stage:
+        index_path = index.save(stage / "critical_index")
+        meta_out = meta_for(
+            timm_name,
+            bundle,
+            source_fingerprint=index.model_fingerprint,
+            baseline=baseline_source,
+            slicing=result.params,
+            test_accuracy=acc_after,
+            baseline_accuracy=acc_before,
+        )
+        meta_out.restructured = True
+        model.cpu()
+        save_checkpoint(model, meta_out, stage / "model.safetensors")
+        x_cpu = calib_x.cpu()
+        after = _latency_and_size(model, x_cpu, stage / "model.onnx")
+        parity = check_parity(model, stage / "model.onnx", x_cpu)
+        before = _latency_and_size(original.cpu(), x_cpu, stage / "baseline.onnx")
+        (stage / "baseline.onnx").unlink()
+        plot_layer_ratios(
+            rows,
+            stage / "critical_ratio.png",
+            f"{timm_name} on {bundle.name}: critical channels per layer ({_describe_slice(result)})",
+        )
+        timings["export_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_all
+        report = {
+            "model": timm_name,
+            "data": bundle.describe(),
+            "config": cfg.to_dict(),
+            "device": str(device),
+            "baseline": {"source": baseline_source, "from_cache": cached},
+            "slicing": {
+                **result.params,
+                "critical_channels": result.kept_channels,
+                "total_channels": result.total_channels,
+                "calibration": index.calibration,
+            },
+            "params_before": report_rs.params_before,
+            "params_after": report_rs.params_after,
+            "compression_rate": report_rs.removed_share,
+            "accuracy_before": acc_before,
+            "accuracy_restructured": acc_restructured,
+            "accuracy_after": acc_after,
+            "restructure_equivalence_max_abs": equivalence,
+            "onnx_parity_max_abs": parity,
+            "onnx_before": before,
+            "onnx_after": after,
+            "index_bytes": index_path.stat().st_size,
+            "layers": rows,
+            "groups": report_rs.to_dict()["groups"],
+            "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        }
+        atomic_write_json(stage / "report.json", report)
+        write_manifest(stage, cfg.to_dict(), cfg.seed)
+    return report
+
+
+def _describe_slice(result: SliceResult) -> str:
+    p = result.params
+    sel = f"θ={p['theta']:g}" if "theta" in p else f"ratio={p['ratio']:g}"
+    return f"{p['strategy']}, {p['metric']}, {sel}"

@@ -1,0 +1,124 @@
+"""One training loop (baseline training and fine-tuning) and evaluation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ._progress import progress
+from .slicing.observe import eval_mode
+
+
+def _fast_arrays(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """(uint8 images, labels, indices) when the dataset is in memory, so batches are slices, not item calls."""
+    indices = None
+    while isinstance(dataset, Subset):
+        idx = torch.as_tensor(dataset.indices, dtype=torch.long)
+        indices = idx if indices is None else idx[indices]
+        dataset = dataset.dataset
+    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and isinstance(labels, torch.Tensor):
+        return images, labels, indices
+    return None
+
+
+def iterate_batches(
+    dataset: Dataset, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (float images in [0,1], int64 labels) batches in a reproducible order."""
+    fast = _fast_arrays(dataset)
+    if fast is None:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
+        for x, y in loader:
+            yield x.float(), torch.as_tensor(y, dtype=torch.long)
+        return
+    images, labels, indices = fast
+    n = len(indices) if indices is not None else len(images)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if indices is not None:
+        order = indices[order]
+    for start in range(0, n, batch_size):
+        sel = order[start : start + batch_size]
+        yield images[sel].float().div_(255.0), labels[sel].long()
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+    description: str = "evaluate",
+) -> float:
+    """Top-1 accuracy in percent."""
+    correct = total = 0
+    with torch.no_grad(), eval_mode(model), progress(description, len(dataset)) as advance:
+        for x, y in iterate_batches(dataset, batch_size):
+            x, y = x.to(device), y.to(device)
+            logits = model(prepare(x) if prepare else x)
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+            advance(len(y))
+    return 100.0 * correct / max(total, 1)
+
+
+def train_model(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    epochs: float = 1.0,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+    description: str = "train",
+) -> dict[str, float]:
+    """Train with AdamW and a one-cycle schedule for ``epochs`` passes (fractions allowed).
+
+    Args:
+        model: trained in place (left in eval mode).
+        dataset: (image, label) items, images in [0,1].
+        epochs: passes over ``dataset``; 0.5 runs half an epoch.
+        batch_size: samples per step.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        seed: shuffling seed (a private generator: the global RNG is not touched).
+        prepare: applied to each batch on the device (normalisation).
+        device: where to train.
+        description: progress-bar label.
+
+    Returns:
+        ``{"steps", "final_loss"}``.
+    """
+    steps_per_epoch = math.ceil(len(dataset) / batch_size)
+    total_steps = max(1, math.ceil(epochs * steps_per_epoch))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    step, loss_ema = 0, float("nan")
+    with progress(description, total_steps) as advance:
+        while step < total_steps:
+            for x, y in iterate_batches(dataset, batch_size, shuffle=True, generator=gen):
+                x, y = x.to(device), y.to(device)
+                loss = F.cross_entropy(model(prepare(x) if prepare else x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                loss_ema = float(loss) if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * float(loss)
+                advance(1, loss=loss_ema)
+                if step >= total_steps:
+                    break
+    model.eval()
+    return {"steps": step, "final_loss": loss_ema}
