@@ -116,7 +116,8 @@ def train_model(
                 opt.step()
                 sched.step()
                 step += 1
-                loss_ema = float(loss) if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * float(loss)
+                value = loss.item()
+                loss_ema = value if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * value
                 advance(1, loss=loss_ema)
                 if step >= total_steps:
                     break

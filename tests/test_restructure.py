@@ -1,0 +1,65 @@
+"""Physical channel removal must equal zeroing the removed channels in the original model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from edgeslice.models import count_parameters
+from edgeslice.restructure import plan_restructure, restructure_
+from edgeslice.slicing import channel_masks, find_layers
+
+
+def _random_keep(layers, share, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {la.name: torch.rand(la.channels, generator=g) < share for la in layers}
+
+
+@pytest.mark.parametrize("share", [0.3, 0.7])
+def test_restructured_equals_masked(tiny_mnv3, share):
+    x = torch.randn(6, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    layers = find_layers(tiny_mnv3, x[:1])
+    keep = _random_keep(layers, share, seed=2)
+    original = copy.deepcopy(tiny_mnv3)
+    report = restructure_(tiny_mnv3, layers, keep, x[:2])
+    assert report.params_after < report.params_before == count_parameters(original)
+    assert count_parameters(tiny_mnv3) == report.params_after
+    with torch.no_grad(), channel_masks(original, layers, report.effective_keep):
+        masked = original(x)
+    with torch.no_grad():
+        pruned = tiny_mnv3(x)
+        plain = original(x)
+    assert torch.allclose(masked, pruned, atol=1e-5)
+    assert not torch.allclose(plain, pruned, atol=1e-3)  # something was really removed
+    # Coupling only ever adds channels back: every critical channel survives.
+    for name, k in keep.items():
+        assert bool(report.effective_keep[name][k].all())
+    # The classifier keeps its outputs.
+    assert tiny_mnv3.get_classifier().out_features == 10
+
+
+def test_coupled_depthwise_and_residual_groups(tiny_mnv3):
+    x = torch.randn(2, 1, 32, 32)
+    layers = find_layers(tiny_mnv3, x[:1])
+    keep = {la.name: torch.zeros(la.channels, dtype=torch.bool) for la in layers}
+    keep["blocks.1.0.conv_pw"][3] = True  # critical only in the expansion conv ...
+    _, plans, effective = plan_restructure(tiny_mnv3, layers, keep, x)
+    # ... so the coupled depthwise conv keeps the same channel.
+    assert effective["blocks.1.0.conv_dw"][3]
+    pw_group = next(p for p in plans if "blocks.1.0.conv_pw" in p.members)
+    assert "blocks.1.0.conv_dw" in pw_group.members
+    # Residual stage: the projections of blocks.1.0 and blocks.1.1 share channels.
+    stage = next(p for p in plans if "blocks.1.0.conv_pwl" in p.members)
+    assert "blocks.1.1.conv_pwl" in stage.members
+    # A group with nothing critical keeps one channel instead of vanishing.
+    assert all(len(p.remove) < p.channels for p in plans)
+
+
+def test_all_critical_removes_nothing(tiny_mnv3):
+    x = torch.randn(2, 1, 32, 32)
+    layers = find_layers(tiny_mnv3, x[:1])
+    keep = {la.name: torch.ones(la.channels, dtype=torch.bool) for la in layers}
+    report = restructure_(tiny_mnv3, layers, keep, x)
+    assert report.params_after == report.params_before
