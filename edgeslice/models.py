@@ -31,6 +31,7 @@ MODEL_ALIASES: dict[str, str] = {
     "mobilenetv2": "mobilenetv2_100",
     "efficientnet-b0": "efficientnet_b0",
     "resnet18": "resnet18",
+    "mlp": "edgeslice_mlp",
 }
 
 
@@ -41,6 +42,8 @@ def resolve_model_name(name: str) -> str:
         ModelError: the name is neither an alias nor a timm model.
     """
     import timm
+
+    from . import mlp  # noqa: F401 - registers edgeslice_mlp with timm (kept lazy: timm is slow to import)
 
     timm_name = MODEL_ALIASES.get(name.lower(), name)
     if not timm.is_model(timm_name):

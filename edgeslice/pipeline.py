@@ -35,7 +35,9 @@ from .models import (
     save_checkpoint,
 )
 from .slicing import STRATEGIES, SemanticSlicer, SliceResult, channel_masks
+from .slicing.deeplift import BASELINES
 from .slicing.metrics import list_metrics
+from .slicing.slicer import SOLVERS
 from .slicing.solver import SIMILARITIES
 from .train import evaluate, iterate_batches, train_model
 
@@ -57,9 +59,18 @@ class SliceConfig:
     ratio: float = 0.5
     similarity: str = "cka"
     calib_per_class: int = 100
+    baseline: str = "zero"
+    solver: str = "exact"
+    interval: int = 1
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
+        if self.baseline not in BASELINES:
+            raise ValueError(f"unknown DeepLIFT baseline {self.baseline!r}; valid: {', '.join(BASELINES)}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {self.solver!r}; valid: {', '.join(SOLVERS)}")
+        if self.interval < 1:
+            raise ValueError(f"interval must be >= 1, got {self.interval}")
         if self.metric not in list_metrics():
             raise ValueError(f"unknown metric {self.metric!r}; valid: {', '.join(list_metrics())}")
         if self.strategy not in STRATEGIES:
@@ -93,11 +104,11 @@ class CompressConfig:
     data: str = "fashion-mnist"
     checkpoint: str | None = None
     slicing: SliceConfig = field(default_factory=SliceConfig)
-    train_epochs: float = 1.0
+    train_epochs: float = 3.0
     finetune_epochs: float = 1.0
-    batch_size: int = 128
-    lr: float = 3e-3
-    finetune_lr: float = 1e-3
+    batch_size: int = 256
+    lr: float = 2e-2
+    finetune_lr: float = 5e-3
     image_size: int | None = None
     seed: int = 0
     download: bool = False
@@ -242,7 +253,7 @@ def slice_model(
     """Calibrate on a seeded per-class sample, slice, and build the index bound to the model's fingerprint."""
     calib = calibration_set(bundle, cfg.calib_per_class, seed)
     example = make_prepare(meta)(next(iterate_batches(calib, 2))[0].to(device))
-    slicer = SemanticSlicer(model, example, metric=cfg.metric, similarity=cfg.similarity)
+    slicer = SemanticSlicer(model, example, metric=cfg.metric, similarity=cfg.similarity, baseline=cfg.baseline)
     with progress(f"calibrate ({cfg.metric})", len(calib)) as advance:
         slicer.calibrate(
             iterate_batches(calib, batch_size),
@@ -252,7 +263,7 @@ def slice_model(
             on_batch=advance,
         )
     if cfg.strategy == "semantic":
-        result = slicer.slice(theta=cfg.theta, strategy="semantic")
+        result = slicer.slice(theta=cfg.theta, strategy="semantic", solver=cfg.solver, interval=cfg.interval)
     else:
         result = slicer.slice(ratio=cfg.ratio, strategy=cfg.strategy)
     index = CriticalIndex(
@@ -344,7 +355,11 @@ def _latency_and_size(model: nn.Module, example: torch.Tensor, path: Path) -> di
     from .export import export_onnx, file_sizes, onnx_latency
 
     export_onnx(model, example, path)
-    return {**file_sizes(path), "latency": onnx_latency(path, (1, *example.shape[1:]))}
+    return {
+        **file_sizes(path),
+        "latency": onnx_latency(path, (1, *example.shape[1:])),
+        "latency_batch32": onnx_latency(path, (32, *example.shape[1:]), runs=20),
+    }
 
 
 def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, Any]:

@@ -9,6 +9,10 @@ import typer
 from edgeslice import __version__
 
 from .compress import compress_command
+from .evaluate import evaluate_command
+from .increment import increment_command
+from .prune import prune_command
+from .readapt import readapt_command
 from .slice import slice_command
 from .train import train_command
 
@@ -38,6 +42,10 @@ def _root(
 app.command("train")(train_command)
 app.command("slice")(slice_command)
 app.command("compress")(compress_command)
+app.command("evaluate-slices")(evaluate_command)
+app.command("prune")(prune_command)
+app.command("readapt")(readapt_command)
+app.command("increment")(increment_command)
 
 
 def main() -> None:

@@ -28,17 +28,52 @@ class MetricName(str, Enum):
     var = "var"
     ens = "ens"
     taylor = "taylor"
+    deeplift = "deeplift"
 
 
 class StrategyName(str, Enum):
     semantic = "semantic"
     category = "category"
     global_ = "global"
+    random = "random"
+    magnitude = "magnitude"
+
+
+class BaselineName(str, Enum):
+    zero = "zero"
+    mean = "mean"
+
+
+class SolverName(str, Enum):
+    exact = "exact"
+    scan = "scan"
 
 
 class SimilarityName(str, Enum):
     cka = "cka"
     gram = "gram"
+
+
+class AttackName(str, Enum):
+    """Adversarial attack of ``readapt`` (L∞, inputs in [0, 1])."""
+
+    fgsm = "fgsm"
+    pgd = "pgd"
+
+
+class OptimizerName(str, Enum):
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class PrunerName(str, Enum):
+    """Layer-wise sparsity allocation of the iterative pruning step (``none`` skips the step)."""
+
+    lamp = "lamp"
+    global_ = "global"
+    uniform_plus = "uniform+"
+    erk = "erk"
+    none = "none"
 
 
 ModelArg = Annotated[str, typer.Argument(help="timm model name or alias (mobilenetv3 = mobilenetv3_small_100).")]
@@ -67,8 +102,31 @@ def _positive(value: float) -> float:
 
 
 ThetaOpt = Annotated[float, typer.Option("--theta", callback=_unit_interval, help="Similarity threshold θ in (0, 1].")]
-MetricOpt = Annotated[MetricName, typer.Option("--metric", help="Neuron contribution metric.")]
-StrategyOpt = Annotated[StrategyName, typer.Option("--strategy", help="Neuron selection strategy.")]
+METRIC_HELP = (
+    "Neuron contribution metric. deeplift is approximate on MobileNetV3-style models: captum's rescale rule skips "
+    "Hardswish/Hardsigmoid and the squeeze-excite multiply (plain gradients there)."
+)
+MetricOpt = Annotated[MetricName, typer.Option("--metric", help=METRIC_HELP)]
+STRATEGY_HELP = (
+    "Neuron selection strategy; random and magnitude (output-channel weight norm) are cheap baselines that keep "
+    "--ratio per layer."
+)
+StrategyOpt = Annotated[StrategyName, typer.Option("--strategy", help=STRATEGY_HELP)]
+BaselineOpt = Annotated[
+    BaselineName,
+    typer.Option(
+        "--baseline",
+        help="DeepLIFT reference: zero (zeros after normalisation = the data-set mean colour) or mean (the "
+        "per-pixel mean calibration image).",
+    ),
+]
+SolverOpt = Annotated[
+    SolverName,
+    typer.Option("--solver", help="exact: prefix sums, all θ at once (default); scan: the paper's linear scan."),
+]
+IntervalOpt = Annotated[
+    int, typer.Option("--interval", min=1, help="Channels added per step of the linear scan (--solver scan).")
+]
 SimilarityOpt = Annotated[
     SimilarityName,
     typer.Option("--similarity", help="cka: centered linear CKA (default); gram: the paper's uncentered Eq. 2."),

@@ -29,9 +29,9 @@ from ._common import (
 def train_command(
     model: ModelArg,
     data: DataOpt = "fashion-mnist",
-    epochs: Annotated[float, typer.Option("--epochs", callback=_positive, help="Passes over the data.")] = 1.0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
-    lr: Annotated[float, typer.Option("--lr", callback=_positive, help="Peak learning rate (AdamW).")] = 3e-3,
+    epochs: Annotated[float, typer.Option("--epochs", callback=_positive, help="Passes over the data.")] = 3.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    lr: Annotated[float, typer.Option("--lr", callback=_positive, help="Peak learning rate (AdamW, one-cycle).")] = 2e-2,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/train"),
     image_size: ImageSizeOpt = None,
     download: DownloadOpt = False,

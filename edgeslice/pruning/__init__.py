@@ -1,6 +1,8 @@
 """Unstructured magnitude pruning with layer-wise sparsity allocations (Global, Uniform+, ERK, LAMP).
 
-Follows Lee et al., "Layer-adaptive Sparsity for the Magnitude-based Pruning" (ICLR 2021). Pure torch.
+Follows Lee et al., "Layer-adaptive Sparsity for the Magnitude-based Pruning" (ICLR 2021). The allocations, masks and
+the iterative loop are pure torch; :func:`prune_pipeline_` and :func:`export_pruned` add fine-tuning, evaluation,
+resumable state and the artifacts (ONNX, checkpoint, report) on top.
 
 Example:
     >>> import torch
@@ -11,12 +13,21 @@ Example:
     >>> make_permanent_(model)
 """
 
+from ._state import state_dir_for as state_dir_for
 from .allocators import Pruner as Pruner
+from .allocators import PrunerLimitError as PrunerLimitError
 from .allocators import erk_scales as erk_scales
 from .allocators import get_pruner as get_pruner
 from .allocators import lamp_scores as lamp_scores
 from .allocators import list_pruners as list_pruners
 from .allocators import register_pruner as register_pruner
+from .artifacts import ARTIFACTS as ARTIFACTS
+from .artifacts import curve_points as curve_points
+from .artifacts import export_pruned as export_pruned
+from .artifacts import onnx_weight_stats as onnx_weight_stats
+from .artifacts import plot_prune_curves as plot_prune_curves
+from .artifacts import write_pruned_artifacts as write_pruned_artifacts
+from .iterative import NO_PRUNER as NO_PRUNER
 from .iterative import IterationRecord as IterationRecord
 from .iterative import IterativePruneConfig as IterativePruneConfig
 from .iterative import iterative_prune_ as iterative_prune_
@@ -26,3 +37,7 @@ from .masks import current_masks as current_masks
 from .masks import make_permanent_ as make_permanent_
 from .masks import prunable_weights as prunable_weights
 from .masks import sparsity_report as sparsity_report
+from .run import PruneReport as PruneReport
+from .run import compression_rate as compression_rate
+from .run import prune_pipeline_ as prune_pipeline_
+from .run import resolve_dense_params as resolve_dense_params

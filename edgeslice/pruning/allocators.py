@@ -37,6 +37,10 @@ UNIFORM_PLUS_LAST_LAYER_MIN_DENSITY = (1, 5)
 _PRUNERS: dict[str, Pruner] = {}
 
 
+class PrunerLimitError(ValueError):
+    """The allocation cannot reach the requested sparsity (e.g. Uniform+'s first/last-layer rules forbid it)."""
+
+
 def register_pruner(name: str) -> Callable[[Pruner], Pruner]:
     """Registers a layer-wise sparsity allocation under ``name``.
 
@@ -140,7 +144,7 @@ def uniform_plus_pruner(weights: Sequence[Tensor], masks: Sequence[Tensor], n_ke
     its weights; what the classifier cannot give up is taken uniformly from the layers in between.
 
     Raises:
-        ValueError: If those two exceptions make ``n_keep`` unreachable.
+        PrunerLimitError: If those two exceptions make ``n_keep`` unreachable.
     """
     survivors = _survivors(masks)
     n_layers = len(weights)
@@ -156,7 +160,7 @@ def uniform_plus_pruner(weights: Sequence[Tensor], masks: Sequence[Tensor], n_ke
     if n_keep < n_fixed + last_min:
         total = sum(w.numel() for w in weights)
         rules = "the first conv dense and " if first_dense else ""
-        raise ValueError(
+        raise PrunerLimitError(
             f"uniform+ cannot keep only {n_keep} of {total} weights (sparsity {1 - n_keep / total:.4f}): it keeps "
             f"{rules}>= 20% of the classifier, so at most sparsity {1 - (n_fixed + last_min) / total:.4f} is reachable"
         )

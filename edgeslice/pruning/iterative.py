@@ -23,8 +23,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .allocators import get_pruner
+from .allocators import PrunerLimitError, get_pruner
 from .masks import _is_masked, _refresh_weight, apply_masks_, compute_masks, current_masks, make_permanent_
+
+#: ``IterativePruneConfig.pruner`` value meaning "do not prune".
+NO_PRUNER = "none"
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,8 @@ class IterativePruneConfig:
     """Settings of :func:`iterative_prune_`.
 
     Attributes:
-        pruner: Layer-wise allocation, one of :func:`~edgeslice.pruning.list_pruners`.
+        pruner: Layer-wise allocation, one of :func:`~edgeslice.pruning.list_pruners`, or ``"none"``: no pruning
+            (:func:`iterative_prune_` returns at once; lets a pipeline such as ``compress`` skip the step).
         prune_step: Fraction of the remaining prunable weights removed per iteration, in ``(0, 1)``.
         max_iterations: Upper bound on the number of prune + fine-tune iterations, ``>= 1``.
         max_acc_drop: Largest accepted drop below the baseline accuracy, in accuracy points, ``>= 0``.
@@ -48,7 +52,11 @@ class IterativePruneConfig:
     finetune_steps: int = 200
 
     def __post_init__(self) -> None:
-        get_pruner(self.pruner)  # raises ValueError listing the valid names
+        if self.pruner != NO_PRUNER:
+            try:
+                get_pruner(self.pruner)
+            except ValueError as e:
+                raise ValueError(f"{e} (or {NO_PRUNER!r} to skip pruning)") from None
         if not _is_real(self.prune_step) or not 0.0 < self.prune_step < 1.0:
             raise ValueError(f"prune_step must be a number in (0, 1), got {self.prune_step!r}")
         if not _is_int(self.max_iterations) or self.max_iterations < 1:
@@ -57,6 +65,11 @@ class IterativePruneConfig:
             raise ValueError(f"max_acc_drop must be a finite number >= 0, got {self.max_acc_drop!r}")
         if not _is_int(self.finetune_steps) or self.finetune_steps < 0:
             raise ValueError(f"finetune_steps must be an integer >= 0, got {self.finetune_steps!r}")
+
+    @property
+    def enabled(self) -> bool:
+        """False for ``pruner="none"``."""
+        return self.pruner != NO_PRUNER
 
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON/TOML-friendly dict, including ``"version"``."""
@@ -121,6 +134,7 @@ def iterative_prune_(
     finetune: Callable[[nn.Module, int], None],
     baseline_accuracy: float,
     on_iteration: Callable[[IterationRecord], None] | None = None,
+    start_iteration: int = 1,
 ) -> list[IterationRecord]:
     """Prunes, fine-tunes and evaluates in a loop until the accuracy budget or the iteration limit is hit.
 
@@ -133,7 +147,9 @@ def iterative_prune_(
 
     Masks the model already carries (see :func:`~edgeslice.pruning.current_masks`) are the starting point. One copy
     of the state dict is held in memory for the rollback. If a callback raises, the model is left masked
-    (reparametrized) as it was at that moment.
+    (reparametrized) as it was at that moment. If the pruner cannot reach the next target
+    (:class:`~edgeslice.pruning.PrunerLimitError`, e.g. Uniform+'s layer rules), the loop stops there with the last
+    kept state, like at the iteration limit. With ``config.pruner == "none"`` nothing happens and ``[]`` is returned.
 
     Args:
         model: The model to prune in place.
@@ -142,6 +158,8 @@ def iterative_prune_(
         finetune: Trains the model for the given number of steps; masked weights stay zero while it does.
         baseline_accuracy: Accuracy of the unpruned model, in percent.
         on_iteration: Called with each record, after a rejected iteration has been rolled back.
+        start_iteration: Number of the first iteration (records count from it); ``config.max_iterations`` is the
+            number of iterations this call may run. Used to resume an interrupted run.
 
     Returns:
         One record per iteration run, the rejected one included (``kept=False``).
@@ -149,6 +167,8 @@ def iterative_prune_(
     Raises:
         ValueError: If the model has no prunable layers.
     """
+    if not config.enabled:
+        return []
     masks = current_masks(model)
     total = sum(m.numel() for m in masks.values())
     if total == 0:
@@ -157,10 +177,13 @@ def iterative_prune_(
     apply_masks_(model, masks)
     good_state = _snapshot(model)
     records = []
-    for iteration in range(1, config.max_iterations + 1):
+    for iteration in range(start_iteration, start_iteration + config.max_iterations):
         n_alive = sum(int(m.sum()) for m in masks.values())
         target = 1.0 - (n_alive / total) * (1.0 - config.prune_step)
-        masks = compute_masks(model, target, config.pruner, masks=masks)
+        try:
+            masks = compute_masks(model, target, config.pruner, masks=masks)
+        except PrunerLimitError:
+            break
         apply_masks_(model, masks)
         finetune(model, config.finetune_steps)
         accuracy = float(evaluate(model))

@@ -113,8 +113,8 @@ def compute_masks(
 
     Raises:
         ValueError: If ``pruner`` is unknown, ``sparsity`` is outside ``[0, 1]`` or below the current sparsity
-            (pruned weights cannot come back), ``masks`` does not match the model, or the pruner cannot reach
-            the target.
+            (pruned weights cannot come back), or ``masks`` does not match the model.
+        PrunerLimitError: (a ``ValueError``) If the pruner cannot reach the target.
     """
     allocate = get_pruner(pruner)
     if not 0.0 <= sparsity <= 1.0:

@@ -4,11 +4,18 @@ Strategies (paper §3):
 - ``semantic``: per class and layer, the fewest top-ranked channels whose similarity to the whole layer reaches θ
   (Eq. 4, exact solver), union over classes;
 - ``category``: the top ``ratio`` of channels per layer for each class, union over classes;
-- ``global``: the top ``ratio`` of channels per layer, ranked on the whole calibration set.
+- ``global``: the top ``ratio`` of channels per layer, ranked on the whole calibration set;
+- ``random`` / ``magnitude``: seeded random channels / the largest output-channel weight norms, either the top
+  ``ratio`` per layer or exactly the per-layer budget of another slice (``budget=``), so semantic slicing can be
+  compared with cheap heuristics at equal size.
+
+Two solvers find the semantic k: ``exact`` (prefix sums, every θ at once, :mod:`.solver`) and ``scan`` (the paper's
+Algorithm 1 linear scan with interval i: the first multiple of i, or N, whose prefix reaches θ).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,12 +23,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .heuristics import magnitude_scores, random_scores
 from .metrics import class_scores, descending_order, get_metric, global_scores
 from .observe import Layer, find_layers
-from .solver import SIMILARITIES, min_k, prefix_similarity, similarity_gram
+from .solver import SIMILARITIES, linear_scan, min_k, prefix_similarity, similarity_gram
 from .stats import CalibrationStats, collect_stats
 
-STRATEGIES = ("semantic", "category", "global")
+STRATEGIES = ("semantic", "category", "global", "random", "magnitude")
+SOLVERS = ("exact", "scan")
 
 
 @dataclass
@@ -48,6 +57,10 @@ class SliceResult:
     def total_channels(self) -> int:
         return int(sum(m.numel() for m in self.critical.values()))
 
+    def critical_counts(self) -> dict[str, int]:
+        """layer → number of critical channels (the per-layer budget other strategies can be matched to)."""
+        return {name: int(m.sum()) for name, m in self.critical.items()}
+
 
 class SemanticSlicer:
     """Score every channel per class once, then slice for any θ.
@@ -56,15 +69,41 @@ class SemanticSlicer:
         >>> slicer = SemanticSlicer(model, example, metric="taylor")
         >>> slicer.calibrate(batches, num_classes=10)
         >>> result = slicer.slice(theta=0.95)
+        >>> same_size = slicer.slice(strategy="magnitude", budget=result)
     """
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, *, metric: str = "taylor", similarity: str = "cka"):
+    def __init__(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        *,
+        metric: str = "taylor",
+        similarity: str = "cka",
+        baseline: str = "zero",
+        layers: list[Layer] | None = None,
+    ):
+        """Find the sliceable layers; nothing is computed until :meth:`calibrate`.
+
+        Args:
+            model: the model to slice.
+            example: one input batch (after normalisation), to find the observation points.
+            metric: contribution metric (see :func:`~edgeslice.slicing.list_metrics`).
+            similarity: ``cka`` (centered) or ``gram`` (the paper's Eq. 2).
+            baseline: DeepLIFT reference: ``zero`` (zeros after normalisation, i.e. the dataset-mean image) or
+                ``mean`` (the per-pixel mean calibration image).
+            layers: the sliceable layers when already known (skips the tracing forward pass).
+        """
+        from .deeplift import BASELINES
+
         if similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {similarity!r}; valid: {', '.join(SIMILARITIES)}")
+        if baseline not in BASELINES:
+            raise ValueError(f"unknown DeepLIFT baseline {baseline!r}; valid: {', '.join(BASELINES)}")
         self.model = model
         self.metric = get_metric(metric).name
         self.similarity = similarity
-        self.layers = find_layers(model, example)
+        self.baseline = baseline
+        self.layers = layers if layers is not None else find_layers(model, example)
         self.stats: CalibrationStats | None = None
         self._curves: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
@@ -76,14 +115,40 @@ class SemanticSlicer:
         prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: torch.device | str = "cpu",
         on_batch: Callable[[int], None] | None = None,
+        metrics: Iterable[str] | None = None,
     ) -> CalibrationStats:
-        """One pass over the calibration batches (forward, plus backward for gradient metrics)."""
+        """One pass over the calibration batches (forward, plus backward for gradient metrics).
+
+        Args:
+            batches: (inputs, labels) pairs. With the ``mean`` DeepLIFT baseline they are read twice (once for
+                the mean image): pass a re-iterable (list, or an object whose ``__iter__`` restarts); a one-shot
+                iterator is materialised in memory first.
+            num_classes: number of classes.
+            prepare: normalisation applied to each batch on the device.
+            device: where to run.
+            on_batch: progress callback, called with each batch's size.
+            metrics: collect the sums of these metrics too (default: only this slicer's), so that
+                :meth:`with_metric` can slice by any of them without another pass.
+        """
+        from .deeplift import mean_input
+
+        wanted = {self.metric, *(metrics or ())}
+        attributions = {get_metric(m).attribution for m in wanted}
+        deeplift = "deeplift" in attributions
+        reference = None
+        if deeplift and self.baseline == "mean":
+            if iter(batches) is batches:  # a one-shot iterator: keep it to read it twice
+                batches = list(batches)
+            reference = mean_input(batches, prepare=prepare, device=device)
         self.stats = collect_stats(
             self.model,
             self.layers,
             batches,
             num_classes=num_classes,
-            with_gradients=get_metric(self.metric).needs_gradients,
+            with_gradients="taylor" in attributions,
+            deeplift=deeplift,
+            baseline=self.baseline,
+            reference=reference,
             prepare=prepare,
             device=device,
             on_batch=on_batch,
@@ -91,10 +156,31 @@ class SemanticSlicer:
         self._curves = None
         return self.stats
 
+    def with_metric(self, metric: str) -> SemanticSlicer:
+        """A slicer for another metric that shares this one's model, layers and calibration statistics.
+
+        Raises:
+            ValueError: the statistics lack the sums that metric needs (calibrate with ``metrics=``).
+        """
+        m = get_metric(metric)
+        stats = self._require_stats()
+        if (m.attribution == "taylor" and not stats.with_gradients) or (
+            m.attribution == "deeplift" and stats.deeplift_baseline is None
+        ):
+            raise ValueError(f"the calibration did not collect {m.name!r} sums; calibrate with metrics=[{m.name!r}]")
+        other = copy.copy(self)
+        other.metric = m.name
+        other._curves = None
+        return other
+
     def _require_stats(self) -> CalibrationStats:
         if self.stats is None:
             raise RuntimeError("call calibrate() before slicing")
         return self.stats
+
+    def _class_gram(self, name: str, c: int) -> torch.Tensor:
+        s = self._require_stats().per_layer[name]
+        return similarity_gram(s.gram[c], s.total[c], s.count[c], self.similarity)
 
     def curves(self) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
         """layer → per class (order, prefix similarity): everything every θ needs, computed once."""
@@ -110,20 +196,46 @@ class SemanticSlicer:
                     if float(s.count[c]) == 0:
                         per_class.append((order, None))
                         continue
-                    g = similarity_gram(s.gram[c], s.total[c], s.count[c], self.similarity)
-                    per_class.append((order, prefix_similarity(g, order)))
+                    per_class.append((order, prefix_similarity(self._class_gram(layer.name, c), order)))
                 curves[layer.name] = per_class
             self._curves = curves
         return self._curves
 
     def slice(
-        self, *, theta: float | None = None, strategy: str = "semantic", ratio: float | None = None
+        self,
+        *,
+        theta: float | None = None,
+        strategy: str = "semantic",
+        ratio: float | None = None,
+        budget: SliceResult | dict[str, int] | None = None,
+        seed: int = 0,
+        solver: str = "exact",
+        interval: int = 1,
     ) -> SliceResult:
-        """Critical channels for one θ (semantic) or one kept ratio (category, global)."""
-        stats = self._require_stats()
+        """Critical channels for one θ (semantic) or one kept ratio / per-layer budget (the other strategies).
+
+        Args:
+            theta: similarity threshold in (0, 1] (``semantic``).
+            strategy: one of :data:`STRATEGIES`.
+            ratio: kept share per layer in (0, 1] (``category``, ``global``, ``random``, ``magnitude``).
+            budget: instead of ``ratio`` (``random``, ``magnitude``): the number of channels to keep per layer,
+                or a slice whose per-layer critical counts to match.
+            seed: seed of ``random``.
+            solver: ``exact`` (prefix sums) or ``scan`` (the paper's linear scan, ``semantic`` only).
+            interval: the scan's step i (``scan`` only).
+        """
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
-        params = {"strategy": strategy, "metric": self.metric, "similarity": self.similarity}
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, got {interval}")
+        params: dict = {"strategy": strategy, "metric": self.metric, "similarity": self.similarity}
+        if strategy in ("random", "magnitude"):
+            return self._slice_heuristic(strategy, ratio, budget, seed)
+        stats = self._require_stats()
+        if self.metric == "deeplift" and stats.deeplift_baseline is not None:
+            params["baseline"] = stats.deeplift_baseline
         critical: dict[str, torch.Tensor] = {}
         per_class: dict[str, torch.Tensor] | None = {}
         gscores = {layer.name: global_scores(stats.per_layer[layer.name], self.metric) for layer in self.layers}
@@ -131,43 +243,100 @@ class SemanticSlicer:
             if theta is None or not 0.0 < theta <= 1.0:
                 raise ValueError(f"theta must be in (0, 1], got {theta}")
             params["theta"] = float(theta)
+            if solver == "scan":
+                params.update(solver="scan", interval=int(interval))
             for layer in self.layers:
                 sets = torch.zeros(stats.num_classes, layer.channels, dtype=torch.bool)
                 for c, (order, sim) in enumerate(self.curves()[layer.name]):
                     if sim is None:
                         continue  # class absent from the calibration set: it selects nothing
-                    k = int(min_k(sim, theta)[0])
+                    if solver == "exact":
+                        k = int(min_k(sim, theta)[0])
+                    else:
+                        k = linear_scan(self._class_gram(layer.name, c), order, theta, interval)
                     sets[c, order[:k]] = True
                 per_class[layer.name] = sets
                 critical[layer.name] = sets.any(0)
         else:
-            if ratio is None or not 0.0 < ratio <= 1.0:
-                raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+            ratio = _check_ratio(ratio)
             params["ratio"] = float(ratio)
             for layer in self.layers:
-                k = max(1, math.ceil(ratio * layer.channels - 1e-9))
+                k = _top_k(ratio, layer.channels)
                 if strategy == "global":
-                    keep = torch.zeros(layer.channels, dtype=torch.bool)
-                    keep[descending_order(gscores[layer.name])[:k]] = True
-                    critical[layer.name] = keep
+                    critical[layer.name] = _top_mask(gscores[layer.name], k)
                     per_class = None
                 else:
                     scores = class_scores(stats.per_layer[layer.name], self.metric)
                     sets = torch.zeros(stats.num_classes, layer.channels, dtype=torch.bool)
                     for c in range(stats.num_classes):
                         if float(stats.per_layer[layer.name].count[c]) > 0:
-                            sets[c, descending_order(scores[c])[:k]] = True
+                            sets[c] = _top_mask(scores[c], k)
                     per_class[layer.name] = sets
                     critical[layer.name] = sets.any(0)
         return SliceResult(layers=self.layers, critical=critical, per_class=per_class, params=params, scores=gscores)
 
-    def k_table(self, thetas: Iterable[float]) -> dict[str, torch.Tensor]:
-        """layer → (C, len(thetas)) minimal k per class for every θ at once (exact solver)."""
+    def _slice_heuristic(
+        self,
+        strategy: str,
+        ratio: float | None,
+        budget: SliceResult | dict[str, int] | None,
+        seed: int,
+    ) -> SliceResult:
+        params: dict = {"strategy": strategy}
+        if strategy == "random":
+            scores = random_scores(self.layers, seed)
+            params["seed"] = int(seed)
+        else:
+            scores = magnitude_scores(self.model, self.layers)
+        if budget is not None:
+            ks = budget.critical_counts() if isinstance(budget, SliceResult) else {k: int(v) for k, v in budget.items()}
+            missing = [la.name for la in self.layers if la.name not in ks]
+            if missing:
+                raise ValueError(f"budget has no entry for layer {missing[0]!r}")
+            params["budget"] = dict(budget.params) if isinstance(budget, SliceResult) else "per-layer counts"
+        else:
+            ratio = _check_ratio(ratio)
+            params["ratio"] = float(ratio)
+            ks = {la.name: _top_k(ratio, la.channels) for la in self.layers}
+        critical = {}
+        for la in self.layers:
+            k = ks[la.name]
+            if not 0 <= k <= la.channels:
+                raise ValueError(f"budget {k} for layer {la.name!r} is outside 0..{la.channels}")
+            critical[la.name] = _top_mask(scores[la.name], k)
+        return SliceResult(layers=self.layers, critical=critical, per_class=None, params=params, scores=scores)
+
+    def k_table(self, thetas: Iterable[float], *, solver: str = "exact", interval: int = 1) -> dict[str, torch.Tensor]:
+        """layer → (C, len(thetas)) minimal k per class for every θ (exact: all θ at once; scan: one scan per θ)."""
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
         th = list(thetas)
         out = {}
         for name, per_class in self.curves().items():
-            rows = [
-                min_k(sim, th) if sim is not None else torch.zeros(len(th), dtype=torch.int64) for _, sim in per_class
-            ]
+            rows = []
+            for c, (order, sim) in enumerate(per_class):
+                if sim is None:
+                    rows.append(torch.zeros(len(th), dtype=torch.int64))
+                elif solver == "exact":
+                    rows.append(min_k(sim, th))
+                else:
+                    g = self._class_gram(name, c)
+                    rows.append(torch.tensor([linear_scan(g, order, t, interval) for t in th], dtype=torch.int64))
             out[name] = torch.stack(rows)
         return out
+
+
+def _check_ratio(ratio: float | None) -> float:
+    if ratio is None or not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    return ratio
+
+
+def _top_k(ratio: float, channels: int) -> int:
+    return max(1, math.ceil(ratio * channels - 1e-9))
+
+
+def _top_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    keep = torch.zeros(len(scores), dtype=torch.bool)
+    keep[descending_order(scores)[:k]] = True
+    return keep

@@ -25,11 +25,11 @@ def _run(*args: str):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train")
-    r = _run("train", MODEL, "--data", "digits", "--epochs", "2", "--out", str(out), "--device-type", "cpu",
-             "--json")
+    r = _run("train", MODEL, "--data", "digits", "--epochs", "8", "--batch-size", "64", "--lr", "0.01",
+             "--out", str(out), "--device-type", "cpu", "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["test_accuracy"] > 20.0  # learned something (chance is 10%)
+    assert doc["test_accuracy"] > 50.0  # learned something (chance is 10%)
     return out
 
 
@@ -58,7 +58,6 @@ def test_slice_is_deterministic(trained, tmp_path):
     idx.check_model(meta.timm_name, [{"name": la.name, "channels": la.channels} for la in layers], meta.fingerprint)
     assert idx.params["theta"] == 0.9 and idx.calibration["per_class"] == 10
     # A higher θ never selects fewer channels.
-    r3 = _run(*args[:-3], "--device-type", "cpu", "--json", "--out", str(tmp_path / "c"))
     r3 = _run(*[a if a != "0.9" else "0.99" for a in args], "--out", str(tmp_path / "c"))
     assert json.loads(r3.stdout)["critical_channels"] >= doc["critical_channels"]
 

@@ -186,3 +186,39 @@ def test_model_without_prunable_layers_is_rejected() -> None:
             finetune=lambda m, n: None,
             baseline_accuracy=0.0,
         )
+
+
+def test_pruner_none_is_accepted_and_does_nothing(toy_net: nn.Module) -> None:
+    config = IterativePruneConfig(pruner="none")
+    assert not config.enabled and IterativePruneConfig().enabled
+    assert IterativePruneConfig.from_dict(config.to_dict()) == config
+    before = {key: value.clone() for key, value in toy_net.state_dict().items()}
+    script = Script([])
+    assert (
+        iterative_prune_(toy_net, config, evaluate=script.evaluate, finetune=script.finetune, baseline_accuracy=0) == []
+    )
+    assert script.finetune_calls == [] and list(toy_net.state_dict()) == list(before)
+    with pytest.raises(ValueError, match="or 'none' to skip pruning"):
+        IterativePruneConfig(pruner="nothing")
+
+
+def test_start_iteration_numbers_the_records(toy_net: nn.Module) -> None:
+    script = Script([90.0, 90.0])
+    config = IterativePruneConfig(pruner="lamp", max_iterations=2, finetune_steps=0)
+    records = iterative_prune_(
+        toy_net, config, evaluate=script.evaluate, finetune=script.finetune, baseline_accuracy=90.0, start_iteration=4
+    )
+    assert [r.iteration for r in records] == [4, 5]
+
+
+def test_stops_when_the_pruner_cannot_go_further(toy_net: nn.Module) -> None:
+    # Uniform+ keeps the first conv (216 weights) and >= 20% of the classifier (128): at most sparsity 0.9202.
+    script = Script([90.0] * 5)
+    config = IterativePruneConfig(pruner="uniform+", prune_step=0.6, max_iterations=5, finetune_steps=0)
+    records = iterative_prune_(
+        toy_net, config, evaluate=script.evaluate, finetune=script.finetune, baseline_accuracy=90.0
+    )
+    # 4312 -> 1725 -> 690 kept; the next target (276 kept) is below the 344 Uniform+ must keep.
+    assert [r.kept for r in records] == [True, True]
+    assert sparsity_report(toy_net)["total"]["n_nonzero"] == 690
+    assert not any(hasattr(m, "weight_mask") for _, m in prunable_weights(toy_net))

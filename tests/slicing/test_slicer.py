@@ -107,10 +107,12 @@ def test_stats_merge_and_determinism(tiny_mnv3):
     x = torch.randn(24, 1, 32, 32, generator=gen)
     y = torch.arange(24) % 10
     example = x[:1]
-    whole = SemanticSlicer(tiny_mnv3, example, metric="taylor").calibrate([(x[:12], y[:12]), (x[12:], y[12:])],
-                                                                           num_classes=10)
-    again = SemanticSlicer(tiny_mnv3, example, metric="taylor").calibrate([(x[:12], y[:12]), (x[12:], y[12:])],
-                                                                           num_classes=10)
+    whole = SemanticSlicer(tiny_mnv3, example, metric="taylor").calibrate(
+        [(x[:12], y[:12]), (x[12:], y[12:])], num_classes=10
+    )
+    again = SemanticSlicer(tiny_mnv3, example, metric="taylor").calibrate(
+        [(x[:12], y[:12]), (x[12:], y[12:])], num_classes=10
+    )
     a = SemanticSlicer(tiny_mnv3, example, metric="taylor").calibrate([(x[:12], y[:12])], num_classes=10)
     b = SemanticSlicer(tiny_mnv3, example, metric="taylor").calibrate([(x[12:], y[12:])], num_classes=10)
     a.merge_(b)

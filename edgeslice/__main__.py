@@ -1,0 +1,3 @@
+from edgeslice.cli import main
+
+main()

@@ -1,0 +1,192 @@
+"""``edgeslice increment``: learn new classes without forgetting, as the device would (paper §4.3, Eq. 8–9).
+
+The learning itself is :func:`edgeslice.ondevice.learn_increment` (torch, timm, safetensors only); this host-side
+command adds what a device cannot: the ONNX export with its onnxruntime parity check, and (when the new data also
+holds old classes' test items) an evaluation of forgetting that the device itself never sees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._common import (
+    DeviceOpt,
+    DeviceType,
+    DownloadOpt,
+    JsonOpt,
+    OptimizerName,
+    SeedOpt,
+    _positive,
+    _unit_interval,
+    console,
+    emit_json,
+    fmt_bytes,
+    handle_errors,
+    setup,
+    table,
+)
+
+
+def _pick_classes(spec: str | None, available: list[str], known: list[str]) -> list[int]:
+    """Labels (in the new data) of the classes to learn: names or label numbers, comma-separated."""
+    from edgeslice.errors import EdgesliceError
+
+    if spec is None:
+        picked = [i for i, c in enumerate(available) if c not in known]
+        if not picked:
+            raise EdgesliceError("the new data has no class the model lacks (pass --classes)")
+        return picked
+    out = []
+    for tok in (t.strip() for t in spec.split(",") if t.strip()):
+        if tok in available:
+            out.append(available.index(tok))
+        elif tok.isdigit() and int(tok) < len(available):
+            out.append(int(tok))
+        else:
+            raise EdgesliceError(f"--classes: {tok!r} is not a class of the new data ({', '.join(available)})")
+    if len(set(out)) != len(out):
+        raise EdgesliceError("--classes names a class twice")
+    return out
+
+
+@handle_errors
+def increment_command(
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", exists=True, help="The deployed model.safetensors (model.json beside it).")
+    ],
+    index: Annotated[
+        Path, typer.Option("--index", exists=True, dir_okay=False, help="critical_index sliced from this checkpoint.")
+    ],
+    new_data: Annotated[
+        str, typer.Option("--new-data", help="Data of the new classes: a data-set name or an ImageFolder directory.")
+    ],
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            "--classes",
+            help="New classes (names or labels of --new-data, comma-separated; default: the "
+            "data's classes the model lacks).",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/increment"),
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the new data.")] = 3,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    lr: Annotated[float, typer.Option("--lr", callback=_positive, help="Peak learning rate (cosine decay).")] = 3e-3,
+    optimizer: Annotated[OptimizerName, typer.Option("--optimizer")] = OptimizerName.adamw,
+    calib_per_class: Annotated[
+        int, typer.Option("--calib-per-class", min=1, help="Images per new class for slicing the new classes.")
+    ] = 50,
+    replay: Annotated[
+        str | None,
+        typer.Option("--replay", help="Old-class data to replay (name or folder); its classes are matched by name."),
+    ] = None,
+    replay_fraction: Annotated[
+        float, typer.Option("--replay-fraction", callback=_unit_interval, help="Share of --replay kept per class.")
+    ] = 0.1,
+    download: DownloadOpt = False,
+    seed: SeedOpt = 0,
+    device_type: DeviceOpt = DeviceType.auto,
+    json_out: JsonOpt = False,
+) -> None:
+    """Grow the classifier by new classes, train only non-critical channels (critical ones and old class rows stay
+    bit-identical), slice the new classes, and write OUT/model.safetensors + model.json, critical_index, model.onnx
+    (parity-checked with onnxruntime), report.json and manifest.json."""
+    device = setup(json_out, device_type, seed)
+    from edgeslice._io import atomic_write_json, staging_dir
+    from edgeslice.data import load_data
+    from edgeslice.errors import EdgesliceError
+    from edgeslice.export import check_parity, export_onnx
+    from edgeslice.index import CriticalIndex
+    from edgeslice.models import load_checkpoint, save_checkpoint
+    from edgeslice.ondevice import IncrementConfig, learn_increment, relabel, sample_fraction, stored_bytes
+    from edgeslice.pipeline import make_prepare, write_manifest
+    from edgeslice.train import iterate_batches
+
+    cfg = IncrementConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer.value,
+        calib_per_class=calib_per_class,
+        seed=seed,
+    )
+    net, meta = load_checkpoint(checkpoint)
+    idx = CriticalIndex.load(index)
+    bundle = load_data(new_data, image_size=meta.input_size, seed=seed, download=download)
+    if bundle.in_chans != meta.in_chans:
+        raise EdgesliceError(f"the new data has {bundle.in_chans} channels, the model takes {meta.in_chans}")
+    picked = _pick_classes(classes, list(bundle.classes), list(meta.classes))
+    names = [bundle.classes[i] for i in picked]
+    old = len(meta.classes)
+    mapping = {src: old + j for j, src in enumerate(picked)}
+    new_train, new_test = relabel(bundle.train, mapping), relabel(bundle.test, mapping)
+    replay_set = None
+    if replay is not None:
+        rb = bundle if replay == new_data else load_data(replay, image_size=meta.input_size, seed=seed)
+        old_map = {i: meta.classes.index(c) for i, c in enumerate(rb.classes) if c in meta.classes}
+        if not old_map:
+            raise EdgesliceError(f"--replay {replay} holds none of the model's classes ({', '.join(meta.classes)})")
+        replay_set = sample_fraction(relabel(rb.train, old_map), replay_fraction, seed)
+    index_bytes = index.stat().st_size
+
+    result = learn_increment(net, meta, idx, new_train, names, cfg, device=device, replay=replay_set)
+    model = result.model
+    prepare = make_prepare(meta)
+    evaluation = _evaluate(model, meta, bundle, new_test, old, len(names), prepare, device)
+    report: dict[str, Any] = {
+        **result.report,
+        "checkpoint": str(checkpoint),
+        "index": str(index),
+        "new_data": bundle.describe(),
+        "evaluation": evaluation,
+        "bytes_kept": {
+            "index": index_bytes,
+            "replay_buffer": 0 if replay_set is None else stored_bytes(replay_set),
+            "replay_fraction": None if replay_set is None else replay_fraction,
+        },
+    }
+    x_check = prepare(next(iterate_batches(new_test if len(new_test) else new_train, 64))[0])
+    with staging_dir(out) as stage:
+        model.cpu()
+        saved = save_checkpoint(model, result.meta, stage / "model.safetensors")
+        result.index.model_fingerprint = saved.fingerprint
+        result.index.save(stage / "critical_index")
+        export_onnx(model, x_check, stage / "model.onnx")
+        report["onnx_parity_max_abs"] = check_parity(model, stage / "model.onnx", x_check)
+        report["index_bytes_after"] = (stage / "critical_index").stat().st_size
+        atomic_write_json(stage / "report.json", report)
+        write_manifest(stage, cfg.to_dict(), seed)
+    report["out"] = str(out)
+    if json_out:
+        emit_json(report)
+        return
+    rows = [[k, f"{v['class_il']:.2f}%", f"{v['task_il']:.2f}%"] for k, v in evaluation.items() if isinstance(v, dict)]
+    console.print(table(f"{meta.timm_name} + {', '.join(names)}", ["test accuracy", "class-IL", "task-IL"], rows))
+    tr = report["training"]
+    console.print(
+        f"trained {report['frozen_channels']}/{report['total_channels']} channels frozen; "
+        f"{tr['step_ms_median']:.1f} ms/step, peak RSS {fmt_bytes(tr['peak_rss_bytes'])}; device kept "
+        f"index {fmt_bytes(index_bytes)}"
+        + (f" + replay {fmt_bytes(report['bytes_kept']['replay_buffer'])}" if replay_set is not None else "")
+        + f"; ONNX parity {report['onnx_parity_max_abs']:.2g} → {out}"
+    )
+
+
+def _evaluate(model, meta, bundle, new_test, old: int, n_new: int, prepare, device) -> dict[str, Any]:
+    """New-class accuracy, and old-class accuracy when the new data's test split also has old classes."""
+    from edgeslice.ondevice import relabel, task_accuracy
+
+    seen = old + n_new
+    out: dict[str, Any] = {}
+    if len(new_test):
+        out["new_classes"] = task_accuracy(model, new_test, range(old, seen), seen=seen, prepare=prepare, device=device)
+    old_map = {i: meta.classes.index(c) for i, c in enumerate(bundle.classes) if c in meta.classes}
+    if old_map:
+        old_test = relabel(bundle.test, old_map)
+        if len(old_test):
+            out["old_classes"] = task_accuracy(model, old_test, range(old), seen=seen, prepare=prepare, device=device)
+            out["note"] = "old-class accuracy is a host-side check: the device learns from new-class data only"
+    return out

@@ -1,0 +1,207 @@
+"""``edgeslice prune``: iterative unstructured pruning (LAMP / Global / Uniform+ / ERK) of any checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import (
+    DataOpt,
+    DeviceOpt,
+    DeviceType,
+    DownloadOpt,
+    JsonOpt,
+    ModelArg,
+    PrunerName,
+    SeedOpt,
+    _positive,
+    console,
+    emit_json,
+    err_console,
+    fmt_bytes,
+    handle_errors,
+    setup,
+    table,
+)
+
+
+def _open_unit(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise typer.BadParameter(f"must be in (0, 1), got {value}")
+    return value
+
+
+@handle_errors
+def prune_command(
+    model: ModelArg,
+    checkpoint: Annotated[
+        Path,
+        typer.Option("--checkpoint", exists=True, help="model.safetensors (with model.json beside it), dense or not."),
+    ],
+    pruner: Annotated[PrunerName, typer.Option("--pruner", help="Layer-wise sparsity allocation.")] = PrunerName.lamp,
+    data: DataOpt = "fashion-mnist",
+    prune_step: Annotated[
+        float,
+        typer.Option("--prune-step", callback=_open_unit, help="Share of the remaining weights removed per iteration."),
+    ] = 0.2,
+    max_iterations: Annotated[int, typer.Option("--max-iterations", min=1, help="Upper bound on iterations.")] = 10,
+    max_acc_drop: Annotated[
+        float,
+        typer.Option("--max-acc-drop", min=0.0, help="Accepted accuracy drop below the dense baseline, in points."),
+    ] = 1.0,
+    finetune_steps: Annotated[
+        int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps after each pruning step.")
+    ] = 200,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Fine-tuning batch size.")] = 256,
+    lr: Annotated[float, typer.Option("--lr", callback=_positive, help="Peak fine-tuning learning rate.")] = 1e-3,
+    dense_params: Annotated[
+        int | None,
+        typer.Option(
+            "--dense-params",
+            min=1,
+            help="Parameters of the original dense model (CR denominator) (default: from the checkpoint).",
+        ),
+    ] = None,
+    baseline_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            "--baseline-accuracy",
+            help="Dense accuracy the budget is measured against (default: the checkpoint's recorded dense "
+            "accuracy, else its measured accuracy).",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/prune"),
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run with the same settings and --out.")
+    ] = False,
+    download: DownloadOpt = False,
+    seed: SeedOpt = 0,
+    device_type: DeviceOpt = DeviceType.auto,
+    json_out: JsonOpt = False,
+) -> None:
+    """Prune MODEL iteratively: remove --prune-step of the weights, fine-tune, test; stop before the accuracy drop
+    exceeds --max-acc-drop. Writes model.onnx, model.safetensors + model.json, report.json, manifest.json and
+    accuracy_vs_cr.png to --out (all or nothing). The state is saved after each iteration: --resume continues.
+    """
+    device = setup(json_out, device_type, seed)
+    from edgeslice.data import load_data
+    from edgeslice.models import count_parameters, load_checkpoint, resolve_model_name
+    from edgeslice.pipeline import check_against_data
+    from edgeslice.pruning import (
+        IterativePruneConfig,
+        export_pruned,
+        prune_pipeline_,
+        resolve_dense_params,
+        state_dir_for,
+    )
+
+    cfg = IterativePruneConfig(
+        pruner=pruner.value,
+        prune_step=prune_step,
+        max_iterations=max_iterations,
+        max_acc_drop=max_acc_drop,
+        finetune_steps=finetune_steps,
+    )
+    net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
+    bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download)
+    check_against_data(meta, bundle)
+    dense, dense_source = resolve_dense_params(meta, count_parameters(net), dense_params)
+    if baseline_accuracy is None and meta.restructured and isinstance(meta.info.get("baseline_accuracy"), int | float):
+        baseline_accuracy, baseline_source = float(meta.info["baseline_accuracy"]), "checkpoint info (dense model)"
+    elif baseline_accuracy is None:
+        baseline_source = "the checkpoint's measured accuracy"
+    else:
+        baseline_source = "given"
+    state_dir = state_dir_for(out)
+
+    def show(entry: dict) -> None:
+        if not json_out:
+            err_console.print(
+                f"iteration {entry['iteration']}: sparsity {entry['prunable_sparsity']:.1%}, "
+                f"CR {entry['compression_rate']:.1%}, accuracy {entry['accuracy']:.2f}%"
+                + ("" if entry["kept"] else " — over budget, rolled back"),
+                highlight=False,
+            )
+
+    report = prune_pipeline_(
+        net,
+        meta,
+        bundle,
+        cfg,
+        device=device,
+        dense_params=dense,
+        baseline_accuracy=baseline_accuracy,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        state_dir=state_dir,
+        resume=resume,
+        on_iteration=show,
+    )
+    report.notes.append(f"dense parameter count: {dense_source}")
+    report.notes.append(f"baseline accuracy: {baseline_source}")
+    run_config = {
+        "command": "prune",
+        "model": meta.timm_name,
+        "checkpoint": str(checkpoint),
+        "data": data,
+        "pruning": cfg.to_dict(),
+        "batch_size": batch_size,
+        "lr": lr,
+        "dense_params": dense,
+        "baseline_accuracy": report.baseline_accuracy,
+        "device": str(device),
+    }
+    export_pruned(net, meta, bundle, report, out, config=run_config, seed=seed, state_dir=state_dir)
+    doc = {"model": meta.timm_name, "out": str(out), **report.to_dict()}
+    if json_out:
+        emit_json(doc)
+        return
+    rows = [
+        [
+            "start",
+            f"{report.start['prunable_sparsity']:.1%}",
+            f"{report.start['compression_rate']:.1%}",
+            f"{report.start['nonzero_params']:,}",
+            f"{report.start['accuracy']:.2f}",
+            "",
+        ]
+    ]
+    for h in report.history:
+        rows.append(
+            [
+                str(h["iteration"]),
+                f"{h['prunable_sparsity']:.1%}",
+                f"{h['compression_rate']:.1%}",
+                f"{h['nonzero_params']:,}",
+                f"{h['accuracy']:.2f}",
+                "kept" if h["kept"] else "rolled back",
+            ]
+        )
+    console.print(
+        table(
+            f"{meta.timm_name} on {bundle.name}: {cfg.pruner}, step {cfg.prune_step:g}, "
+            f"budget {cfg.max_acc_drop:g} points below {report.baseline_accuracy:.2f}%",
+            ["iteration", "weight sparsity", "CR", "non-zero params", "accuracy (%)", ""],
+            rows,
+        )
+    )
+    o = report.onnx or {}
+    summary = [
+        ["CR (vs dense model)", f"{report.compression_rate:.2%}"],
+        ["NI (iterations run)", f"{report.iterations} ({report.iterations_kept} kept; stop: {report.stop_reason})"],
+        ["MA (test accuracy, %)", f"{report.accuracy:.2f}"],
+        ["non-zero parameters", f"{report.nonzero_params:,} of {report.params:,} (dense model: {dense:,})"],
+        ["ONNX size / gzip", f"{fmt_bytes(o['raw_bytes'])} / {fmt_bytes(o['gzip_bytes'])}"],
+        ["onnxruntime latency, batch 1 (ms)", f"{o['latency']['median_ms']:.3f}"],
+        ["ONNX parity max |Δ|", f"{o['parity_max_abs']:.2e}"],
+        ["wall time (s)", f"{report.wall_s:.1f}"],
+    ]
+    console.print(table("result", ["", "value"], summary))
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(
+        f"artifacts in {out}: model.onnx, model.safetensors, model.json, report.json, manifest.json, accuracy_vs_cr.png"
+    )

@@ -1,0 +1,434 @@
+"""Incremental development on the device (paper §4.3, Eq. 8–9): learn new classes from local data only.
+
+The device holds the deployed checkpoint and its critical-neuron index (a few KB), never task A's data. To learn
+new classes it grows the classifier, freezes the critical channels of the index and the old classifier rows
+exactly (:mod:`.freeze`), trains the rest on the new data with cross-entropy (Eq. 8), and slices the new classes
+on its own data so that the next increment also protects them. Optionally a small replay buffer of old data joins
+the new data ("NeuSemSlice + Replay").
+
+Run-time imports: torch, timm, safetensors, numpy and the torch-only parts of edgeslice (checkpoint I/O, the index,
+the slicer with forward/gradient metrics). No torch-pruning, captum, onnx or onnxruntime: ONNX export happens on the
+host (``edgeslice increment``).
+
+Example:
+    >>> model, meta = load_checkpoint("deployed/model.safetensors")
+    >>> index = CriticalIndex.load("deployed/critical_index")
+    >>> new = relabel(bundle.train, {5: 5, 6: 6})  # Fashion-MNIST Sandal, Shirt → outputs 5, 6 of a 5-class model
+    >>> result = learn_increment(model, meta, index, new, ["Sandal", "Shirt"], IncrementConfig(epochs=3))
+    >>> save_checkpoint(result.model, result.meta, "out/model.safetensors")
+    >>> result.index.save("out/critical_index")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
+
+from ..data import ArrayDataset, calibration_indices, normalize, targets_of
+from ..errors import EdgesliceError
+from ..index import CriticalIndex
+from ..models import ModelMeta, fingerprint
+from ..slicing.metrics import get_metric
+from ..slicing.observe import Layer, find_layers
+from ..train import iterate_batches
+from .freeze import ChannelGroup, TrainPlan, channel_groups, make_plan
+from .loop import LoopConfig, train_partial
+
+INCREMENT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IncrementConfig:
+    """How the device learns an increment.
+
+    Attributes:
+        epochs: passes over the new data (plus the replay buffer).
+        batch_size: samples per step.
+        lr: peak learning rate (cosine decay).
+        weight_decay: AdamW weight decay (frozen rows are restored, so it cannot move them).
+        optimizer: ``adamw`` or ``sgd``.
+        calib_per_class: images per new class used to slice the new classes.
+        slice_new: slice the new classes and add them to the index (else the index keeps its sets).
+        frozen_bn: ``eval``: frozen channels keep inference-mode BatchNorm while training (see :mod:`.freeze`).
+        seed: shuffling, classifier initialisation and calibration sampling.
+    """
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    calib_per_class: int = 50
+    slice_new: bool = True
+    frozen_bn: str = "eval"
+    seed: int = 0
+    version: int = INCREMENT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.calib_per_class < 1:
+            raise ValueError("batch_size and calib_per_class must be >= 1")
+        self.loop()  # validates epochs, lr, weight decay and optimizer
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            optimizer=self.optimizer,
+            frozen_bn=self.frozen_bn,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IncrementConfig:
+        return cls(**d)
+
+
+@dataclass
+class IncrementResult:
+    """The grown model, its meta and index, and what the increment cost."""
+
+    model: nn.Module
+    meta: ModelMeta
+    index: CriticalIndex
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def grow_classifier_(model: nn.Module, extra: int, *, seed: int = 0) -> int:
+    """Add ``extra`` outputs to the classifier in place, keeping the old rows; returns the old class count.
+
+    Uses timm's ``reset_classifier`` (new rows get timm's initialisation, seeded) and copies the old rows back.
+    """
+    if extra < 1:
+        raise ValueError(f"extra classes must be >= 1, got {extra}")
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise EdgesliceError(f"cannot grow a {type(head).__name__} classifier (a Linear is needed)")
+    old = head.out_features
+    weight, bias = head.weight.detach().clone(), None if head.bias is None else head.bias.detach().clone()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.reset_classifier(old + extra)
+    new = model.get_classifier().to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight[:old].copy_(weight)
+        if bias is not None and new.bias is not None:
+            new.bias[:old].copy_(bias)
+    return old
+
+
+def relabel(dataset: Dataset, mapping: dict[int, int]) -> ArrayDataset:
+    """The items whose label is a key of ``mapping``, with labels mapped (an in-memory uint8 copy)."""
+    targets = targets_of(dataset)
+    keep = torch.isin(targets, torch.as_tensor(sorted(mapping), dtype=torch.int64)).nonzero().flatten()
+    images = _uint8_images(dataset, keep)
+    lut = torch.full((int(targets.max()) + 1,), -1, dtype=torch.int64)
+    for k, v in mapping.items():
+        if k <= int(targets.max()):
+            lut[k] = v
+    return ArrayDataset(images, lut[targets[keep]])
+
+
+def _uint8_images(dataset: Dataset, idx: torch.Tensor) -> torch.Tensor:
+    base, sub = dataset, idx
+    while hasattr(base, "indices") and hasattr(base, "dataset"):  # Subset chains
+        sub = torch.as_tensor(base.indices, dtype=torch.int64)[sub]
+        base = base.dataset
+    images = getattr(base, "images", None)
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+        return images[sub].clone()
+    return torch.stack([(dataset[int(i)][0] * 255).round().clamp(0, 255).to(torch.uint8) for i in idx])
+
+
+def sample_fraction(dataset: Dataset, fraction: float, seed: int) -> ArrayDataset:
+    """A seeded, per-class ``fraction`` of ``dataset`` (at least one item per class), as a uint8 copy."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"replay fraction must be in (0, 1], got {fraction}")
+    targets = targets_of(dataset)
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in torch.unique(targets).tolist():
+        idx = (targets == c).nonzero().flatten()
+        k = max(1, round(fraction * len(idx)))
+        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:k]].sort().values)
+    keep = torch.cat(chosen)
+    return ArrayDataset(_uint8_images(dataset, keep), targets[keep].clone())
+
+
+def stored_bytes(dataset: ArrayDataset) -> int:
+    """Bytes a device needs to keep ``dataset``: uint8 pixels plus one byte per label."""
+    return int(dataset.images.numel() + len(dataset))
+
+
+def model_layers(model: nn.Module, example: torch.Tensor) -> list[dict[str, Any]]:
+    """The sliceable layers of ``model`` as index layer dicts."""
+    return [{"name": la.name, "observe": la.observe, "channels": la.channels} for la in find_layers(model, example)]
+
+
+def increment_plan(
+    model: nn.Module,
+    groups: list[ChannelGroup],
+    frozen: dict[str, torch.Tensor],
+    old_classes: int,
+    *,
+    info: dict[str, Any] | None = None,
+) -> TrainPlan:
+    """Train everything but the ``frozen`` channels and the first ``old_classes`` classifier rows (Eq. 9).
+
+    Orphan parameters (in no channel group, not the classifier; none in MobileNetV3 or the MLP) stay frozen.
+    """
+    rows = model.get_classifier().out_features
+    classifier = torch.arange(rows) >= old_classes
+    trainable = {g.layer: ~frozen[g.layer].to(torch.bool) for g in groups}
+    return make_plan(model, groups, trainable, classifier=classifier, info=info)
+
+
+def slice_new_classes(
+    model: nn.Module,
+    meta: ModelMeta,
+    index: CriticalIndex,
+    data: Dataset,
+    new_labels: Sequence[int],
+    *,
+    calib_per_class: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor], dict[str, Any]]:
+    """Slice the new classes on the device's own data with the index's strategy, metric and θ.
+
+    DeepLIFT needs captum, which the device does not have: an index sliced with it is extended with Taylor
+    (recorded in the returned params).
+
+    Returns:
+        (per-layer (len(new_labels), N) per-class sets, or None for strategies without them; per-layer union;
+        the slicing params used).
+    """
+    from ..slicing.slicer import SemanticSlicer
+
+    params = dict(index.params)
+    strategy = params.get("strategy", "semantic")
+    metric = params.get("metric", "taylor")
+    if get_metric(metric).attribution == "deeplift":
+        metric = "taylor"
+    used = {"strategy": strategy, "metric": metric, "similarity": params.get("similarity", "cka")}
+    layers = [Layer(name=e["name"], observe=e["observe"], channels=int(e["channels"])) for e in index.layers]
+    if strategy in ("random", "magnitude"):  # data-free sets: the new classes add nothing
+        return None, {la.name: torch.zeros(la.channels, dtype=torch.bool) for la in layers}, used
+    calib = torch.as_tensor(calibration_indices(data, calib_per_class, seed), dtype=torch.int64)
+    images, labels = _uint8_images(data, calib), targets_of(data)[calib]
+    calib_set = ArrayDataset(images, labels)
+    prepare = _prepare(meta)
+    example = prepare(images[:2].float().div(255).to(device))
+    slicer = SemanticSlicer(model, example, metric=metric, similarity=used["similarity"], layers=layers)
+    num_classes = model.get_classifier().out_features
+    slicer.calibrate(iterate_batches(calib_set, 100), num_classes=num_classes, prepare=prepare, device=device)
+    if strategy == "semantic":
+        used["theta"] = float(params.get("theta", 0.95))
+        result = slicer.slice(theta=used["theta"], strategy="semantic")
+    else:
+        used["ratio"] = float(params.get("ratio", 0.5))
+        result = slicer.slice(ratio=used["ratio"], strategy=strategy)
+    used["calibration"] = {"per_class": calib_per_class, "seed": seed, "samples": len(calib_set)}
+    rows = list(new_labels)
+    if result.per_class is None:
+        return None, {k: v.clone() for k, v in result.critical.items()}, used
+    per_class = {name: sets[rows] for name, sets in result.per_class.items()}
+    return per_class, {name: sets.any(0) for name, sets in per_class.items()}, used
+
+
+def _prepare(meta: ModelMeta):
+    mean, std = tuple(meta.mean), tuple(meta.std)
+    return lambda x: normalize(x, mean, std)
+
+
+def learn_increment(
+    model: nn.Module,
+    meta: ModelMeta,
+    index: CriticalIndex,
+    new_data: Dataset,
+    new_classes: Sequence[str],
+    cfg: IncrementConfig,
+    *,
+    device: torch.device | str = "cpu",
+    replay: Dataset | None = None,
+    frozen: dict[str, torch.Tensor] | None = None,
+    freeze_old_rows: bool = True,
+) -> IncrementResult:
+    """Learn ``new_classes`` from ``new_data`` without touching the critical channels or the old class rows.
+
+    Args:
+        model: the deployed model (changed in place: classifier grown, non-critical rows trained).
+        meta: its checkpoint meta.
+        index: its critical-neuron index (checked against the model, fingerprint included).
+        new_data: the device's data of the new classes, labels already ``len(meta.classes) + j`` for class j.
+        new_classes: names of the new classes, in label order.
+        cfg: training settings.
+        device: where to train.
+        replay: optional old-class items (old labels) trained together with the new data.
+        frozen: channels to freeze instead of the index's critical sets (baselines: global, random, DeepArc...).
+        freeze_old_rows: keep the old classes' classifier rows (False only for the retraining/replay baselines).
+
+    Returns:
+        The grown model, its meta (classes extended), the updated index (bound to the new weights; new classes'
+        sets sliced on ``new_data``) and a report (time and memory per step, bytes kept, drift).
+
+    Raises:
+        IndexFileError: the index was made for another model.
+        EdgesliceError: labels outside the new classes, or a class that the model already has.
+    """
+    old = len(meta.classes)
+    if len(new_data) == 0:
+        raise EdgesliceError("no new-class items to learn from")
+    prepare = _prepare(meta)
+    model.to(device)
+    x0, _ = next(iterate_batches(new_data, 2))
+    example = prepare(x0.to(device))
+    index.check_model(meta.timm_name, model_layers(model, example), fingerprint(model))
+    clash = sorted(set(new_classes) & set(meta.classes))
+    if clash:
+        raise EdgesliceError(f"the model already has class(es) {', '.join(clash)}")
+    labels = targets_of(new_data)
+    if int(labels.min()) < old or int(labels.max()) >= old + len(new_classes):
+        raise EdgesliceError(f"new-data labels must be in {old}..{old + len(new_classes) - 1}")
+    groups = channel_groups(model, index.layers, example)
+    t0 = time.perf_counter()
+    grow_classifier_(model, len(new_classes), seed=cfg.seed)
+    frozen_sets = frozen if frozen is not None else index.critical
+    plan = increment_plan(
+        model,
+        groups,
+        frozen_sets,
+        old if freeze_old_rows else 0,
+        info={"frozen": "custom" if frozen is not None else "index critical channels", "old_classes": old},
+    )
+    train_set = new_data if replay is None else ConcatDataset([new_data, replay])
+    n_train = len(train_set)
+
+    def batches(epoch: int):
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        return iterate_batches(train_set, cfg.batch_size, shuffle=True, generator=gen)
+
+    def loss_fn(net: nn.Module, batch):
+        x, y = batch
+        x, y = x.to(device), y.to(device)
+        return F.cross_entropy(net(prepare(x)), y)
+
+    steps_per_epoch = -(-n_train // cfg.batch_size)
+    stats = train_partial(model, plan, batches, loss_fn, cfg.loop(), steps_per_epoch=steps_per_epoch)
+    t_train = time.perf_counter() - t0
+
+    new_labels = list(range(old, old + len(new_classes)))
+    t1 = time.perf_counter()
+    if cfg.slice_new:
+        per_class_new, critical_new, used = slice_new_classes(
+            model, meta, index, new_data, new_labels, calib_per_class=cfg.calib_per_class, seed=cfg.seed, device=device
+        )
+    else:
+        per_class_new, critical_new, used = None, {k: torch.zeros_like(v) for k, v in index.critical.items()}, {}
+    t_slice = time.perf_counter() - t1
+
+    model.eval()
+    new_meta = replace(
+        meta,
+        classes=list(meta.classes) + list(new_classes),
+        shapes={},
+        fingerprint="",
+        info={**meta.info, "increments": [*meta.info.get("increments", []), {"classes": list(new_classes)}]},
+    )
+    new_index = extend_index(index, model, list(new_classes), per_class_new, critical_new, used)
+    report = {
+        "old_classes": list(meta.classes),
+        "new_classes": list(new_classes),
+        "new_items": len(new_data),
+        "replay_items": 0 if replay is None else len(replay),
+        "config": cfg.to_dict(),
+        "training": stats,
+        "time_per_step_ms": stats["step_ms_median"],
+        "peak_rss_bytes": stats["peak_rss_bytes"],
+        "train_seconds": t_train,
+        "slice_seconds": t_slice,
+        "frozen_channels": int(sum(int(frozen_sets[g.layer].sum()) for g in groups)),
+        "total_channels": int(sum(g.channels for g in groups)),
+        "critical_channels_after": int(sum(int(m.sum()) for m in new_index.critical.values())),
+        "new_class_slicing": used,
+    }
+    return IncrementResult(model=model, meta=new_meta, index=new_index, report=report)
+
+
+def extend_index(
+    index: CriticalIndex,
+    model: nn.Module,
+    new_classes: list[str],
+    per_class_new: dict[str, torch.Tensor] | None,
+    critical_new: dict[str, torch.Tensor],
+    used: dict[str, Any],
+) -> CriticalIndex:
+    """The index after an increment: classes appended, new sets added (union), bound to the grown model."""
+    critical = {name: index.critical[name] | critical_new[name].to(torch.bool) for name in index.critical}
+    per_class = None
+    if index.per_class is not None:
+        # A strategy without per-class sets (or no slicing) leaves the new classes' rows empty.
+        new_rows = per_class_new or {
+            name: torch.zeros(len(new_classes), m.numel(), dtype=torch.bool) for name, m in index.critical.items()
+        }
+        per_class = {name: torch.cat([index.per_class[name], new_rows[name].to(torch.bool)]) for name in critical}
+    params = dict(index.params)
+    params["increments"] = [*params.get("increments", []), {"classes": list(new_classes), **used}]
+    return CriticalIndex(
+        model_fingerprint=fingerprint(model),
+        timm_name=index.timm_name,
+        layers=[dict(e) for e in index.layers],
+        critical=critical,
+        per_class=per_class,
+        classes=list(index.classes) + list(new_classes),
+        params=params,
+        calibration=dict(index.calibration),
+    )
+
+
+@torch.no_grad()
+def task_accuracy(
+    model: nn.Module,
+    dataset: Dataset,
+    task_labels: Sequence[int],
+    *,
+    seen: int,
+    prepare=None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 500,
+) -> dict[str, float]:
+    """Accuracy on one task's items in both continual-learning settings, in percent.
+
+    Args:
+        model: the model.
+        dataset: items of the task (labels in the model's label space).
+        task_labels: the task's labels.
+        seen: classes seen so far (the first ``seen`` outputs).
+        prepare: normalisation.
+        device: where to run.
+        batch_size: items per forward.
+
+    Returns:
+        ``class_il`` (argmax over all ``seen`` classes) and ``task_il`` (argmax within ``task_labels``).
+    """
+    labels = torch.as_tensor(list(task_labels), dtype=torch.int64, device=device)
+    correct_c = correct_t = total = 0
+    was_training = model.training
+    model.eval()
+    for x, y in iterate_batches(dataset, batch_size):
+        x, y = x.to(device), y.to(device)
+        logits = model(prepare(x) if prepare is not None else x)[:, :seen]
+        correct_c += int((logits.argmax(1) == y).sum())
+        correct_t += int((labels[logits[:, labels].argmax(1)] == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return {"class_il": 100.0 * correct_c / max(total, 1), "task_il": 100.0 * correct_t / max(total, 1)}
