@@ -30,20 +30,21 @@ def main() -> None:
     ap.add_argument("--similarity", default="cka")
     ap.add_argument("--metric", default="taylor")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device-type", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/compress_theta.json"))
     args = ap.parse_args()
-    device = torch.device("cpu")
+    device = torch.device(args.device_type)
     base = CompressConfig(model=args.model, data=args.data, seed=args.seed)
     bundle = load_data(args.data, seed=args.seed)
     model, meta, path, cached = cached_baseline(args.model, bundle, epochs=base.train_epochs, seed=args.seed,
                                                 device=device, batch_size=base.batch_size, lr=base.lr)
     prepare = make_prepare(meta)
-    acc0 = evaluate(model, bundle.test, prepare=prepare)
+    acc0 = evaluate(model, bundle.test, prepare=prepare, device=device)
     control = copy.deepcopy(model)
     t = time.perf_counter()
     train_model(control, bundle.train, epochs=base.finetune_epochs, batch_size=base.batch_size, lr=base.finetune_lr,
                 seed=args.seed + 1, prepare=prepare, device=device)
-    acc_control = evaluate(control, bundle.test, prepare=prepare)
+    acc_control = evaluate(control, bundle.test, prepare=prepare, device=device)
     rows = [{"run": "baseline", "accuracy": acc0, "params": sum(p.numel() for p in model.parameters()),
              "train_seconds": meta.info.get("train_seconds")},
             {"run": "dense + same fine-tune (control)", "accuracy": acc_control,
@@ -60,6 +61,8 @@ def main() -> None:
                      "onnx_bytes": rep["onnx_after"]["raw_bytes"], "onnx_bytes_before": rep["onnx_before"]["raw_bytes"],
                      "latency_ms": rep["onnx_after"]["latency"]["median_ms"],
                      "latency_ms_before": rep["onnx_before"]["latency"]["median_ms"],
+                     "latency_b32_ms": rep["onnx_after"]["latency_batch32"]["median_ms"],
+                     "latency_b32_ms_before": rep["onnx_before"]["latency_batch32"]["median_ms"],
                      "parity": rep["onnx_parity_max_abs"], "index_bytes": rep["index_bytes"],
                      "seconds": rep["timings_s"]["total_s"]})
     for r in rows:

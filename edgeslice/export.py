@@ -58,6 +58,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, op
                     dynamo=True,
                     external_data=False,
                 )
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except Exception as e:
         raise ExportError(f"ONNX export failed: {e}") from e

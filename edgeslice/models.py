@@ -54,7 +54,13 @@ def resolve_model_name(name: str) -> str:
     return timm_name
 
 
-def create_model(name: str, *, num_classes: int, in_chans: int, pretrained: bool = False) -> nn.Module:
+#: Models whose first layer depends on the image size (they take timm's ``img_size`` argument).
+_SIZED_MODELS = {"edgeslice_mlp"}
+
+
+def create_model(
+    name: str, *, num_classes: int, in_chans: int, pretrained: bool = False, input_size: int | None = None
+) -> nn.Module:
     """Build a timm model for ``num_classes`` outputs and ``in_chans`` input channels.
 
     Args:
@@ -62,6 +68,7 @@ def create_model(name: str, *, num_classes: int, in_chans: int, pretrained: bool
         num_classes: classifier outputs.
         in_chans: input channels (1 for grayscale).
         pretrained: fetch timm's pretrained weights (needs network access).
+        input_size: image side, for models whose layers depend on it (the MLP); CNNs ignore it.
 
     Example:
         >>> model = create_model("mobilenetv3", num_classes=10, in_chans=1)
@@ -70,7 +77,8 @@ def create_model(name: str, *, num_classes: int, in_chans: int, pretrained: bool
 
     timm_name = resolve_model_name(name)
     try:
-        return timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
+        extra = {"img_size": input_size} if timm_name in _SIZED_MODELS and input_size else {}
+        return timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **extra)
     except Exception as e:  # timm raises many types; the user needs one line
         raise ModelError(f"cannot create {timm_name!r}: {e}") from e
 
@@ -245,7 +253,9 @@ def load_checkpoint(path: str | Path, *, expect_model: str | None = None) -> tup
         state = load_file(str(st_path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise ModelError(f"cannot read checkpoint {st_path}: {e}") from e
-    model = create_model(meta.timm_name, num_classes=meta.num_classes, in_chans=meta.in_chans)
+    model = create_model(
+        meta.timm_name, num_classes=meta.num_classes, in_chans=meta.in_chans, input_size=meta.input_size
+    )
     _resize_(model, meta.shapes)
     _load_tensors_(model, state)
     model.eval()

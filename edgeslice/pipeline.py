@@ -28,12 +28,14 @@ from .errors import EdgesliceError, ModelError
 from .index import CriticalIndex
 from .models import (
     ModelMeta,
+    count_parameters,
     create_model,
     fingerprint,
     load_checkpoint,
     resolve_model_name,
     save_checkpoint,
 )
+from .pruning import IterativePruneConfig
 from .slicing import STRATEGIES, SemanticSlicer, SliceResult, channel_masks
 from .slicing.deeplift import BASELINES
 from .slicing.metrics import list_metrics
@@ -112,6 +114,7 @@ class CompressConfig:
     image_size: int | None = None
     seed: int = 0
     download: bool = False
+    pruning: IterativePruneConfig = field(default_factory=lambda: IterativePruneConfig(pruner="none"))
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -163,7 +166,9 @@ def train_baseline(
     """Train a model from scratch on ``bundle`` and measure its test accuracy."""
     timm_name = resolve_model_name(model_name)
     torch.manual_seed(seed)
-    model = create_model(timm_name, num_classes=len(bundle.classes), in_chans=bundle.in_chans).to(device)
+    model = create_model(
+        timm_name, num_classes=len(bundle.classes), in_chans=bundle.in_chans, input_size=bundle.image_size
+    ).to(device)
     prepare = make_prepare(bundle)
     t0 = time.perf_counter()
     stats = train_model(
@@ -201,7 +206,7 @@ def cached_baseline(
     batch_size: int = 128,
     lr: float = 3e-3,
 ) -> tuple[nn.Module, ModelMeta, Path, bool]:
-    """The baseline for (model, data, seed, epochs): loaded from the cache, or trained and cached.
+    """The baseline for (model, data, seed, epochs, batch size, lr): loaded from the cache, or trained and cached.
 
     Returns:
         (model on ``device``, meta, checkpoint path, whether it came from the cache).
@@ -210,7 +215,7 @@ def cached_baseline(
     path = (
         edgeslice_home()
         / "baselines"
-        / f"{timm_name}-{_data_key(bundle)}-seed{seed}-ep{epochs:g}"
+        / f"{timm_name}-{_data_key(bundle)}-seed{seed}-ep{epochs:g}-bs{batch_size}-lr{lr:g}"
         / "model.safetensors"
     )
     if path.is_file():
@@ -431,6 +436,26 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
     acc_after = evaluate(model, bundle.test, prepare=prepare, device=device, description="fine-tuned accuracy")
     timings["finetune_s"] = time.perf_counter() - t
 
+    acc_finetuned = acc_after
+    prune_report = None
+    if cfg.pruning.enabled:
+        from .pruning import prune_pipeline_
+
+        t = time.perf_counter()
+        prune_report = prune_pipeline_(
+            model,
+            meta,
+            bundle,
+            cfg.pruning,
+            device=device,
+            dense_params=report_rs.params_before,
+            baseline_accuracy=acc_before,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
+        acc_after = prune_report.accuracy
+        timings["prune_s"] = time.perf_counter() - t
+
     t = time.perf_counter()
     rows = layer_table(result, report_rs.effective_keep)
     with staging_dir(out) as stage:
@@ -443,6 +468,10 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
             slicing=result.params,
             test_accuracy=acc_after,
             baseline_accuracy=acc_before,
+            dense_params=report_rs.params_before,
+            pruning=None
+            if prune_report is None
+            else {"pruner": cfg.pruning.pruner, "cr": prune_report.compression_rate},
         )
         meta_out.restructured = True
         model.cpu()
@@ -452,6 +481,16 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
         parity = check_parity(model, stage / "model.onnx", x_cpu)
         before = _latency_and_size(original.cpu(), x_cpu, stage / "baseline.onnx")
         (stage / "baseline.onnx").unlink()
+        if prune_report is not None:
+            from .pruning import curve_points, plot_prune_curves
+
+            plot_prune_curves(
+                {f"NeuSemSlice + {cfg.pruning.pruner}": curve_points(prune_report)},
+                stage / "accuracy_vs_cr.png",
+                f"{timm_name} on {bundle.name}: iterative {cfg.pruning.pruner} after semantic restructure",
+                baseline_accuracy=acc_before,
+                max_acc_drop=cfg.pruning.max_acc_drop,
+            )
         plot_layer_ratios(
             rows,
             stage / "critical_ratio.png",
@@ -473,7 +512,11 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
             },
             "params_before": report_rs.params_before,
             "params_after": report_rs.params_after,
-            "compression_rate": report_rs.removed_share,
+            "nonzero_params_after": count_parameters(model, nonzero=True),
+            "compression_rate": report_rs.removed_share if prune_report is None else prune_report.compression_rate,
+            "restructure_compression_rate": report_rs.removed_share,
+            "accuracy_finetuned": acc_finetuned,
+            "pruning": None if prune_report is None else prune_report.to_dict(),
             "accuracy_before": acc_before,
             "accuracy_restructured": acc_restructured,
             "accuracy_after": acc_after,

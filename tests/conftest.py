@@ -10,7 +10,7 @@ import torch
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Baselines are cached per test session, never in the user's real cache."""
     monkeypatch.setenv("EDGESLICE_HOME", str(tmp_path_factory.getbasetemp() / "edgeslice-home"))
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # oversubscribed threads stall badly when the machine is shared
 
 
 @pytest.fixture(scope="session")

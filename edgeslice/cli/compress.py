@@ -19,6 +19,7 @@ from ._common import (
     MetricName,
     MetricOpt,
     ModelArg,
+    PrunerName,
     RatioOpt,
     SeedOpt,
     SimilarityName,
@@ -27,6 +28,7 @@ from ._common import (
     StrategyOpt,
     ThetaOpt,
     _positive,
+    _unit_interval,
     console,
     emit_json,
     fmt_bytes,
@@ -54,6 +56,19 @@ def compress_command(
         float, typer.Option("--finetune-epochs", min=0.0, help="Fine-tuning epochs after restructuring.")
     ] = 1.0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    pruner: Annotated[
+        PrunerName, typer.Option("--pruner", help="Iterative unstructured pruning after restructuring (none: skip).")
+    ] = PrunerName.none,
+    prune_step: Annotated[
+        float, typer.Option("--prune-step", callback=_unit_interval, help="Share of remaining weights per iteration.")
+    ] = 0.2,
+    max_iterations: Annotated[int, typer.Option("--max-iterations", min=1, help="Pruning iterations at most.")] = 10,
+    max_acc_drop: Annotated[
+        float, typer.Option("--max-acc-drop", min=0.0, help="Stop pruning past this drop (points) vs the baseline.")
+    ] = 1.0,
+    finetune_steps: Annotated[
+        int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps after each pruning iteration.")
+    ] = 200,
     image_size: ImageSizeOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: edgeslice-out/<model>].")] = None,
     download: DownloadOpt = False,
@@ -68,6 +83,7 @@ def compress_command(
     device = setup(json_out, device_type, seed)
     from edgeslice.models import resolve_model_name
     from edgeslice.pipeline import CompressConfig, SliceConfig, compress
+    from edgeslice.pruning import IterativePruneConfig
 
     timm_name = resolve_model_name(model)
     if checkpoint is not None:
@@ -95,6 +111,13 @@ def compress_command(
         image_size=image_size,
         seed=seed,
         download=download,
+        pruning=IterativePruneConfig(
+            pruner=pruner.value,
+            prune_step=prune_step,
+            max_iterations=max_iterations,
+            max_acc_drop=max_acc_drop,
+            finetune_steps=finetune_steps,
+        ),
     )
     out = out or Path("edgeslice-out") / timm_name
     report = compress(cfg, out, device)
@@ -106,6 +129,7 @@ def compress_command(
     rows = [
         ["parameters", f"{report['params_before']:,}", f"{report['params_after']:,}"],
         ["compression rate", "", f"{report['compression_rate']:.1%}"],
+        ["non-zero parameters", f"{report['params_before']:,}", f"{report['nonzero_params_after']:,}"],
         ["test accuracy (%)", f"{report['accuracy_before']:.2f}", f"{report['accuracy_after']:.2f}"],
         ["  before fine-tune (%)", "", f"{report['accuracy_restructured']:.2f}"],
         ["critical channels", f"{report['slicing']['total_channels']}", f"{report['slicing']['critical_channels']}"],
@@ -128,6 +152,11 @@ def compress_command(
             rows,
         )
     )
+    if report["pruning"]:
+        p = report["pruning"]
+        console.print(
+            f"{pruner.value}: {p['iterations']} iterations ({p['iterations_kept']} kept), stop: {p['stop_reason']}"
+        )
     console.print(
         f"artifacts in {out}: model.onnx, model.safetensors, model.json, critical_index, report.json, "
         f"manifest.json, critical_ratio.png ({report['timings_s']['total_s']:.0f} s)"

@@ -8,11 +8,14 @@ from typing import Annotated
 import typer
 
 from ._common import (
+    BaselineName,
+    BaselineOpt,
     CalibOpt,
     DataOpt,
     DeviceOpt,
     DeviceType,
     DownloadOpt,
+    IntervalOpt,
     JsonOpt,
     MetricName,
     MetricOpt,
@@ -21,6 +24,8 @@ from ._common import (
     SeedOpt,
     SimilarityName,
     SimilarityOpt,
+    SolverName,
+    SolverOpt,
     StrategyName,
     StrategyOpt,
     ThetaOpt,
@@ -44,6 +49,9 @@ def slice_command(
     theta: ThetaOpt = 0.95,
     ratio: RatioOpt = 0.5,
     similarity: SimilarityOpt = SimilarityName.cka,
+    baseline: BaselineOpt = BaselineName.zero,
+    solver: SolverOpt = SolverName.exact,
+    interval: IntervalOpt = 1,
     calib_per_class: CalibOpt = 100,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/slice"),
     download: DownloadOpt = False,
@@ -51,7 +59,7 @@ def slice_command(
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
 ) -> None:
-    """Slice MODEL: score channels per class on a calibration sample and write OUT/critical_index + a per-layer chart."""
+    """Slice MODEL: score channels per class on a calibration sample; write OUT/critical_index and a chart."""
     device = setup(json_out, device_type, seed)
     from edgeslice._io import atomic_write_json, staging_dir
     from edgeslice.data import load_data
@@ -65,6 +73,9 @@ def slice_command(
         ratio=ratio,
         similarity=similarity.value,
         calib_per_class=calib_per_class,
+        baseline=baseline.value,
+        solver=solver.value,
+        interval=interval,
     )
     net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
     bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download)

@@ -31,7 +31,7 @@ def train_command(
     data: DataOpt = "fashion-mnist",
     epochs: Annotated[float, typer.Option("--epochs", callback=_positive, help="Passes over the data.")] = 3.0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
-    lr: Annotated[float, typer.Option("--lr", callback=_positive, help="Peak learning rate (AdamW, one-cycle).")] = 2e-2,
+    lr: Annotated[float, typer.Option("--lr", callback=_positive, help="Peak learning rate (one-cycle).")] = 2e-2,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/train"),
     image_size: ImageSizeOpt = None,
     download: DownloadOpt = False,

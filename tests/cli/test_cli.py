@@ -144,3 +144,20 @@ def test_version_and_help():
     r = _run("--help")
     for cmd in ("train", "slice", "compress"):
         assert cmd in r.stdout
+
+
+def test_compress_with_iterative_pruning(trained, tmp_path):
+    out = tmp_path / "out"
+    r = _run("compress", MODEL, "--checkpoint", str(trained), "--data", "digits", "--theta", "0.9",
+             "--calib-per-class", "5", "--finetune-epochs", "0.5", "--pruner", "lamp", "--max-iterations", "2",
+             "--finetune-steps", "3", "--max-acc-drop", "100", "--out", str(out), "--device-type", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["pruning"]["iterations"] == 2 and rep["pruning"]["config"]["pruner"] == "lamp"
+    # Zeroed weights come on top of the removed channels, and CR counts both against the dense model.
+    assert rep["nonzero_params_after"] < rep["params_after"] < rep["params_before"]
+    assert rep["compression_rate"] > rep["restructure_compression_rate"]
+    assert rep["compression_rate"] == pytest.approx(1 - rep["nonzero_params_after"] / rep["params_before"], abs=1e-3)
+    assert (out / "accuracy_vs_cr.png").is_file()
+    _, meta = load_checkpoint(out)
+    assert meta.info["dense_params"] == rep["params_before"]
