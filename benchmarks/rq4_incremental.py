@@ -370,9 +370,9 @@ def _mean(values):
 
 def markdown(rows: list[dict[str, Any]], args, have_avalanche: bool) -> str:
     models = list(dict.fromkeys(r["model"] for r in rows))
-    seeds = sorted({r["seed"] for r in rows})
+    seeds = "; ".join(f"{m} seeds {sorted({r['seed'] for r in rows if r['model'] == m})}" for m in models)
     out = [
-        f"# RQ4 incremental development — Fashion-MNIST, seeds {seeds}",
+        f"# RQ4 incremental development — Fashion-MNIST ({seeds})",
         "",
         f"{args.train_per_class} training / {args.test_per_class} test images per class; task A: {args.a_epochs} "
         f"epochs (AdamW one-cycle, lr {args.a_lr}); every increment: {args.epochs} epochs, batch {args.batch_size}, "
@@ -478,12 +478,15 @@ def markdown(rows: list[dict[str, Any]], args, have_avalanche: bool) -> str:
         "| what | bytes (this run) | bytes (full data) |",
         "|---|---|---|",
     ]
-    store = next((r["storage"] for r in rows if "storage" in r and r["scenario"] == "I"), None) or next(
-        (r["storage"] for r in rows if "storage" in r), {}
-    )
-    for label, v in store.items():
-        full = "–" if v["bytes_full_fmnist"] is None else f"{v['bytes_full_fmnist']:,}"
-        out.append(f"| {label} | {v['bytes_this_run']:,} | {full} |")
+    stores = [r for r in rows if "storage" in r and r["scenario"] == "I"] or [r for r in rows if "storage" in r]
+    for label in ("Replay 5%", "Replay 10%", "Replay 100%"):
+        v = stores[0]["storage"][label] if stores else None
+        if v is not None:
+            out.append(f"| {label} of task A's data | {v['bytes_this_run']:,} | {v['bytes_full_fmnist']:,} |")
+    for m in models:
+        sizes = [r["storage"]["NeuSemSlice index"]["bytes_this_run"] for r in stores if r["model"] == m]
+        if sizes:
+            out.append(f"| NeuSemSlice index, {m} (gzip'd) | {round(_mean(sizes)):,} | same |")
     out += ["", "## On-device cost of NeuSemSlice (per increment, means)", ""]
     out += [
         "| model | scenario | ms/step | peak RSS | optimizer state | TPR | frozen channels | index bytes |",
