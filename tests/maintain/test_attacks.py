@@ -12,11 +12,6 @@ from edgeslice.maintain import AttackConfig, accuracy, attack, fgsm, pgd
 MEAN, STD = (0.3,), (0.35,)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def _prepare(x):
     return normalize(x, MEAN, STD)
 

@@ -18,11 +18,6 @@ from edgeslice.pipeline import SliceConfig, make_prepare, slice_model
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def sliced(trained_digits):
     model, meta, bundle = trained_digits

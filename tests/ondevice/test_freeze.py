@@ -11,12 +11,6 @@ from edgeslice.ondevice import ExactFreezer, LoopConfig, channel_groups, make_pl
 from edgeslice.slicing import find_layers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on two shared, busy cores spin at barriers: measured 100x slower steps than one thread.
-    torch.set_num_threads(1)
-
-
 def _random_masks(groups, seed=0, share=0.5):
     g = torch.Generator().manual_seed(seed)
     return {gr.layer: torch.rand(gr.channels, generator=g) < share for gr in groups}

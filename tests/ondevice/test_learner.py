@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -28,11 +27,6 @@ from edgeslice.pipeline import make_prepare
 
 runner = CliRunner()
 NEW = {c: c for c in range(5, 10)}  # digits 5-9 keep their labels: the model had 5 classes
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
 
 
 def test_grow_classifier_keeps_old_outputs(task_a):
