@@ -115,11 +115,16 @@ class CompressConfig:
     seed: int = 0
     download: bool = False
     pruning: IterativePruneConfig = field(default_factory=lambda: IterativePruneConfig(pruner="none"))
+    #: Keep a multiple of this many channels per coupled group: onnxruntime's blocked (NCHWc) convolutions need it.
+    #: Measured on MobileNetV3-small θ=0.95: batch-32 latency 9.03 ms unrounded, 2.21 ms with 8 (dense: 3.61 ms).
+    round_to: int = 8
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
         if self.train_epochs <= 0 or self.finetune_epochs < 0:
             raise ValueError("train-epochs must be > 0 and finetune-epochs >= 0")
+        if self.round_to < 1:
+            raise ValueError("round-to must be >= 1")
         if self.batch_size < 1:
             raise ValueError("batch-size must be >= 1")
         if self.lr <= 0 or self.finetune_lr <= 0:
@@ -409,7 +414,9 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
     calib_x, _ = next(iterate_batches(bundle.test, 64))
     calib_x = prepare(calib_x.to(device))
     t = time.perf_counter()
-    report_rs = restructure_(model, slicer.layers, result.critical, calib_x[:2], scores=result.scores)
+    report_rs = restructure_(
+        model, slicer.layers, result.critical, calib_x[:2], scores=result.scores, round_to=cfg.round_to
+    )
     with torch.no_grad(), channel_masks(original, slicer.layers, report_rs.effective_keep):
         masked = original(calib_x)
     with torch.no_grad():

@@ -66,6 +66,7 @@ def plan_restructure(
     example: torch.Tensor,
     *,
     scores: dict[str, torch.Tensor] | None = None,
+    round_to: int = 1,
 ) -> tuple[object, list[GroupPlan], dict[str, torch.Tensor]]:
     """Decide which channels go, group by group, without changing the model.
 
@@ -75,6 +76,8 @@ def plan_restructure(
         keep: layer → (N,) bool critical channels.
         example: an input batch for tracing.
         scores: layer → (N,) scores; when a whole group is non-critical its best-scored channel is kept (else 0).
+        round_to: keep a multiple of this many channels per group (adding back the best-scored removed ones), so
+            runtimes whose fast convolution kernels work on channel blocks (onnxruntime's NCHWc: 8 or 16) use them.
 
     Returns:
         (dependency graph, group plans, effective keep masks per sliced layer).
@@ -114,6 +117,13 @@ def plan_restructure(
         remove_mask = covered & ~needed
         if bool(remove_mask.all()):  # a group may not vanish: keep its best channel
             remove_mask[int(torch.argmax(best)) if scores is not None else 0] = False
+        if round_to > 1:  # give back the best-scored removed channels until the kept count is a multiple
+            kept = n_root - int(remove_mask.sum())
+            extra = min(-kept % round_to, int(remove_mask.sum()))
+            if extra:
+                candidates = torch.nonzero(remove_mask).flatten()
+                rank = torch.sort(-best[candidates], stable=True).indices[:extra]
+                remove_mask[candidates[rank]] = False
         remove = sorted(int(i) for i in torch.nonzero(remove_mask).flatten())
         members = sorted({name for name, _, _ in items})
         plans.append(GroupPlan(root=root, members=members, channels=n_root, remove=remove))
@@ -130,6 +140,7 @@ def restructure_(
     example: torch.Tensor,
     *,
     scores: dict[str, torch.Tensor] | None = None,
+    round_to: int = 1,
 ) -> RestructureReport:
     """Remove every non-critical channel from ``model`` in place.
 
@@ -146,7 +157,7 @@ def restructure_(
     import torch_pruning as tp
 
     before = count_parameters(model)
-    dg, plans, effective = plan_restructure(model, layers, keep, example, scores=scores)
+    dg, plans, effective = plan_restructure(model, layers, keep, example, scores=scores, round_to=round_to)
     modules = dict(model.named_modules())
     for plan in plans:
         if not plan.remove:

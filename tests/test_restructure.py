@@ -63,3 +63,23 @@ def test_all_critical_removes_nothing(tiny_mnv3):
     keep = {la.name: torch.ones(la.channels, dtype=torch.bool) for la in layers}
     report = restructure_(tiny_mnv3, layers, keep, x)
     assert report.params_after == report.params_before
+
+
+def test_round_to_keeps_multiples_and_stays_equivalent(tiny_mnv3):
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    layers = find_layers(tiny_mnv3, x[:1])
+    keep = _random_keep(layers, 0.4, seed=5)
+    original = copy.deepcopy(tiny_mnv3)
+    _, exact_plans, _ = plan_restructure(original, layers, keep, x[:2])
+    report = restructure_(tiny_mnv3, layers, keep, x[:2], round_to=8)
+    for plan in report.groups:
+        kept = plan.channels - len(plan.remove)
+        assert kept % 8 == 0 or len(plan.remove) == 0
+    # Rounding only gives channels back.
+    exact = {p.root: set(p.remove) for p in exact_plans}
+    assert all(set(p.remove) <= exact[p.root] for p in report.groups)
+    assert any(len(set(p.remove)) < len(exact[p.root]) for p in report.groups)
+    with torch.no_grad(), channel_masks(original, layers, report.effective_keep):
+        masked = original(x)
+    with torch.no_grad():
+        assert torch.allclose(masked, tiny_mnv3(x), atol=1e-5)

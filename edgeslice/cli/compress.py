@@ -69,6 +69,9 @@ def compress_command(
     finetune_steps: Annotated[
         int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps after each pruning iteration.")
     ] = 200,
+    round_to: Annotated[
+        int, typer.Option("--round-to", min=1, help="Keep a multiple of this many channels per group (1: exact).")
+    ] = 8,
     image_size: ImageSizeOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: edgeslice-out/<model>].")] = None,
     download: DownloadOpt = False,
@@ -111,6 +114,7 @@ def compress_command(
         image_size=image_size,
         seed=seed,
         download=download,
+        round_to=round_to,
         pruning=IterativePruneConfig(
             pruner=pruner.value,
             prune_step=prune_step,
