@@ -87,13 +87,7 @@ class ReadaptConfig:
         self.loop()
 
     def loop(self) -> LoopConfig:
-        return LoopConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            optimizer=self.optimizer,
-            frozen_bn=self.frozen_bn,
-        )
+        return LoopConfig.of(self)
 
     @property
     def reattack(self) -> AttackConfig:

@@ -77,13 +77,7 @@ class IncrementConfig:
         self.loop()  # validates epochs, lr, weight decay and optimizer
 
     def loop(self) -> LoopConfig:
-        return LoopConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            optimizer=self.optimizer,
-            frozen_bn=self.frozen_bn,
-        )
+        return LoopConfig.of(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

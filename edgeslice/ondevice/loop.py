@@ -47,6 +47,18 @@ class LoopConfig:
     frozen_bn: str = "eval"
     version: int = LOOP_VERSION
 
+    @classmethod
+    def of(cls, settings: Any) -> LoopConfig:
+        """The loop part of a larger config (re-adaptation, increment): its epochs, lr, weight decay, optimizer and
+        frozen-BN mode."""
+        return cls(
+            epochs=settings.epochs,
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            optimizer=settings.optimizer,
+            frozen_bn=settings.frozen_bn,
+        )
+
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")

@@ -1,13 +1,29 @@
-"""Slicing tests run tiny models: one intra-op thread is as fast on a quiet machine and far faster on a shared one
-(measured on the shared 2-core box: a 3-image MobileNetV3 forward took 2 s with 2 threads, 10 ms with 1)."""
+"""Shared toy models for the slicing tests."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_isolated_home):
-    # Depends on the root conftest's fixture so it runs after it (that one sets 2 threads).
-    torch.set_num_threads(1)
+class Toy(nn.Module):
+    """x → Linear(4,4)=I → ReLU → Linear(4,2). The hidden layer's features are the inputs themselves."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(4, 4)
+        self.act = nn.ReLU()
+        self.classifier = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.eye(4))
+            self.hidden.bias.zero_()
+
+    def forward(self, x):
+        return self.classifier(self.act(self.hidden(x)))
+
+
+@pytest.fixture()
+def toy() -> Toy:
+    """A fresh identity-hidden-layer toy network (hand-computable features)."""
+    return Toy()

@@ -32,22 +32,6 @@ class ToyConv(nn.Module):
         return self.fc(self.gap(self.act2(self.conv2(x))).flatten(1))
 
 
-class Toy(nn.Module):
-    """x → Linear(4,4)=I → ReLU → Linear(4,2)."""
-
-    def __init__(self):
-        super().__init__()
-        self.hidden = nn.Linear(4, 4)
-        self.act = nn.ReLU()
-        self.classifier = nn.Linear(4, 2)
-        with torch.no_grad():
-            self.hidden.weight.copy_(torch.eye(4))
-            self.hidden.bias.zero_()
-
-    def forward(self, x):
-        return self.classifier(self.act(self.hidden(x)))
-
-
 def _toy_conv() -> ToyConv:
     torch.manual_seed(0)
     model = ToyConv()
@@ -93,10 +77,10 @@ def test_equals_captum_layer_deeplift_on_toy(baseline):
         assert completeness_gap(model, x, y, ref)["max_rel"] < 1e-4
 
 
-def test_hand_computed_scores():
+def test_hand_computed_scores(toy):
     # hidden = ReLU(I·x), logits = W h: DeepLIFT with a zero baseline gives channel i of sample x for class t
     # exactly relu(x_i) · W[t, i]; the score is its mean over the class's samples.
-    model = Toy()
+    model = toy
     with torch.no_grad():
         model.classifier.weight.copy_(torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.0, 1.0, 3.0, -1.0]]))
         model.classifier.bias.fill_(0.25)

@@ -12,22 +12,6 @@ from edgeslice.slicing import SemanticSlicer, find_layers
 from edgeslice.slicing.metrics import class_scores
 
 
-class Toy(nn.Module):
-    """x → Linear(4,4)=I → ReLU → Linear(4,2). The hidden layer's features are the inputs themselves."""
-
-    def __init__(self):
-        super().__init__()
-        self.hidden = nn.Linear(4, 4)
-        self.act = nn.ReLU()
-        self.classifier = nn.Linear(4, 2)
-        with torch.no_grad():
-            self.hidden.weight.copy_(torch.eye(4))
-            self.hidden.bias.zero_()
-
-    def forward(self, x):
-        return self.classifier(self.act(self.hidden(x)))
-
-
 def _toy_batches():
     # Class 0 sees orthogonal channels with energies 16, 9, 4, 1 (sim_k = sqrt(cumsum/30)).
     # Class 1 sees only channel 3 strongly and channel 2 weakly.
@@ -36,8 +20,8 @@ def _toy_batches():
     return [(x0, torch.zeros(4, dtype=torch.long)), (x1, torch.ones(2, dtype=torch.long))]
 
 
-def test_toy_semantic_slice_per_theta():
-    model = Toy()
+def test_toy_semantic_slice_per_theta(toy):
+    model = toy
     slicer = SemanticSlicer(model, torch.zeros(1, 4), metric="avg", similarity="gram")
     assert [la.name for la in slicer.layers] == ["hidden"]
     assert slicer.layers[0].observe == "act"
@@ -57,8 +41,8 @@ def test_toy_semantic_slice_per_theta():
     assert ks[1].tolist() == [1, 1, 1, 1, 1]
 
 
-def test_toy_strategies_and_metrics():
-    model = Toy()
+def test_toy_strategies_and_metrics(toy):
+    model = toy
     slicer = SemanticSlicer(model, torch.zeros(1, 4), metric="avg")
     stats = slicer.calibrate(_toy_batches(), num_classes=2)
     avg = class_scores(stats.per_layer["hidden"], "avg")
@@ -75,9 +59,9 @@ def test_toy_strategies_and_metrics():
         slicer.slice(theta=0.9, strategy="magic")
 
 
-def test_taylor_scores_match_autograd():
+def test_taylor_scores_match_autograd(toy):
     torch.manual_seed(0)
-    model = Toy()
+    model = toy
     nn.init.normal_(model.classifier.weight)
     x = torch.rand(5, 4)
     y = torch.tensor([0, 1, 0, 1, 1])
