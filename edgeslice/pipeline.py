@@ -46,6 +46,9 @@ from .train import evaluate, iterate_batches, train_model
 CONFIG_VERSION = 1
 
 
+QUANTIZE_MODES = ("none", "int8")
+
+
 def edgeslice_home() -> Path:
     """``$EDGESLICE_HOME`` or ``~/.cache/edgeslice``: where trained baselines are cached."""
     return Path(os.environ.get("EDGESLICE_HOME") or Path.home() / ".cache" / "edgeslice")
@@ -118,6 +121,10 @@ class CompressConfig:
     #: Keep a multiple of this many channels per coupled group: onnxruntime's blocked (NCHWc) convolutions need it.
     #: Measured on MobileNetV3-small θ=0.95: batch-32 latency 9.03 ms unrounded, 2.21 ms with 8 (dense: 3.61 ms).
     round_to: int = 8
+    #: Device profile name (``devices/*.toml``): search θ for the most accurate model that meets its budgets.
+    device: str | None = None
+    #: ``none`` or ``int8`` (onnxruntime static QDQ quantization of the exported model).
+    quantize: str = "none"
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -129,9 +136,29 @@ class CompressConfig:
             raise ValueError("batch-size must be >= 1")
         if self.lr <= 0 or self.finetune_lr <= 0:
             raise ValueError("learning rates must be > 0")
+        if self.quantize not in QUANTIZE_MODES:
+            raise ValueError(f"unknown quantize mode {self.quantize!r}; valid: {', '.join(QUANTIZE_MODES)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CompressConfig:
+        """Build from :meth:`to_dict` output or a recipe; nested ``slicing``/``pruning`` may be dicts.
+
+        Raises:
+            ValueError: unknown keys or invalid values (the message names them).
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown compress settings: {', '.join(unknown)}")
+        d = dict(d)
+        if isinstance(d.get("slicing"), dict):
+            d["slicing"] = SliceConfig.from_dict(d["slicing"])
+        if isinstance(d.get("pruning"), dict):
+            d["pruning"] = IterativePruneConfig.from_dict(d["pruning"])
+        return cls(**d)
 
 
 def make_prepare(meta_or_bundle: ModelMeta | DataBundle) -> Callable[[torch.Tensor], torch.Tensor]:
