@@ -21,7 +21,10 @@ from ._io import atomic_write_bytes, canonical_json
 from .errors import IndexFileError
 
 INDEX_FORMAT = "edgeslice-critical-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+#: Versions this reader understands. Version 1 stored each class's set over all N channels of a layer; version 2
+#: stores it only over the layer's critical channels (about half the bytes at θ = 0.95).
+READABLE_VERSIONS = (1, 2)
 
 
 def pack_bits(mask: torch.Tensor) -> str:
@@ -74,7 +77,11 @@ class CriticalIndex:
             entry = dict(spec)
             entry["critical"] = pack_bits(self.critical[spec["name"]])
             if self.per_class is not None:
-                entry["per_class"] = [pack_bits(row) for row in self.per_class[spec["name"]]]
+                rows = self.per_class[spec["name"]]
+                if self.version >= 2:
+                    # A class's set is a subset of the union: store bit j = the j-th critical channel only.
+                    rows = rows[:, self.critical[spec["name"]].to(torch.bool)]
+                entry["per_class"] = [pack_bits(row) for row in rows]
             layers.append(entry)
         return {
             "format": INDEX_FORMAT,
@@ -95,8 +102,11 @@ class CriticalIndex:
     def from_dict(cls, d: Any) -> CriticalIndex:
         if not isinstance(d, dict) or d.get("format") != INDEX_FORMAT:
             raise IndexFileError("not an edgeslice critical-neuron index")
-        if d.get("version") != INDEX_VERSION:
-            raise IndexFileError(f"unsupported index version {d.get('version')!r} (expected {INDEX_VERSION})")
+        version = d.get("version")
+        if version not in READABLE_VERSIONS:
+            raise IndexFileError(
+                f"unsupported index version {version!r} (this edgeslice reads {', '.join(map(str, READABLE_VERSIONS))})"
+            )
         try:
             classes = [str(c) for c in d["classes"]]
             layers, critical, per_class = [], {}, {}
@@ -110,7 +120,14 @@ class CriticalIndex:
                 if has_per_class:
                     if len(e["per_class"]) != len(classes):
                         raise IndexFileError(f"index layer {name!r} has per-class sets for another class count")
-                    per_class[name] = torch.stack([unpack_bits(h, n) for h in e["per_class"]])
+                    if version == 1:
+                        per_class[name] = torch.stack([unpack_bits(h, n) for h in e["per_class"]])
+                    else:
+                        where = critical[name].nonzero().flatten()
+                        rows = torch.zeros(len(classes), n, dtype=torch.bool)
+                        for c, h in enumerate(e["per_class"]):
+                            rows[c, where] = unpack_bits(h, len(where))
+                        per_class[name] = rows
                     if not torch.equal(per_class[name].any(0), critical[name]) and d["params"].get("strategy") in (
                         "semantic",
                         "category",
@@ -125,6 +142,7 @@ class CriticalIndex:
                 classes=classes,
                 params=dict(d.get("params", {})),
                 calibration=dict(d.get("calibration", {})),
+                version=int(version),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFileError(f"malformed index: {e!r}") from e

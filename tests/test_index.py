@@ -73,3 +73,41 @@ def test_rejects_malformed(tmp_path):
     p.write_text(json.dumps({"format": "other"}))
     with pytest.raises(IndexFileError, match="not an edgeslice"):
         CriticalIndex.load(p)
+
+
+def _hand_index(version=2):
+    crit = torch.zeros(8, dtype=torch.bool)
+    crit[[1, 3, 6]] = True
+    per = torch.zeros(2, 8, dtype=torch.bool)
+    per[0, [1, 6]] = True
+    per[1, 3] = True
+    return CriticalIndex(
+        model_fingerprint="f" * 64, timm_name="toy", layers=[{"name": "b", "observe": "b", "channels": 8}],
+        critical={"b": crit}, per_class={"b": per}, classes=["x", "y"],
+        params={"strategy": "semantic", "metric": "taylor", "theta": 0.9, "similarity": "cka"}, version=version,
+    )
+
+
+def test_v2_stores_class_sets_over_critical_channels_only():
+    d = _hand_index().to_dict()
+    assert d["version"] == 2
+    layer = d["layers"][0]
+    assert layer["critical"] == "4a"  # channels 1, 3, 6
+    # Class x has critical channels #0 and #2 (channels 1 and 6) → 0b101; class y has #1 (channel 3) → 0b010.
+    assert layer["per_class"] == ["05", "02"]
+    back = CriticalIndex.from_dict(d)
+    assert torch.equal(back.per_class["b"], _hand_index().per_class["b"])
+    # A critical channel that serves no class breaks the union rule.
+    d["layers"][0]["per_class"] = ["05", "00"]
+    with pytest.raises(IndexFileError, match="union"):
+        CriticalIndex.from_dict(d)
+
+
+def test_reads_version_1_files():
+    d = _hand_index(version=1).to_dict()
+    assert d["version"] == 1 and d["layers"][0]["per_class"] == ["42", "08"]  # full-width bitsets
+    back = CriticalIndex.from_dict(json.loads(json.dumps(d)))
+    assert back.version == 1 and torch.equal(back.per_class["b"], _hand_index().per_class["b"])
+    d["version"] = 3
+    with pytest.raises(IndexFileError, match="unsupported index version 3"):
+        CriticalIndex.from_dict(d)
