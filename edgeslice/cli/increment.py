@@ -86,6 +86,15 @@ def increment_command(
     replay_fraction: Annotated[
         float, typer.Option("--replay-fraction", callback=_unit_interval, help="Share of --replay kept per class.")
     ] = 0.1,
+    isolate: Annotated[
+        bool,
+        typer.Option(
+            "--isolate/--no-isolate",
+            help="First cut the frozen channels and old class rows off the trainable ones (and freeze what they "
+            "cannot do without), so old-class logits stay exactly the same; proven on a probe, else exit 1. "
+            "Costs the critical channels their non-critical inputs once: use a high-θ index (0.99).",
+        ),
+    ] = False,
     download: DownloadOpt = False,
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
@@ -111,6 +120,7 @@ def increment_command(
         lr=lr,
         optimizer=optimizer.value,
         calib_per_class=calib_per_class,
+        isolate=isolate,
         seed=seed,
     )
     net, meta = load_checkpoint(checkpoint)
@@ -167,7 +177,14 @@ def increment_command(
     console.print(table(f"{meta.timm_name} + {', '.join(names)}", ["test accuracy", "class-IL", "task-IL"], rows))
     tr = report["training"]
     console.print(
-        f"trained {report['frozen_channels']}/{report['total_channels']} channels frozen; "
+        f"trained with {report['frozen_channels']}/{report['total_channels']} channels frozen"
+        + (
+            f" (isolated: {report['isolation']['cut_weights']} weights cut, "
+            f"{report['isolation']['closure_added_channels']} channels added)"
+            if report["isolation"]
+            else ""
+        )
+        + "; "
         f"{tr['step_ms_median']:.1f} ms/step, peak RSS {fmt_bytes(tr['peak_rss_bytes'])}; device kept "
         f"index {fmt_bytes(index_bytes)}"
         + (f" + replay {fmt_bytes(report['bytes_kept']['replay_buffer'])}" if replay_set is not None else "")

@@ -39,6 +39,7 @@ from ..slicing.metrics import get_metric
 from ..slicing.observe import Layer, find_layers
 from ..train import iterate_batches
 from .freeze import ChannelGroup, TrainPlan, channel_groups, make_plan
+from .isolate import isolate_
 from .loop import LoopConfig, train_partial
 
 INCREMENT_VERSION = 1
@@ -57,6 +58,8 @@ class IncrementConfig:
         calib_per_class: images per new class used to slice the new classes.
         slice_new: slice the new classes and add them to the index (else the index keeps its sets).
         frozen_bn: ``eval``: frozen channels keep inference-mode BatchNorm while training (see :mod:`.freeze`).
+        isolate: close the frozen channels and old class rows into a sub-network first (:mod:`.isolate`), so the
+            old classes' logits cannot change at all; costs the frozen channels their non-critical inputs once.
         seed: shuffling, classifier initialisation and calibration sampling.
     """
 
@@ -68,6 +71,7 @@ class IncrementConfig:
     calib_per_class: int = 50
     slice_new: bool = True
     frozen_bn: str = "eval"
+    isolate: bool = False
     seed: int = 0
     version: int = INCREMENT_VERSION
 
@@ -295,8 +299,12 @@ def learn_increment(
         raise EdgesliceError(f"new-data labels must be in {old}..{old + len(new_classes) - 1}")
     groups = channel_groups(model, index.layers, example)
     t0 = time.perf_counter()
-    grow_classifier_(model, len(new_classes), seed=cfg.seed)
     frozen_sets = frozen if frozen is not None else index.critical
+    isolation = None
+    if cfg.isolate:
+        isolation = isolate_(model, groups, frozen_sets, old if freeze_old_rows else 0, example, seed=cfg.seed)
+        frozen_sets = isolation.frozen
+    grow_classifier_(model, len(new_classes), seed=cfg.seed)
     plan = increment_plan(
         model,
         groups,
@@ -354,6 +362,7 @@ def learn_increment(
         "total_channels": int(sum(g.channels for g in groups)),
         "critical_channels_after": int(sum(int(m.sum()) for m in new_index.critical.values())),
         "new_class_slicing": used,
+        "isolation": None if isolation is None else isolation.summary(),
     }
     return IncrementResult(model=model, meta=new_meta, index=new_index, report=report)
 

@@ -134,9 +134,12 @@ def test_increment_cli_writes_checkpoint_index_and_parity_checked_onnx(task_a, t
     args = ["increment", "--checkpoint", str(folder / "model.safetensors"), "--index", str(folder / "critical_index"),
             "--new-data", "digits", "--classes", "5,6,7,8,9", "--epochs", "1", "--calib-per-class", "5",
             "--device-type", "cpu", "--json"]  # fmt: skip
-    r = runner.invoke(app, [*args, "--out", str(tmp_path / "o"), "--replay", "digits", "--replay-fraction", "0.1"])
+    r = runner.invoke(
+        app, [*args, "--out", str(tmp_path / "o"), "--replay", "digits", "--replay-fraction", "0.1", "--isolate"]
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
+    assert doc["config"]["isolate"] and doc["isolation"]["max_old_logit_change"] == 0.0
     files = {p.name for p in (tmp_path / "o").iterdir()}
     assert files >= {"model.safetensors", "model.json", "critical_index", "model.onnx", "report.json", "manifest.json"}
     assert doc["onnx_parity_max_abs"] <= 1e-4
