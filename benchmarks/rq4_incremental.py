@@ -13,6 +13,8 @@ learner; only the frozen set, the classifier's old rows and the data differ):
   output-channel weight norms of the task-A model), frozen.
 - NeuSemSlice: the index's critical channels and the old classifier rows are frozen; new classes are sliced on the
   device's data after each increment, so later increments protect them too. NeuSemSlice + Replay 10% adds replay.
+- NeuSemSlice isolated (+Replay 10%): the same, after ``edgeslice.ondevice.isolate`` closed the frozen channels and
+  old rows into a sub-network (``increment --isolate``): old-class logits cannot move during the increment.
 - EWC / LwF: Avalanche 0.6 strategies (``avalanche.training.EWC``/``LwF``) with an ``IncrementalClassifier``
   initialised from the task-A head, the same task-A weights (a 0-epoch first experience computes EWC's importances
   and LwF's teacher), the same epochs, batch size and AdamW learning rate (constant: Avalanche has no schedule here).
@@ -52,6 +54,8 @@ SCENARIOS = {"I": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], "II": [[0, 1, 2], [3, 4, 5
 METHODS = (
     "NeuSemSlice",
     "NeuSemSlice+Replay 10%",
+    "NeuSemSlice isolated",
+    "NeuSemSlice isolated+Replay 10%",
     "Retrain",
     "Replay 5%",
     "Replay 10%",
@@ -65,7 +69,13 @@ METHODS = (
     "LwF",
 )
 ALL_METHODS = METHODS
-REPLAY = {"Replay 5%": 0.05, "Replay 10%": 0.10, "Replay 100%": 1.0, "NeuSemSlice+Replay 10%": 0.10}
+REPLAY = {
+    "Replay 5%": 0.05,
+    "Replay 10%": 0.10,
+    "Replay 100%": 1.0,
+    "NeuSemSlice+Replay 10%": 0.10,
+    "NeuSemSlice isolated+Replay 10%": 0.10,
+}
 # Paper Table 7 (Scenario I, MLP-FMNIST) and the paper's Scenario I summary.
 PAPER_MLP_FMNIST_I = {
     "Original": (97.44, 0.00),
@@ -287,7 +297,9 @@ def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalan
             replay = None
             if method in REPLAY:
                 replay = fraction_of(concat(trains[:step]), REPLAY[method], seed + step)
-            step_cfg = dataclasses.replace(cfg, slice_new=slice_new, seed=seed * 100 + step)
+            step_cfg = dataclasses.replace(
+                cfg, slice_new=slice_new, seed=seed * 100 + step, isolate="isolated" in method
+            )
             result = learn_increment(
                 model,
                 meta,
@@ -315,6 +327,7 @@ def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalan
                     "index_bytes": len(idx.to_bytes()),
                     "replay_bytes": 0 if replay is None else stored_bytes(replay),
                     "max_drift": tr["max_drift"],
+                    "isolation": result.report["isolation"],
                     "train_seconds": result.report["train_seconds"],
                 }
             )
