@@ -36,39 +36,85 @@ def main() -> None:
     device = torch.device(args.device_type)
     base = CompressConfig(model=args.model, data=args.data, seed=args.seed)
     bundle = load_data(args.data, seed=args.seed)
-    model, meta, path, cached = cached_baseline(args.model, bundle, epochs=base.train_epochs, seed=args.seed,
-                                                device=device, batch_size=base.batch_size, lr=base.lr)
+    model, meta, path, cached = cached_baseline(
+        args.model,
+        bundle,
+        epochs=base.train_epochs,
+        seed=args.seed,
+        device=device,
+        batch_size=base.batch_size,
+        lr=base.lr,
+    )
     prepare = make_prepare(meta)
     acc0 = evaluate(model, bundle.test, prepare=prepare, device=device)
     control = copy.deepcopy(model)
     t = time.perf_counter()
-    train_model(control, bundle.train, epochs=base.finetune_epochs, batch_size=base.batch_size, lr=base.finetune_lr,
-                seed=args.seed + 1, prepare=prepare, device=device)
+    train_model(
+        control,
+        bundle.train,
+        epochs=base.finetune_epochs,
+        batch_size=base.batch_size,
+        lr=base.finetune_lr,
+        seed=args.seed + 1,
+        prepare=prepare,
+        device=device,
+    )
     acc_control = evaluate(control, bundle.test, prepare=prepare, device=device)
-    rows = [{"run": "baseline", "accuracy": acc0, "params": sum(p.numel() for p in model.parameters()),
-             "train_seconds": meta.info.get("train_seconds")},
-            {"run": "dense + same fine-tune (control)", "accuracy": acc_control,
-             "params": sum(p.numel() for p in control.parameters()), "seconds": time.perf_counter() - t}]
+    rows = [
+        {
+            "run": "baseline",
+            "accuracy": acc0,
+            "params": sum(p.numel() for p in model.parameters()),
+            "train_seconds": meta.info.get("train_seconds"),
+        },
+        {
+            "run": "dense + same fine-tune (control)",
+            "accuracy": acc_control,
+            "params": sum(p.numel() for p in control.parameters()),
+            "seconds": time.perf_counter() - t,
+        },
+    ]
     for theta in args.thetas:
-        cfg = CompressConfig(model=args.model, data=args.data, seed=args.seed, checkpoint=str(path),
-                             slicing=SliceConfig(theta=theta, metric=args.metric, similarity=args.similarity))
+        cfg = CompressConfig(
+            model=args.model,
+            data=args.data,
+            seed=args.seed,
+            checkpoint=str(path),
+            slicing=SliceConfig(theta=theta, metric=args.metric, similarity=args.similarity),
+        )
         rep = compress(cfg, args.out.parent / f"compress-theta{theta:g}", device)
-        rows.append({"run": f"compress θ={theta:g}", "accuracy": rep["accuracy_after"],
-                     "accuracy_before_finetune": rep["accuracy_restructured"], "params": rep["params_after"],
-                     "compression_rate": rep["compression_rate"],
-                     "critical_channels": rep["slicing"]["critical_channels"],
-                     "total_channels": rep["slicing"]["total_channels"],
-                     "onnx_bytes": rep["onnx_after"]["raw_bytes"], "onnx_bytes_before": rep["onnx_before"]["raw_bytes"],
-                     "latency_ms": rep["onnx_after"]["latency"]["median_ms"],
-                     "latency_ms_before": rep["onnx_before"]["latency"]["median_ms"],
-                     "latency_b32_ms": rep["onnx_after"]["latency_batch32"]["median_ms"],
-                     "latency_b32_ms_before": rep["onnx_before"]["latency_batch32"]["median_ms"],
-                     "parity": rep["onnx_parity_max_abs"], "index_bytes": rep["index_bytes"],
-                     "seconds": rep["timings_s"]["total_s"]})
+        rows.append(
+            {
+                "run": f"compress θ={theta:g}",
+                "accuracy": rep["accuracy_after"],
+                "accuracy_before_finetune": rep["accuracy_restructured"],
+                "params": rep["params_after"],
+                "compression_rate": rep["compression_rate"],
+                "critical_channels": rep["slicing"]["critical_channels"],
+                "total_channels": rep["slicing"]["total_channels"],
+                "onnx_bytes": rep["onnx_after"]["raw_bytes"],
+                "onnx_bytes_before": rep["onnx_before"]["raw_bytes"],
+                "latency_ms": rep["onnx_after"]["latency"]["median_ms"],
+                "latency_ms_before": rep["onnx_before"]["latency"]["median_ms"],
+                "latency_b32_ms": rep["onnx_after"]["latency_batch32"]["median_ms"],
+                "latency_b32_ms_before": rep["onnx_before"]["latency_batch32"]["median_ms"],
+                "parity": rep["onnx_parity_max_abs"],
+                "index_bytes": rep["index_bytes"],
+                "seconds": rep["timings_s"]["total_s"],
+            }
+        )
     for r in rows:
         print(json.dumps(r))
-    atomic_write_json(args.out, {"model": meta.timm_name, "data": bundle.name, "metric": args.metric,
-                                 "similarity": args.similarity, "rows": rows})
+    atomic_write_json(
+        args.out,
+        {
+            "model": meta.timm_name,
+            "data": bundle.name,
+            "metric": args.metric,
+            "similarity": args.similarity,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

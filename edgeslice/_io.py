@@ -1,6 +1,10 @@
 """Atomic file writing, hashing and staging directories.
 
 Every artifact edgeslice writes goes through here, so a crash or a bad input never leaves a half-written file.
+
+Under torch.distributed only rank 0 writes. The other ranks run the same code (so collectives stay matched and
+the code needs no rank checks), but :func:`staging_dir` hands them a throw-away folder in the system temp dir that
+is deleted afterwards, never ``out``, and :func:`atomic_write_bytes` drops their writes anywhere else.
 """
 
 from __future__ import annotations
@@ -15,6 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+_scratch: list[Path] = []  # this rank's throw-away staging folders (ranks other than 0 only)
+
+
+def _discarded(path: Path) -> bool:
+    """Whether this process must not write ``path``: it is not rank 0 and ``path`` is outside its scratch."""
+    from .distributed import is_main
+
+    if is_main():
+        return False
+    p = path.absolute()
+    return not any(p.is_relative_to(root) for root in _scratch)
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -28,8 +44,13 @@ def canonical_json(obj: Any) -> bytes:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename it into place."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename it into place.
+
+    On a torch.distributed rank other than 0 nothing is written unless ``path`` is in its :func:`staging_dir`.
+    """
     path = Path(path)
+    if _discarded(path):
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -58,19 +79,55 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _remove_previous_artifacts(out: Path) -> None:
+    """Delete the files an earlier edgeslice run listed in ``out/manifest.json`` (never anything else).
+
+    A rerun into the same folder then leaves no stale artifact that the new manifest does not list, while files the
+    user put there stay.
+    """
+    manifest = out / "manifest.json"
+    if not manifest.is_file():
+        return
+    try:
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+        names = [*doc.get("files", {}), *doc.get("volatile", [])]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return
+    for name in names:
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+            continue
+        target = out / name
+        if target.is_file() and not target.is_symlink():
+            target.unlink()
+    manifest.unlink()
+
+
 @contextlib.contextmanager
 def staging_dir(out: str | Path) -> Iterator[Path]:
     """Yield an empty scratch folder beside ``out``; on success move its files into ``out``.
 
     On any exception the scratch folder is removed and ``out`` is left as it was, so a failed command never leaves
-    partial artifacts behind.
+    partial artifacts behind. On a torch.distributed rank other than 0 the folder is a throw-away one in the
+    system temp dir: everything written there is deleted and ``out`` is never touched.
     """
     out = Path(out)
+    from .distributed import is_main, rank
+
+    if not is_main():
+        scratch = Path(tempfile.mkdtemp(prefix=f"edgeslice-rank{rank()}-")).absolute()
+        _scratch.append(scratch)
+        try:
+            yield scratch
+        finally:
+            _scratch.remove(scratch)
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging.", dir=out.parent))
     try:
         yield stage
         out.mkdir(parents=True, exist_ok=True)
+        _remove_previous_artifacts(out)
         for item in sorted(stage.iterdir()):
             target = out / item.name
             if target.is_dir() and not target.is_symlink():

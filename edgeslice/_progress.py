@@ -1,4 +1,5 @@
-"""Rich progress bars on stderr, silent when stderr is not a terminal or when JSON output was asked for."""
+"""Rich progress bars on stderr, silent when stderr is not a terminal, when JSON output was asked for, and on every
+torch.distributed rank but 0."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ def set_enabled(flag: bool) -> None:
 
 @contextlib.contextmanager
 def progress(description: str, total: int | None) -> Iterator[Callable[..., None]]:
-    """Yield ``advance(n=1, **fields)``; draws a bar only on an interactive stderr."""
-    if not (_enabled and sys.stderr.isatty()):
+    """Yield ``advance(n=1, **fields)``; draws a bar only on an interactive stderr, and only on rank 0."""
+    from .distributed import is_main
+
+    if not (_enabled and sys.stderr.isatty() and is_main()):
         yield lambda n=1, **fields: None
         return
     from rich.console import Console

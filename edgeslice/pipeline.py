@@ -20,12 +20,12 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from . import __version__
-from ._io import atomic_write_json, sha256_file, staging_dir
+from ._io import atomic_write_json, staging_dir
 from ._progress import progress
 from .data import DataBundle, calibration_indices, load_data, normalize
 from .errors import EdgesliceError, ModelError
 from .index import CriticalIndex
+from .manifest import write_manifest
 from .models import (
     ModelMeta,
     count_parameters,
@@ -286,8 +286,14 @@ def slice_model(
     seed: int,
     device: torch.device,
     batch_size: int = 100,
+    class_batch: int | None = None,
 ) -> tuple[SemanticSlicer, SliceResult, CriticalIndex]:
-    """Calibrate on a seeded per-class sample, slice, and build the index bound to the model's fingerprint."""
+    """Calibrate on a seeded per-class sample, slice, and build the index bound to the model's fingerprint.
+
+    Under torchrun the calibration batches are shared out over the ranks and the index is the same, byte for byte,
+    as one process's (``batch_size`` fixes the chunks of the exact sums: keep it independent of the world size).
+    ``class_batch`` bounds how many classes' Gram matrices are held at once (same result, more passes).
+    """
     calib = calibration_set(bundle, cfg.calib_per_class, seed)
     example = make_prepare(meta)(next(iterate_batches(calib, 2))[0].to(device))
     slicer = SemanticSlicer(model, example, metric=cfg.metric, similarity=cfg.similarity, baseline=cfg.baseline)
@@ -298,6 +304,7 @@ def slice_model(
             prepare=make_prepare(meta),
             device=device,
             on_batch=advance,
+            class_batch=class_batch,
         )
     if cfg.strategy == "semantic":
         result = slicer.slice(theta=cfg.theta, strategy="semantic", solver=cfg.solver, interval=cfg.interval)
@@ -361,37 +368,10 @@ def plot_layer_ratios(rows: list[dict[str, Any]], path: Path, title: str) -> Pat
     return path
 
 
-def write_manifest(folder: Path, config: dict[str, Any], seed: int) -> Path:
-    """``manifest.json``: sha256 and size of every file, library versions, the effective config and seed."""
-    import importlib.metadata as md
+def _latency_and_size(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None) -> dict[str, Any]:
+    from .export import DEFAULT_OPSET, export_onnx, file_sizes, onnx_latency
 
-    files = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.name != "manifest.json":
-            files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-    versions = {}
-    for pkg in ("torch", "timm", "torch-pruning", "onnx", "onnxruntime", "numpy", "safetensors"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = None
-    return atomic_write_json(
-        folder / "manifest.json",
-        {
-            "tool": "edgeslice",
-            "tool_version": __version__,
-            "versions": versions,
-            "config": config,
-            "seed": seed,
-            "files": files,
-        },
-    )
-
-
-def _latency_and_size(model: nn.Module, example: torch.Tensor, path: Path) -> dict[str, Any]:
-    from .export import export_onnx, file_sizes, onnx_latency
-
-    export_onnx(model, example, path)
+    export_onnx(model, example, path, opset=opset or DEFAULT_OPSET)
     return {
         **file_sizes(path),
         "latency": onnx_latency(path, (1, *example.shape[1:])),
@@ -399,10 +379,115 @@ def _latency_and_size(model: nn.Module, example: torch.Tensor, path: Path) -> di
     }
 
 
+def _numpy_inputs(dataset: Any, prepare: Callable[[torch.Tensor], torch.Tensor], limit: int | None = None):
+    """Normalised (inputs, labels) of the first ``limit`` samples, as float32 numpy arrays."""
+    import numpy as np
+
+    if limit is not None and limit < len(dataset):
+        dataset = Subset(dataset, range(limit))
+    xs, ys = [], []
+    for x, y in iterate_batches(dataset, 512):
+        xs.append(prepare(x.float()).numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _int8_artifact(
+    fp32_path: Path, int8_path: Path, calib: Subset, test: Any, prepare: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, Any]:
+    """Quantize ``fp32_path`` to ``int8_path`` on the calibration set, then measure it against fp32 on the test subset.
+
+    Raises:
+        ExportError: quantization failed or the int8 model disagrees with fp32 beyond the stated tolerance.
+    """
+    from .export import file_sizes, onnx_latency
+    from .quantize import EVAL_SUBSET, MAX_CALIBRATION_SAMPLES, check_int8_parity, quantize_int8
+
+    # The calibration set is grouped by class: a seeded shuffle keeps every class in the capped sample.
+    order = torch.randperm(len(calib), generator=torch.Generator().manual_seed(0))[:MAX_CALIBRATION_SAMPLES]
+    calib_x, _ = _numpy_inputs(Subset(calib, order.tolist()), prepare)
+    quantize_int8(fp32_path, int8_path, [calib_x[i : i + 64] for i in range(0, len(calib_x), 64)])
+    test_x, test_y = _numpy_inputs(test, prepare, EVAL_SUBSET)
+    parity = check_int8_parity(fp32_path, int8_path, test_x, labels=test_y)
+    shape = test_x.shape[1:]
+    return {
+        **file_sizes(int8_path),
+        "latency": onnx_latency(int8_path, (1, *shape)),
+        "latency_batch32": onnx_latency(int8_path, (32, *shape), runs=20),
+        "parity": parity,
+        "calibration_samples": int(len(calib_x)),
+        "eval_subset": f"first {parity['samples']} test samples",
+    }
+
+
+class _DoesNotFit(Exception):
+    """The measured artifacts of one θ miss a device budget (the search steps down)."""
+
+    def __init__(self, theta: float, checks: list[Any]) -> None:
+        super().__init__(theta)
+        self.theta, self.checks = theta, checks
+
+
+def _device_search(
+    cfg: CompressConfig,
+    profile: Any,
+    slicer: SemanticSlicer,
+    original: nn.Module,
+    example: torch.Tensor,
+    input_shape: tuple[int, ...],
+    opset: int,
+) -> tuple[Any, list[Any]]:
+    """Largest θ of the grid whose restructured (not yet fine-tuned) model meets every budget of ``profile``."""
+    import tempfile
+
+    from .budget import DEFAULT_THETAS, BudgetError, StructureProbe, explain_failure, search_theta
+
+    precisions = ["int8"] if cfg.quantize == "int8" else ["fp32", "int8"]
+    with tempfile.TemporaryDirectory(prefix="edgeslice-probe.") as tmp:
+        probe = StructureProbe(
+            slicer,
+            original,
+            example,
+            input_shape,
+            Path(tmp),
+            round_to=cfg.round_to,
+            opset=opset,
+            solver=cfg.slicing.solver,
+            interval=cfg.slicing.interval,
+        )
+        with progress(f"budget search ({profile.name})", None):
+            best, tried = search_theta(profile, probe, thetas=DEFAULT_THETAS, precisions=precisions)
+    if best is None:
+        raise BudgetError(explain_failure(profile, tried))
+    return best, tried
+
+
 def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, Any]:
-    """Run the whole compression pipeline and write the artifacts to ``out``; returns the report."""
-    from .export import check_parity
-    from .restructure import restructure_
+    """Run the whole compression pipeline and write the artifacts to ``out``; returns the report.
+
+    With ``cfg.device`` the θ of ``cfg.slicing`` is replaced by the largest θ of
+    :data:`edgeslice.budget.DEFAULT_THETAS` whose model meets every budget of that device profile, in fp32 or int8,
+    whichever admits the larger θ (fp32 on a tie; int8 only with ``cfg.quantize == "int8"``); the measured artifacts
+    are checked again and the search steps down a θ if they miss a budget.
+
+    Raises:
+        BudgetError: no candidate meets the device's budgets (nothing is written).
+    """
+    from .export import DEFAULT_OPSET
+
+    profile = None
+    opset = DEFAULT_OPSET
+    if cfg.device:
+        from .devices import get_device
+
+        profile = get_device(cfg.device)
+        if cfg.slicing.strategy != "semantic":
+            raise ValueError(f"--device searches θ: it needs --strategy semantic, not {cfg.slicing.strategy!r}")
+        if cfg.quantize == "int8" and not profile.supports("int8"):
+            raise ValueError(
+                f"device {profile.name!r} does not support int8 (it supports {', '.join(profile.precisions)})"
+            )
+        opset = min(DEFAULT_OPSET, profile.opset)
 
     timings: dict[str, float] = {}
     t_all = t = time.perf_counter()
@@ -434,12 +519,106 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
     slicer, result, index = slice_model(model, meta, bundle, cfg.slicing, seed=cfg.seed, device=device)
     timings["slice_s"] = time.perf_counter() - t
 
-    # Keep an unpruned copy for the masked-equivalence check and the "before" ONNX.
+    # Keep an unpruned copy for the masked-equivalence check, the "before" ONNX and every budget candidate.
     import copy
 
     original = copy.deepcopy(model).eval()
     calib_x, _ = next(iterate_batches(bundle.test, 64))
     calib_x = prepare(calib_x.to(device))
+    input_shape = (meta.in_chans, meta.input_size, meta.input_size)
+
+    search_info: dict[str, Any] | None = None
+    attempts = [cfg.slicing.theta]
+    precision = "int8" if cfg.quantize == "int8" else "fp32"
+    failures: list[_DoesNotFit] = []
+    if profile is not None:
+        from .budget import DEFAULT_THETAS
+
+        t = time.perf_counter()
+        best, tried = _device_search(cfg, profile, slicer, original, calib_x, input_shape, opset)
+        precision = best.precision
+        attempts = sorted((th for th in DEFAULT_THETAS if th <= best.theta), reverse=True)
+        timings["budget_search_s"] = time.perf_counter() - t
+        search_info = {
+            "thetas": list(DEFAULT_THETAS),
+            "chosen_by_structure": best.theta,
+            "stepped_down": failures,  # filled below, serialised in _finish
+            "candidates": [
+                {"theta": c.theta, "precision": c.precision, "ok": c.ok, "model_bytes": c.measured["model_bytes"],
+                 "macs": c.measured["macs"], "params": c.measured["params"],
+                 "failing": [b.name for b in c.failing()]}
+                for c in tried
+            ],
+        }  # fmt: skip
+
+    for theta in attempts:
+        if profile is not None:
+            result = slicer.slice(
+                theta=theta, strategy="semantic", solver=cfg.slicing.solver, interval=cfg.slicing.interval
+            )
+            index = _rebind_index(index, result)
+            original.to(device)  # a previous attempt's export moved it to the CPU
+            model = copy.deepcopy(original)
+        try:
+            return _finish(
+                cfg, out, device, timings, t_all, model=model, original=original, meta=meta, bundle=bundle,
+                slicer=slicer, result=result, index=index, calib_x=calib_x, prepare=prepare, acc_before=acc_before,
+                baseline_source=baseline_source, cached=cached, timm_name=timm_name, profile=profile,
+                precision=precision, opset=opset, search_info=search_info,
+            )  # fmt: skip
+        except _DoesNotFit as e:
+            failures.append(e)
+    from .budget import BudgetError
+
+    last = failures[-1]
+    raise BudgetError(
+        f"no model fits device {profile.name!r}: the measured artifacts at θ={last.theta:g} ({precision}) miss "
+        + "; ".join(c.describe() for c in last.checks if not c.ok)
+    )
+
+
+def _rebind_index(index: CriticalIndex, result: SliceResult) -> CriticalIndex:
+    """The index of ``result`` (another θ of the same calibration)."""
+    from dataclasses import replace
+
+    return replace(index, critical=result.critical, per_class=result.per_class, params=result.params)
+
+
+def _finish(
+    cfg: CompressConfig,
+    out: Path,
+    device: torch.device,
+    timings: dict[str, float],
+    t_all: float,
+    *,
+    model: nn.Module,
+    original: nn.Module,
+    meta: ModelMeta,
+    bundle: DataBundle,
+    slicer: SemanticSlicer,
+    result: SliceResult,
+    index: CriticalIndex,
+    calib_x: torch.Tensor,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    acc_before: float,
+    baseline_source: str,
+    cached: bool,
+    timm_name: str,
+    profile: Any,
+    precision: str,
+    opset: int,
+    search_info: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Restructure, fine-tune, (prune,) export and write the artifacts of one slice result.
+
+    Raises:
+        _DoesNotFit: with a device profile, the measured artifacts miss a budget (nothing is written).
+    """
+    from dataclasses import replace
+
+    from .export import check_parity
+    from .restructure import restructure_
+
     t = time.perf_counter()
     report_rs = restructure_(
         model, slicer.layers, result.critical, calib_x[:2], scores=result.scores, round_to=cfg.round_to
@@ -490,6 +669,12 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
         acc_after = prune_report.accuracy
         timings["prune_s"] = time.perf_counter() - t
 
+    # The configuration that reproduces these artifacts: the θ the device search chose, the precision shipped.
+    effective = replace(
+        cfg,
+        slicing=replace(cfg.slicing, theta=float(result.params.get("theta", cfg.slicing.theta))),
+        quantize="int8" if precision == "int8" else cfg.quantize,
+    )
     t = time.perf_counter()
     rows = layer_table(result, report_rs.effective_keep)
     with staging_dir(out) as stage:
@@ -511,9 +696,51 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
         model.cpu()
         save_checkpoint(model, meta_out, stage / "model.safetensors")
         x_cpu = calib_x.cpu()
-        after = _latency_and_size(model, x_cpu, stage / "model.onnx")
+        after = _latency_and_size(model, x_cpu, stage / "model.onnx", opset)
         parity = check_parity(model, stage / "model.onnx", x_cpu)
-        before = _latency_and_size(original.cpu(), x_cpu, stage / "baseline.onnx")
+        int8 = None
+        if effective.quantize == "int8":
+            int8 = _int8_artifact(
+                stage / "model.onnx",
+                stage / "model.int8.onnx",
+                calibration_set(bundle, cfg.slicing.calib_per_class, cfg.seed),
+                bundle.test,
+                prepare,
+            )
+        budget = None
+        if profile is not None:
+            from .budget import measure_model, measure_onnx
+
+            measured = {
+                **measure_model(model, (meta.in_chans, meta.input_size, meta.input_size), precision),
+                **measure_onnx(stage / ("model.int8.onnx" if precision == "int8" else "model.onnx")),
+            }
+            checks = profile.check(measured)
+            if not all(c.ok for c in checks):
+                raise _DoesNotFit(effective.slicing.theta, checks)
+            budget = {
+                "device": cfg.device,
+                "profile": profile.to_dict(),
+                "precision": precision,
+                "theta": effective.slicing.theta,
+                "measured": measured,
+                "estimated_latency_ms": profile.estimated_latency_ms(measured["macs"], precision),
+                "checks": [c.to_dict() for c in checks],
+                "ok": True,
+                "pruning_note": None
+                if prune_report is None
+                else "unstructured zeros do not change the dense ONNX size, RAM or MACs: every pruning iteration "
+                "fits exactly when its restructured start does, so the pruner's last kept iteration is shipped",
+            }
+            if search_info is not None:
+                budget["search"] = {
+                    **search_info,
+                    "stepped_down": [
+                        {"theta": f.theta, "failing": [c.to_dict() for c in f.checks if not c.ok]}
+                        for f in search_info["stepped_down"]
+                    ],
+                }
+        before = _latency_and_size(original.cpu(), x_cpu, stage / "baseline.onnx", opset)
         (stage / "baseline.onnx").unlink()
         if prune_report is not None:
             from .pruning import curve_points, plot_prune_curves
@@ -535,8 +762,10 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
         report = {
             "model": timm_name,
             "data": bundle.describe(),
-            "config": cfg.to_dict(),
+            "config": effective.to_dict(),
             "device": str(device),
+            "precision": precision,
+            "opset": opset,
             "baseline": {"source": baseline_source, "from_cache": cached},
             "slicing": {
                 **result.params,
@@ -558,13 +787,15 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
             "onnx_parity_max_abs": parity,
             "onnx_before": before,
             "onnx_after": after,
+            "int8": int8,
+            "budget": budget,
             "index_bytes": index_path.stat().st_size,
             "layers": rows,
             "groups": report_rs.to_dict()["groups"],
             "timings_s": {k: round(v, 2) for k, v in timings.items()},
         }
         atomic_write_json(stage / "report.json", report)
-        write_manifest(stage, cfg.to_dict(), cfg.seed)
+        write_manifest(stage, effective.to_dict(), cfg.seed)
     return report
 
 

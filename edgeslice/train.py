@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from . import distributed
 from ._progress import progress
 from .slicing.observe import eval_mode
 
@@ -67,16 +68,19 @@ def evaluate(
     batch_size: int = 512,
     description: str = "evaluate",
 ) -> float:
-    """Top-1 accuracy in percent."""
+    """Top-1 accuracy in percent (under torch.distributed each rank counts its round-robin share of the batches and
+    the integer counts are summed: every rank returns the same value)."""
     correct = total = 0
     to_fast_layout_(model)
     with torch.no_grad(), eval_mode(model), progress(description, len(dataset)) as advance:
-        for x, y in iterate_batches(dataset, batch_size):
+        for x, y in distributed.shard_stream(iterate_batches(dataset, batch_size)):
             x, y = _as_input(x, device), y.to(device)
             logits = model(prepare(x) if prepare else x)
             correct += int((logits.argmax(1) == y).sum())
             total += len(y)
             advance(len(y))
+    counts = distributed.all_reduce_sum_(torch.tensor([correct, total], dtype=torch.int64, device=device))
+    correct, total = (int(v) for v in counts.cpu())
     return 100.0 * correct / max(total, 1)
 
 
@@ -95,6 +99,11 @@ def train_model(
 ) -> dict[str, float]:
     """Train with AdamW and a one-cycle schedule for ``epochs`` passes (fractions allowed).
 
+    Under torchrun the model trains as DistributedDataParallel: every rank shuffles with the same seed, takes the
+    batches at positions r, r+W, … of that order (the short ranks repeat the first ones, as DistributedSampler
+    pads), and the gradients are averaged, so one step sees W × ``batch_size`` samples and an epoch takes 1/W of
+    the steps. Rank 0's weights and BatchNorm statistics are copied to every rank at the end.
+
     Args:
         model: trained in place (left in eval mode).
         dataset: (image, label) items, images in [0,1].
@@ -110,9 +119,10 @@ def train_model(
     Returns:
         ``{"steps", "final_loss"}``.
     """
-    steps_per_epoch = math.ceil(len(dataset) / batch_size)
+    steps_per_epoch = distributed.sharded_steps(math.ceil(len(dataset) / batch_size))
     total_steps = max(1, math.ceil(epochs * steps_per_epoch))
     to_fast_layout_(model)
+    net = distributed.wrap_ddp(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.15)
@@ -121,9 +131,10 @@ def train_model(
     step, loss_ema = 0, float("nan")
     with progress(description, total_steps) as advance:
         while step < total_steps:
-            for x, y in iterate_batches(dataset, batch_size, shuffle=True, generator=gen):
+            shuffled = iterate_batches(dataset, batch_size, shuffle=True, generator=gen)
+            for x, y in distributed.shard_batches(shuffled):
                 x, y = _as_input(x, device), y.to(device)
-                loss = F.cross_entropy(model(prepare(x) if prepare else x), y)
+                loss = F.cross_entropy(net(prepare(x) if prepare else x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -134,5 +145,6 @@ def train_model(
                 advance(1, loss=loss_ema)
                 if step >= total_steps:
                     break
+    distributed.broadcast_module_(model)
     model.eval()
     return {"steps": step, "final_loss": loss_ema}

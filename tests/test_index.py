@@ -17,8 +17,12 @@ def _index(seed=0):
     layers = [{"name": "a", "observe": "a.bn", "channels": 13}, {"name": "b", "observe": "b", "channels": 8}]
     per_class = {la["name"]: torch.rand(3, la["channels"], generator=g) < 0.4 for la in layers}
     return CriticalIndex(
-        model_fingerprint="f" * 64, timm_name="toy", layers=layers,
-        critical={k: v.any(0) for k, v in per_class.items()}, per_class=per_class, classes=["x", "y", "z"],
+        model_fingerprint="f" * 64,
+        timm_name="toy",
+        layers=layers,
+        critical={k: v.any(0) for k, v in per_class.items()},
+        per_class=per_class,
+        classes=["x", "y", "z"],
         params={"strategy": "semantic", "metric": "taylor", "theta": 0.95, "similarity": "cka"},
         calibration={"dataset": "digits", "per_class": 10, "seed": 0},
     )
@@ -82,9 +86,14 @@ def _hand_index(version=2):
     per[0, [1, 6]] = True
     per[1, 3] = True
     return CriticalIndex(
-        model_fingerprint="f" * 64, timm_name="toy", layers=[{"name": "b", "observe": "b", "channels": 8}],
-        critical={"b": crit}, per_class={"b": per}, classes=["x", "y"],
-        params={"strategy": "semantic", "metric": "taylor", "theta": 0.9, "similarity": "cka"}, version=version,
+        model_fingerprint="f" * 64,
+        timm_name="toy",
+        layers=[{"name": "b", "observe": "b", "channels": 8}],
+        critical={"b": crit},
+        per_class={"b": per},
+        classes=["x", "y"],
+        params={"strategy": "semantic", "metric": "taylor", "theta": 0.9, "similarity": "cka"},
+        version=version,
     )
 
 

@@ -22,8 +22,14 @@ from edgeslice.slicing import find_layers
 
 
 def _meta():
-    return ModelMeta(timm_name="mobilenetv3_small_050", classes=[str(i) for i in range(10)], in_chans=1,
-                     input_size=32, mean=[0.5], std=[0.25])
+    return ModelMeta(
+        timm_name="mobilenetv3_small_050",
+        classes=[str(i) for i in range(10)],
+        in_chans=1,
+        input_size=32,
+        mean=[0.5],
+        std=[0.25],
+    )
 
 
 def test_aliases_and_unknown():

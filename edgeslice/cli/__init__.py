@@ -9,12 +9,15 @@ import typer
 from edgeslice import __version__
 
 from .compress import compress_command
+from .devices import app as devices_app
 from .evaluate import evaluate_command
 from .increment import increment_command
 from .prune import prune_command
 from .readapt import readapt_command
+from .run import run_command
 from .slice import slice_command
 from .train import train_command
+from .verify import verify_command
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -42,10 +45,13 @@ def _root(
 app.command("train")(train_command)
 app.command("slice")(slice_command)
 app.command("compress")(compress_command)
+app.add_typer(devices_app, name="devices")
 app.command("evaluate-slices")(evaluate_command)
 app.command("prune")(prune_command)
 app.command("readapt")(readapt_command)
 app.command("increment")(increment_command)
+app.command("run")(run_command)
+app.command("verify")(verify_command)
 
 
 def main() -> None:

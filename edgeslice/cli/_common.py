@@ -161,18 +161,30 @@ def handle_errors(fn):
 
 
 def setup(json_out: bool, device_type: DeviceType, seed: int):
-    """Common start of a command: progress bars off under --json, seeded torch, the torch device."""
+    """Common start of a command: progress bars off under --json, seeded torch, the torch device.
+
+    Under torchrun (``WORLD_SIZE`` > 1) this also joins the process group (gloo on CPU, nccl on CUDA with the
+    device ``cuda:LOCAL_RANK``) and silences stdout on every rank but 0; errors still reach stderr from any rank.
+    """
+    from edgeslice import distributed
     from edgeslice._progress import set_enabled
     from edgeslice.models import resolve_device
 
     set_enabled(not json_out)
     import torch
 
-    torch.manual_seed(seed)
-    return resolve_device(device_type.value)
+    torch.manual_seed(seed)  # the same seed on every rank: identical initial weights and shuffles
+    device = distributed.init_from_env(resolve_device(device_type.value))
+    console.quiet = not distributed.is_main()
+    return device
 
 
 def emit_json(obj: Any) -> None:
+    """Print ``obj`` as the command's one JSON document (rank 0 only under torchrun)."""
+    from edgeslice.distributed import is_main
+
+    if not is_main():
+        return
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,6 +36,19 @@ from ._common import (
     handle_errors,
     setup,
     table,
+)
+
+
+class QuantizeMode(str, Enum):
+    """Post-training quantization of the exported ONNX model."""
+
+    none = "none"
+    int8 = "int8"
+
+
+DEVICE_HELP = (
+    "Device profile (a name from `edgeslice devices list`, or a .toml file): search θ for the most accurate model "
+    "that meets its flash, RAM and latency budgets (--theta is then ignored) and pick fp32 or int8."
 )
 
 
@@ -72,6 +86,15 @@ def compress_command(
     round_to: Annotated[
         int, typer.Option("--round-to", min=1, help="Keep a multiple of this many channels per group (1: exact).")
     ] = 8,
+    device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
+    quantize: Annotated[
+        QuantizeMode,
+        typer.Option(
+            "--quantize",
+            help="int8: also write model.int8.onnx (onnxruntime static QDQ, per-channel, calibrated on the "
+            "calibration set) and compare it with fp32 on the test set.",
+        ),
+    ] = QuantizeMode.none,
     image_size: ImageSizeOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: edgeslice-out/<model>].")] = None,
     download: DownloadOpt = False,
@@ -83,7 +106,7 @@ def compress_command(
 
     Without --checkpoint a baseline is trained on --data and cached under $EDGESLICE_HOME (~/.cache/edgeslice).
     """
-    device = setup(json_out, device_type, seed)
+    device_ = setup(json_out, device_type, seed)
     from edgeslice.models import resolve_model_name
     from edgeslice.pipeline import CompressConfig, SliceConfig, compress
     from edgeslice.pruning import IterativePruneConfig
@@ -115,6 +138,8 @@ def compress_command(
         seed=seed,
         download=download,
         round_to=round_to,
+        device=device,
+        quantize=quantize.value,
         pruning=IterativePruneConfig(
             pruner=pruner.value,
             prune_step=prune_step,
@@ -124,7 +149,7 @@ def compress_command(
         ),
     )
     out = out or Path("edgeslice-out") / timm_name
-    report = compress(cfg, out, device)
+    report = compress(cfg, out, device_)
     report["out"] = str(out)
     if json_out:
         emit_json(report)
@@ -151,7 +176,7 @@ def compress_command(
     console.print(
         table(
             f"{report['model']} on {report['data']['name']} — {report['slicing']['strategy']} slicing, "
-            f"{report['slicing']['metric']}, θ={theta:g}",
+            f"{report['slicing']['metric']}, θ={report['slicing'].get('theta', theta):g}",
             ["", "before", "after"],
             rows,
         )
@@ -161,7 +186,59 @@ def compress_command(
         console.print(
             f"{pruner.value}: {p['iterations']} iterations ({p['iterations_kept']} kept), stop: {p['stop_reason']}"
         )
+    if report.get("int8"):
+        console.print(_int8_table(report))
+    if report.get("budget"):
+        console.print(_budget_table(report["budget"]))
+    int8_file = "model.int8.onnx, " if report.get("int8") else ""
     console.print(
-        f"artifacts in {out}: model.onnx, model.safetensors, model.json, critical_index, report.json, "
+        f"artifacts in {out}: model.onnx, {int8_file}model.safetensors, model.json, critical_index, report.json, "
         f"manifest.json, critical_ratio.png ({report['timings_s']['total_s']:.0f} s)"
     )
+
+
+def _int8_table(report: dict[str, Any]):
+    q, a = report["int8"], report["onnx_after"]
+    p = q["parity"]
+    rows = [
+        [f"test accuracy (%), {q['eval_subset']}", f"{p['accuracy_fp32']:.2f}", f"{p['accuracy_int8']:.2f}"],
+        ["ONNX size", fmt_bytes(a["raw_bytes"]), fmt_bytes(q["raw_bytes"])],
+        ["ONNX size (gzip)", fmt_bytes(a["gzip_bytes"]), fmt_bytes(q["gzip_bytes"])],
+        ["onnxruntime latency, batch 1 (ms)", f"{a['latency']['median_ms']:.3f}", f"{q['latency']['median_ms']:.3f}"],
+        [
+            "onnxruntime latency, batch 32 (ms)",
+            f"{a['latency_batch32']['median_ms']:.3f}",
+            f"{q['latency_batch32']['median_ms']:.3f}",
+        ],
+        ["top-1 agreement with fp32", "", f"{p['top1_agreement']:.2%} (≥ {p['min_top1_agreement']:.0%} required)"],
+        ["max |Δlogit| (max |logit|)", "", f"{p['max_abs_logit_diff']:.3g} ({p['max_abs_logit']:.3g})"],
+    ]
+    return table("int8 (onnxruntime static QDQ, per-channel) vs fp32 ONNX, on this machine", ["", "fp32", "int8"], rows)
+
+
+def _budget_table(budget: dict[str, Any]):
+    from edgeslice.devices import BudgetCheck
+
+    rows = []
+    for d in budget["checks"]:
+        c = BudgetCheck(**d)
+        fmt = _fmt_value(c.unit)
+        margin = "" if c.margin is None else fmt(c.margin)
+        rows.append([c.name, fmt(c.limit), fmt(c.value), margin, "ok" if c.ok else "FAIL"])
+    title = (
+        f"device {budget['profile']['name']}: θ={budget['theta']:g}, {budget['precision']} "
+        f"(latency = MACs / {budget['profile']['macs_per_s'][budget['precision']] / 1e6:g} MMAC/s, a rough estimate)"
+    )
+    return table(title, ["budget", "limit", "value", "margin", ""], rows)
+
+
+def _fmt_value(unit: str):
+    if unit == "bytes":
+        return _fmt_bytes_signed
+    if unit == "ms":
+        return lambda v: f"{v:.3g} ms"
+    return str
+
+
+def _fmt_bytes_signed(n: float) -> str:
+    return ("-" if n < 0 else "") + fmt_bytes(abs(n))

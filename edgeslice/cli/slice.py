@@ -58,6 +58,18 @@ def slice_command(
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
+    emit_c_header: Annotated[
+        bool, typer.Option("--emit-c-header", help="Also write critical_index.h: the index as C bitset arrays.")
+    ] = False,
+    class_batch: Annotated[
+        int | None,
+        typer.Option(
+            "--class-batch",
+            min=1,
+            help="Hold the Gram matrices of at most N classes at once (more passes, same index). Memory while "
+            "calibrating: about sum over layers of classes x channels^2 x 16 bytes (N instead of classes with this).",
+        ),
+    ] = None,
 ) -> None:
     """Slice MODEL: score channels per class on a calibration sample; write OUT/critical_index and a chart."""
     device = setup(json_out, device_type, seed)
@@ -80,10 +92,14 @@ def slice_command(
     net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
     bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download)
     check_against_data(meta, bundle)
-    _, result, index = slice_model(net.to(device), meta, bundle, cfg, seed=seed, device=device)
+    _, result, index = slice_model(net.to(device), meta, bundle, cfg, seed=seed, device=device, class_batch=class_batch)
     rows = layer_table(result)
     with staging_dir(out) as stage:
         index.save(stage / "critical_index")
+        if emit_c_header:
+            from edgeslice.cheader import write_c_header
+
+            write_c_header(index, stage / "critical_index.h")
         plot_layer_ratios(rows, stage / "critical_ratio.png", f"{meta.timm_name}: critical channels per layer")
         summary = {
             "model": meta.timm_name,

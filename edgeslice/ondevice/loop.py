@@ -2,7 +2,11 @@
 
 One loop serves re-adaptation (train the critical channels, Eq. 6–7) and incremental development (train the
 non-critical ones, Eq. 8–9): the caller gives the :class:`~edgeslice.ondevice.freeze.TrainPlan`, the batches and the
-loss. Only torch and the standard library are imported.
+loss. Only torch (torch.distributed included) and the standard library are imported.
+
+Under torchrun the loop trains DistributedDataParallel: every rank builds the same batch stream and takes the
+batches at positions r, r+W, … (:func:`edgeslice.distributed.shard_batches`), gradients are averaged, and the
+freezer restores the frozen rows on every rank after every step, so they stay bit-identical everywhere.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from .freeze import FROZEN_BN, ExactFreezer, TrainPlan
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -112,9 +117,11 @@ def train_partial(
         plan: which rows may change.
         batches: ``epoch -> iterable of batches``, called at the start of each epoch (so a batch source may depend
             on the model as trained so far); each batch is passed to ``loss_fn`` unchanged.
-        loss_fn: ``(model, batch) -> scalar loss``; called with the model in train mode.
+        loss_fn: ``(model, batch) -> scalar loss``; called with the model in train mode (under torchrun, with its
+            DistributedDataParallel wrapper).
         cfg: optimiser settings.
-        steps_per_epoch: batches per epoch, for the learning-rate schedule.
+        steps_per_epoch: batches per epoch, for the learning-rate schedule (all of them: under torchrun each rank
+            takes ``ceil(steps_per_epoch / world_size)``).
         on_step: ``(step, loss)`` callback (progress bars).
 
     Returns:
@@ -131,17 +138,18 @@ def train_partial(
         params = freezer.trainable_parameters()
         if not params:
             raise ValueError("the plan trains nothing: every parameter is frozen")
+        net = distributed.wrap_ddp(model)  # after the freezer: DDP only registers the parameters that train
         opt = _optimizer(params, cfg)
-        total = max(1, steps_per_epoch * cfg.epochs)
+        total = max(1, distributed.sharded_steps(steps_per_epoch) * cfg.epochs)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))
         )
         step = 0
         for epoch in range(cfg.epochs):
             model.train()
-            for batch in batches(epoch):
+            for batch in distributed.shard_batches(batches(epoch)):
                 t = time.perf_counter()
-                loss = loss_fn(model, batch)
+                loss = loss_fn(net, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -152,6 +160,7 @@ def train_partial(
                 step += 1
                 if on_step is not None:
                     on_step(step, losses[-1])
+        distributed.broadcast_module_(model)  # BN statistics of the trainable channels: rank 0's everywhere
         model.eval()
         drift = freezer.max_drift()
         state_bytes = _state_bytes(opt)

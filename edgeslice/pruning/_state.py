@@ -8,6 +8,7 @@ any moment leaves either the previous iteration's state or the new one, never a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -36,13 +37,14 @@ def save_state(folder: Path, *, identity: dict[str, Any], progress: dict[str, An
     done = len(progress.get("history", []))
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     name = f"iter-{done}.safetensors"
-    atomic_write_bytes(folder / name, save(tensors))
+    data = save(tensors)
+    atomic_write_bytes(folder / name, data)
     doc = {
         "version": STATE_VERSION,
         "identity": identity,
         "progress": progress,
         "tensors": name,
-        "sha256": sha256_file(folder / name),
+        "sha256": hashlib.sha256(data).hexdigest(),  # of the bytes written (torchrun: only rank 0 writes them)
     }
     atomic_write_json(folder / _STATE_FILE, doc)
     for stale in folder.glob("iter-*.safetensors"):

@@ -119,14 +119,14 @@ def _deeplift(count, total, sq, deeplift):
 def class_scores(stats: LayerStats, metric: str) -> torch.Tensor:
     """Per-class scores, (C, N)."""
     m = get_metric(metric)
-    sq = torch.diagonal(stats.gram, dim1=-2, dim2=-1)
+    sq = stats.sq
     return m.score(stats.count, stats.total, sq, _attribution(stats, m))
 
 
 def global_scores(stats: LayerStats, metric: str) -> torch.Tensor:
     """Scores over the whole calibration set (all classes pooled), (N,)."""
     m = get_metric(metric)
-    sq = torch.diagonal(stats.gram, dim1=-2, dim2=-1).sum(0)
+    sq = stats.sq.sum(0)
     return m.score(stats.count.sum(0), stats.total.sum(0), sq, _attribution(stats, m).sum(0))
 
 

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from .heuristics import magnitude_scores, random_scores
-from .metrics import class_scores, descending_order, get_metric, global_scores
+from .metrics import class_scores, descending_order, get_metric, global_scores, list_metrics
 from .observe import Layer, find_layers
 from .solver import SIMILARITIES, linear_scan, min_k, prefix_similarity, similarity_gram
-from .stats import CalibrationStats, collect_stats
+from .stats import CalibrationStats, LayerStats, collect_stats
 
 STRATEGIES = ("semantic", "category", "global", "random", "magnitude")
 SOLVERS = ("exact", "scan")
@@ -105,7 +105,8 @@ class SemanticSlicer:
         self.baseline = baseline
         self.layers = layers if layers is not None else find_layers(model, example)
         self.stats: CalibrationStats | None = None
-        self._curves: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        # metric → layer → per class (order, prefix similarity); shared with the with_metric() copies
+        self._curves: dict[str, dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]]] = {}
 
     def calibrate(
         self,
@@ -116,8 +117,14 @@ class SemanticSlicer:
         device: torch.device | str = "cpu",
         on_batch: Callable[[int], None] | None = None,
         metrics: Iterable[str] | None = None,
+        class_batch: int | None = None,
+        shard: bool = True,
     ) -> CalibrationStats:
         """One pass over the calibration batches (forward, plus backward for gradient metrics).
+
+        Under torch.distributed (torchrun) every rank calls this with the same batches: each runs its round-robin
+        share and the exact sums are all-reduced, so every rank gets the statistics one process would, bit for bit
+        (see :mod:`.stats`).
 
         Args:
             batches: (inputs, labels) pairs. With the ``mean`` DeepLIFT baseline they are read twice (once for
@@ -129,21 +136,31 @@ class SemanticSlicer:
             on_batch: progress callback, called with each batch's size.
             metrics: collect the sums of these metrics too (default: only this slicer's), so that
                 :meth:`with_metric` can slice by any of them without another pass.
+            class_batch: hold the per-class Gram matrices of at most this many classes at once (None: all). The
+                classes are streamed in groups, one pass over their batches per group (batches holding none of a
+                group's classes are skipped); each group's similarity curves are computed for every available
+                metric and its Gram matrices dropped, so peak memory is about Σ_layers class_batch × N² × 16 bytes
+                (8 for the exact accumulators, 8 for the float64 result) instead of Σ_layers classes × N² × 16.
+                Results are identical; the ``scan`` solver, which needs the Gram matrices, is then unavailable.
+                Batches must be re-iterable (one-shot iterators are materialised).
+            shard: split the batches over the torch.distributed ranks when initialised.
         """
         from .deeplift import mean_input
 
         wanted = {self.metric, *(metrics or ())}
         attributions = {get_metric(m).attribution for m in wanted}
         deeplift = "deeplift" in attributions
+        if class_batch is not None and class_batch < 1:
+            raise ValueError(f"class_batch must be >= 1, got {class_batch}")
+        streamed = class_batch is not None and class_batch < num_classes
         reference = None
-        if deeplift and self.baseline == "mean":
-            if iter(batches) is batches:  # a one-shot iterator: keep it to read it twice
+        if (deeplift and self.baseline == "mean") or streamed:
+            if iter(batches) is batches:  # a one-shot iterator: keep it to read it more than once
                 batches = list(batches)
+        if deeplift and self.baseline == "mean":
+            # Every rank reads the whole set for the mean image (cheap, no model): identical on all of them.
             reference = mean_input(batches, prepare=prepare, device=device)
-        self.stats = collect_stats(
-            self.model,
-            self.layers,
-            batches,
+        common = dict(
             num_classes=num_classes,
             with_gradients="taylor" in attributions,
             deeplift=deeplift,
@@ -152,8 +169,28 @@ class SemanticSlicer:
             prepare=prepare,
             device=device,
             on_batch=on_batch,
+            shard=shard,
         )
-        self._curves = None
+        self._curves = {}
+        if not streamed:
+            self.stats = collect_stats(self.model, self.layers, batches, **common)
+            return self.stats
+        merged: CalibrationStats | None = None
+        for first in range(0, num_classes, class_batch):
+            group = list(range(first, min(first + class_batch, num_classes)))
+            part = collect_stats(self.model, self.layers, batches, classes=group, **common)
+            for metric in _available_metrics(part):
+                by_layer = self._curves.setdefault(metric, {la.name: [None] * num_classes for la in self.layers})
+                for layer in self.layers:
+                    s = part.per_layer[layer.name]
+                    scores = class_scores(s, metric)
+                    for row, c in enumerate(group):
+                        by_layer[layer.name][c] = self._class_curve(s, c, s.gram[row], scores[c])
+            for s in part.per_layer.values():
+                s.gram = None  # each class's fields come from its own group's pass: the rest are zeros
+            part.gram_classes = None
+            merged = part if merged is None else merged.merge_(part)
+        self.stats = merged
         return self.stats
 
     def with_metric(self, metric: str) -> SemanticSlicer:
@@ -170,7 +207,6 @@ class SemanticSlicer:
             raise ValueError(f"the calibration did not collect {m.name!r} sums; calibrate with metrics=[{m.name!r}]")
         other = copy.copy(self)
         other.metric = m.name
-        other._curves = None
         return other
 
     def _require_stats(self) -> CalibrationStats:
@@ -180,26 +216,31 @@ class SemanticSlicer:
 
     def _class_gram(self, name: str, c: int) -> torch.Tensor:
         s = self._require_stats().per_layer[name]
+        if s.gram is None:
+            raise ValueError("the scan solver needs every class's Gram matrix: calibrate without class_batch")
         return similarity_gram(s.gram[c], s.total[c], s.count[c], self.similarity)
 
-    def curves(self) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+    def _class_curve(
+        self, s: LayerStats, c: int, gram: torch.Tensor, scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        order = descending_order(scores)
+        if float(s.count[c]) == 0:
+            return order, None
+        return order, prefix_similarity(similarity_gram(gram, s.total[c], s.count[c], self.similarity), order)
+
+    def curves(self) -> dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]]:
         """layer → per class (order, prefix similarity): everything every θ needs, computed once."""
-        if self._curves is None:
+        if self.metric not in self._curves:
             stats = self._require_stats()
             curves = {}
             for layer in self.layers:
                 s = stats.per_layer[layer.name]
+                if s.gram is None:
+                    raise ValueError(f"no {self.metric!r} curves: the Gram matrices were streamed (class_batch)")
                 scores = class_scores(s, self.metric)
-                per_class = []
-                for c in range(stats.num_classes):
-                    order = descending_order(scores[c])
-                    if float(s.count[c]) == 0:
-                        per_class.append((order, None))
-                        continue
-                    per_class.append((order, prefix_similarity(self._class_gram(layer.name, c), order)))
-                curves[layer.name] = per_class
-            self._curves = curves
-        return self._curves
+                curves[layer.name] = [self._class_curve(s, c, s.gram[c], scores[c]) for c in range(stats.num_classes)]
+            self._curves[self.metric] = curves
+        return self._curves[self.metric]
 
     def slice(
         self,
@@ -324,6 +365,16 @@ class SemanticSlicer:
                     rows.append(torch.tensor([linear_scan(g, order, t, interval) for t in th], dtype=torch.int64))
             out[name] = torch.stack(rows)
         return out
+
+
+def _available_metrics(stats: CalibrationStats) -> list[str]:
+    """The metrics whose sums ``stats`` holds."""
+    out = []
+    for name in list_metrics():
+        a = get_metric(name).attribution
+        if a is None or (a == "taylor" and stats.with_gradients) or (a == "deeplift" and stats.deeplift_baseline):
+            out.append(name)
+    return out
 
 
 def _check_ratio(ratio: float | None) -> float:

@@ -25,8 +25,23 @@ def _run(*args: str):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train")
-    r = _run("train", MODEL, "--data", "digits", "--epochs", "8", "--batch-size", "64", "--lr", "0.01",
-             "--out", str(out), "--device-type", "cpu", "--json")
+    r = _run(
+        "train",
+        MODEL,
+        "--data",
+        "digits",
+        "--epochs",
+        "8",
+        "--batch-size",
+        "64",
+        "--lr",
+        "0.01",
+        "--out",
+        str(out),
+        "--device-type",
+        "cpu",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["test_accuracy"] > 50.0  # learned something (chance is 10%)
@@ -40,8 +55,21 @@ def test_train_writes_checkpoint(trained):
 
 
 def test_slice_is_deterministic(trained, tmp_path):
-    args = ["slice", MODEL, "--checkpoint", str(trained / "model.safetensors"), "--data", "digits",
-            "--calib-per-class", "10", "--theta", "0.9", "--device-type", "cpu", "--json"]
+    args = [
+        "slice",
+        MODEL,
+        "--checkpoint",
+        str(trained / "model.safetensors"),
+        "--data",
+        "digits",
+        "--calib-per-class",
+        "10",
+        "--theta",
+        "0.9",
+        "--device-type",
+        "cpu",
+        "--json",
+    ]
     r1 = _run(*args, "--out", str(tmp_path / "a"))
     r2 = _run(*args, "--out", str(tmp_path / "b"))
     assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
@@ -64,13 +92,36 @@ def test_slice_is_deterministic(trained, tmp_path):
 
 def test_compress_end_to_end(trained, tmp_path):
     out = tmp_path / "out"
-    r = _run("compress", MODEL, "--checkpoint", str(trained / "model.safetensors"), "--data", "digits",
-             "--theta", "0.9", "--calib-per-class", "10", "--finetune-epochs", "1", "--out", str(out),
-             "--device-type", "cpu", "--json")
+    r = _run(
+        "compress",
+        MODEL,
+        "--checkpoint",
+        str(trained / "model.safetensors"),
+        "--data",
+        "digits",
+        "--theta",
+        "0.9",
+        "--calib-per-class",
+        "10",
+        "--finetune-epochs",
+        "1",
+        "--out",
+        str(out),
+        "--device-type",
+        "cpu",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)  # stdout is one JSON document and nothing else
-    expected = {"model.onnx", "model.safetensors", "model.json", "critical_index", "report.json", "manifest.json",
-                "critical_ratio.png"}
+    expected = {
+        "model.onnx",
+        "model.safetensors",
+        "model.json",
+        "critical_index",
+        "report.json",
+        "manifest.json",
+        "critical_ratio.png",
+    }
     assert expected == {p.name for p in out.iterdir()}
     assert report["params_after"] < report["params_before"]
     assert report["onnx_parity_max_abs"] <= 1e-4
@@ -79,7 +130,8 @@ def test_compress_end_to_end(trained, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     for name, entry in manifest["files"].items():
         assert sha256_file(out / name) == entry["sha256"]
-    assert set(manifest["files"]) == expected - {"manifest.json"}
+    assert set(manifest["files"]) == expected - {"manifest.json", "report.json"}  # report.json: volatile, unhashed
+    assert set(manifest["volatile"]) == {"report.json"}
     # The restructured checkpoint loads without pickle and agrees with the ONNX file.
     model, meta = load_checkpoint(out)
     assert meta.restructured and sum(p.numel() for p in model.parameters()) == report["params_after"]
@@ -95,8 +147,22 @@ def test_compress_end_to_end(trained, tmp_path):
 
 
 def test_compress_human_output(trained, tmp_path):
-    r = _run("compress", MODEL, "--checkpoint", str(trained), "--data", "digits", "--calib-per-class", "5",
-             "--finetune-epochs", "0", "--out", str(tmp_path / "o"), "--device-type", "cpu")
+    r = _run(
+        "compress",
+        MODEL,
+        "--checkpoint",
+        str(trained),
+        "--data",
+        "digits",
+        "--calib-per-class",
+        "5",
+        "--finetune-epochs",
+        "0",
+        "--out",
+        str(tmp_path / "o"),
+        "--device-type",
+        "cpu",
+    )
     assert r.exit_code == 0, r.output
     assert "compression rate" in r.stdout and "ONNX size" in r.stdout
 
@@ -133,8 +199,16 @@ def test_truncated_checkpoint(trained, tmp_path):
     r = _run("compress", MODEL, "--checkpoint", str(bad / "model.safetensors"), "--data", "digits", "--out", str(out))
     assert r.exit_code == 1 and "cannot read checkpoint" in r.stderr
     assert not out.exists()
-    r = _run("compress", "resnet18", "--checkpoint", str(trained / "model.safetensors"), "--data", "digits",
-             "--out", str(out))
+    r = _run(
+        "compress",
+        "resnet18",
+        "--checkpoint",
+        str(trained / "model.safetensors"),
+        "--data",
+        "digits",
+        "--out",
+        str(out),
+    )
     assert r.exit_code == 1 and "not 'resnet18'" in r.stderr
 
 
@@ -148,9 +222,33 @@ def test_version_and_help():
 
 def test_compress_with_iterative_pruning(trained, tmp_path):
     out = tmp_path / "out"
-    r = _run("compress", MODEL, "--checkpoint", str(trained), "--data", "digits", "--theta", "0.9",
-             "--calib-per-class", "5", "--finetune-epochs", "0.5", "--pruner", "lamp", "--max-iterations", "2",
-             "--finetune-steps", "3", "--max-acc-drop", "100", "--out", str(out), "--device-type", "cpu", "--json")
+    r = _run(
+        "compress",
+        MODEL,
+        "--checkpoint",
+        str(trained),
+        "--data",
+        "digits",
+        "--theta",
+        "0.9",
+        "--calib-per-class",
+        "5",
+        "--finetune-epochs",
+        "0.5",
+        "--pruner",
+        "lamp",
+        "--max-iterations",
+        "2",
+        "--finetune-steps",
+        "3",
+        "--max-acc-drop",
+        "100",
+        "--out",
+        str(out),
+        "--device-type",
+        "cpu",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert rep["pruning"]["iterations"] == 2 and rep["pruning"]["config"]["pruner"] == "lamp"
@@ -161,3 +259,149 @@ def test_compress_with_iterative_pruning(trained, tmp_path):
     assert (out / "accuracy_vs_cr.png").is_file()
     _, meta = load_checkpoint(out)
     assert meta.info["dense_params"] == rep["params_before"]
+
+
+# --- compress --device / --quantize (device profiles and budgets) -------------------------------------------------
+
+TOY_DEVICE = """
+flash = "{flash}"
+ram = "1 MiB"
+latency = "10 ms"
+precisions = ["fp32", "int8"]
+opset = 17
+macs_per_s_source = "made up for a test"
+
+[macs_per_s]
+fp32 = "1 GMAC/s"
+int8 = "2 GMAC/s"
+"""
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(tmp_path_factory) -> Path:
+    """The MLP trains in seconds on digits (~95%), so the budget tests stay fast."""
+    out = tmp_path_factory.mktemp("mlp")
+    r = _run("train", "mlp", "--data", "digits", "--epochs", "5", "--out", str(out), "--device-type", "cpu", "--json")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _compress_mlp(ck: Path, out: Path, *extra: str):
+    return _run(
+        "compress",
+        "mlp",
+        "--checkpoint",
+        str(ck),
+        "--data",
+        "digits",
+        "--calib-per-class",
+        "10",
+        "--finetune-epochs",
+        "0.5",
+        "--out",
+        str(out),
+        "--device-type",
+        "cpu",
+        *extra,
+    )
+
+
+def test_compress_device_budget_search(trained_mlp, tmp_path):
+    from edgeslice.budget import measure_artifacts
+    from edgeslice.devices import get_device
+
+    device = tmp_path / "toy.toml"
+    device.write_text(TOY_DEVICE.format(flash="40 KiB"))  # the dense MLP is 2.6 MB: only a slice fits
+    out = tmp_path / "out"
+    r = _compress_mlp(trained_mlp, out, "--device", str(device), "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    budget = rep["budget"]
+    assert budget["ok"] and all(c["ok"] for c in budget["checks"])
+    assert {c["name"] for c in budget["checks"]} >= {"flash", "ram", "latency", "precision"}
+    theta, precision = budget["theta"], budget["precision"]
+    # The chosen θ is the largest that fits: every larger candidate of that precision failed its flash budget.
+    for c in budget["search"]["candidates"]:
+        if c["precision"] == precision:
+            assert c["ok"] == (c["theta"] <= theta), c
+    assert any(c["theta"] > theta and "flash" in c["failing"] for c in budget["search"]["candidates"])
+    flash = next(c for c in budget["checks"] if c["name"] == "flash")
+    assert flash["value"] <= flash["limit"] == 40 * 1024 and flash["margin"] == flash["limit"] - flash["value"]
+    # The effective configuration records what was chosen, so `verify` can re-check the budgets.
+    assert rep["config"]["slicing"]["theta"] == theta and rep["config"]["device"] == str(device)
+    assert rep["precision"] == precision and rep["config"]["quantize"] == ("int8" if precision == "int8" else "none")
+    model_file = "model.int8.onnx" if precision == "int8" else "model.onnx"
+    assert (out / model_file).stat().st_size == flash["value"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert model_file in manifest["files"] and manifest["config"]["slicing"]["theta"] == theta
+    # Re-measured from the folder alone, the artifacts still meet every budget.
+    checks = get_device(device).check(measure_artifacts(out))
+    assert all(c.ok for c in checks), [c.describe() for c in checks]
+    # Human output: the budget table.
+    r = _compress_mlp(trained_mlp, tmp_path / "human", "--device", str(device))
+    assert r.exit_code == 0 and "device toy" in r.stdout and "margin" in r.stdout
+
+
+def test_compress_device_nothing_fits(trained_mlp, tmp_path):
+    device = tmp_path / "tiny.toml"
+    device.write_text(TOY_DEVICE.format(flash="1 KiB"))
+    out = tmp_path / "out"
+    r = _compress_mlp(trained_mlp, out, "--device", str(device))
+    assert r.exit_code == 1
+    assert "no model fits" in r.stderr and "flash" in r.stderr and "θ=0.8" in r.stderr and "over by" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr + r.stdout
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.toml"]  # no staging folder left behind
+
+
+def test_compress_int8_only_device_and_quantize(trained_mlp, tmp_path):
+    r = _compress_mlp(trained_mlp, tmp_path / "esp", "--device", "esp32-s3", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["budget"]["precision"] == "int8" and rep["opset"] == 13  # ESP-DL: int8 only, opset 13
+    # --quantize int8 without a device: model.int8.onnx beside model.onnx, in the manifest, parity enforced.
+    out = tmp_path / "q"
+    r = _compress_mlp(trained_mlp, out, "--quantize", "int8", "--theta", "0.95", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    q = rep["int8"]
+    assert q["parity"]["top1_agreement"] >= 0.97 and q["parity"]["ok"]
+    assert abs(q["parity"]["accuracy_int8"] - q["parity"]["accuracy_fp32"]) <= 3.0
+    assert q["raw_bytes"] < 0.4 * rep["onnx_after"]["raw_bytes"]
+    assert q["latency"]["median_ms"] > 0 and q["latency_batch32"]["median_ms"] > 0
+    assert "model.int8.onnx" in json.loads((out / "manifest.json").read_text())["files"]
+    assert rep["budget"] is None and rep["precision"] == "int8"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--device", "nope"], "unknown device 'nope'"),
+        (["--device", "BAD"], "unknown unit 'furlongs'"),
+        (["--device", "jetson-nano", "--quantize", "int8"], "does not support int8"),
+        (["--device", "rpi4", "--strategy", "global"], "needs --strategy semantic"),
+        (["--quantize", "int4"], "int4"),
+    ],
+)
+def test_compress_device_bad_input(trained_mlp, tmp_path, extra, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TOY_DEVICE.format(flash="40 furlongs"))
+    out = tmp_path / "out"
+    r = _compress_mlp(trained_mlp, out, *[str(bad) if a == "BAD" else a for a in extra])
+    assert r.exit_code in (1, 2) and message in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    if r.exit_code == 1:
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_compress_device_with_pruner(trained_mlp, tmp_path):
+    device = tmp_path / "toy.toml"
+    device.write_text(TOY_DEVICE.format(flash="40 KiB"))
+    r = _compress_mlp(trained_mlp, tmp_path / "out", "--device", str(device), "--pruner", "lamp", "--max-iterations",
+                      "2", "--finetune-steps", "3", "--max-acc-drop", "100", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    # The pruner's last kept iteration is shipped; its zeros do not change the dense file, which still fits.
+    assert rep["pruning"]["iterations_kept"] == 2 and rep["nonzero_params_after"] < rep["params_after"]
+    assert rep["budget"]["ok"] and "last kept iteration" in rep["budget"]["pruning_note"]

@@ -194,7 +194,8 @@ def test_export_writes_consistent_artifacts(trained_mlp, digits28, tmp_path):
     assert doc["onnx"]["parity_max_abs"] <= 1e-4 and doc["onnx"]["gzip_bytes"] < doc["onnx"]["raw_bytes"]
     assert doc["onnx"]["nonzero_weights"] == doc["onnx"]["torch_nonzero_prunable_weights"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(manifest["files"]) == set(ARTIFACTS) - {"manifest.json"}
+    assert set(manifest["files"]) == set(ARTIFACTS) - {"manifest.json", "report.json"}  # report.json: volatile
+    assert set(manifest["volatile"]) == {"report.json"}
     for name, entry in manifest["files"].items():
         assert sha256_file(out / name) == entry["sha256"]
     assert (out / "accuracy_vs_cr.png").read_bytes()[:4] == b"\x89PNG"

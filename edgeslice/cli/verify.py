@@ -1,0 +1,46 @@
+"""``edgeslice verify``: re-check an artifact folder (hashes, checkpoint, ONNX parity, index, device budgets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import JsonOpt, console, emit_json, err_console, handle_errors
+
+_STYLE = {"ok": "[green]ok[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
+
+
+@handle_errors
+def verify_command(
+    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Artifact folder with manifest.json.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Verify FOLDER: every file against manifest.json, the checkpoint, ONNX parity, the index, device budgets.
+
+    Exit code 0 when every check passes, 1 when any fails (a missing, extra or changed file fails).
+    """
+    from rich.table import Table
+
+    from edgeslice._progress import set_enabled
+    from edgeslice.verify import verify
+
+    set_enabled(not json_out)
+    result = verify(folder)
+    if json_out:
+        emit_json(result.to_dict())
+    else:
+        t = Table(title=f"verify {folder}", title_justify="left")
+        for col in ("check", "status", "detail"):
+            t.add_column(col)
+        for c in result.checks:
+            t.add_row(c.name, _STYLE[c.status], c.detail)
+        console.print(t)
+    if not result.ok:
+        failed = result.failed
+        names = f"{failed[0].name}: {failed[0].detail}" if len(failed) == 1 else ", ".join(c.name for c in failed)
+        err_console.print(f"[bold red]error:[/] verification failed: {names}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if not json_out:
+        console.print(f"all checks passed: {folder}", soft_wrap=True, highlight=False)
