@@ -508,7 +508,11 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
             batch_size=cfg.batch_size,
             lr=cfg.lr,
         )
-        baseline_source = str(path)
+        # Relative to the cache, so artifacts do not depend on where $EDGESLICE_HOME is (byte-identical manifests).
+        try:
+            baseline_source = f"$EDGESLICE_HOME/{Path(path).resolve().relative_to(edgeslice_home().resolve())}"
+        except ValueError:
+            baseline_source = str(path)
     timings["baseline_s"] = time.perf_counter() - t
     prepare = make_prepare(meta)
     t = time.perf_counter()
