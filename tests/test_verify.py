@@ -33,7 +33,9 @@ def compressed(tmp_path_factory) -> Path:
         )  # fmt: skip
     torch.set_num_threads(threads)
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["baseline"]["source"].startswith(str(tmp_path_factory.getbasetemp()))
+    source = json.loads(r.stdout)["baseline"]["source"]  # recorded relative to the cache: repeatable bytes
+    assert source.startswith("$EDGESLICE_HOME/baselines/")
+    assert (tmp_path_factory.getbasetemp() / "edgeslice-home" / source.removeprefix("$EDGESLICE_HOME/")).is_file()
     return out
 
 
