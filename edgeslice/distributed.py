@@ -176,11 +176,7 @@ def to_fixed(x: torch.Tensor) -> torch.Tensor:
         ValueError: |x| ≥ 2^40 or not finite (the sums would no longer fit).
     """
     x = x.to(torch.float64)
-    if x.numel():
-        lo, hi = torch.aminmax(x)
-        if not bool((hi < MAX_ABS) & (lo > -MAX_ABS)):  # NaN fails too
-            top = float(x.abs().max())
-            raise ValueError(f"a calibration sum is not finite or exceeds 2^40 (max |x| = {top:.3g})")
+    check_fixed_range(x)
     # All exact: scaling by powers of two; hi = floor(a / 2^48) is an integer below 2^53; a − hi·2^48 is an integer
     # in [0, 2^48), representable, so the subtraction returns it exactly.
     a = torch.mul(x, 2.0**FRACTION_BITS).trunc_()
@@ -189,6 +185,25 @@ def to_fixed(x: torch.Tensor) -> torch.Tensor:
     out[1].copy_(hi)
     out[0].copy_(a.sub_(hi.mul_(2.0**LIMB_BITS)))
     return out
+
+
+def check_fixed_range(x: torch.Tensor) -> None:
+    """Raise ValueError unless every value of ``x`` is finite and below 2^40 in magnitude (see :func:`to_fixed`)."""
+    if x.numel():
+        lo, hi = torch.aminmax(x)
+        if not bool((hi < MAX_ABS) & (lo > -MAX_ABS)):  # NaN fails too
+            top = float(x.abs().max())
+            raise ValueError(f"a calibration sum is not finite or exceeds 2^40 (max |x| = {top:.3g})")
+
+
+def round_fixed(x: torch.Tensor) -> torch.Tensor:
+    """``from_fixed(to_fixed(x))`` without the integers: x truncated toward zero at 2^-56, as float64.
+
+    Exact: scaling by powers of two and ``trunc`` round nothing, and ``+ 0.0`` turns the -0.0 of a tiny negative
+    value into the +0.0 that the integer path gives.
+    """
+    check_fixed_range(x)
+    return torch.mul(x.to(torch.float64), 2.0**FRACTION_BITS).trunc_().mul_(2.0**-FRACTION_BITS).add_(0.0)
 
 
 @torch.no_grad()

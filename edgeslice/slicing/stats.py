@@ -186,6 +186,11 @@ def collect_stats(
 
     def hook_for(name: str):
         def hook(_m, _i, out):
+            if not with_gradients:
+                # Forward-only metrics need just the per-channel feature: pool now, before timm's in-place
+                # activations can overwrite ``out``, and keep no full-size copy.
+                captured[name] = pool(out.detach())
+                return None
             captured[name] = out
             # Hand a copy downstream: timm's in-place activations would otherwise overwrite what we keep.
             return out.clone()
@@ -237,8 +242,13 @@ def collect_stats(
 class _FixedSums:
     """One layer's sums as exact fixed-point limbs (see :func:`edgeslice.distributed.to_fixed`).
 
-    The Gram matrices are symmetric: only their upper triangles (diagonal included) are kept and converted, packed
-    row by row, (2, classes, N(N+1)/2) int64 — about 8 bytes per Gram entry.
+    The Gram matrices are symmetric: only their upper triangles (diagonal included) are kept, packed row by row
+    ((M,) with M = N(N+1)/2 per class).
+
+    A class's Gram share is converted lazily: its first chunk is kept as float64 (``pending``) and only a second
+    chunk turns it into limbs. A class that only ever had one chunk — the common case, calibration samples being
+    sorted by class — finishes as ``trunc(x·2^56)·2^-56``, which is exactly ``from_fixed(to_fixed(x))``, without
+    any integer work. Before an all-reduce every pending share is converted, so all ranks sum the same integers.
     """
 
     VECTORS = ("total", "sumsq", "taylor", "deeplift")
@@ -247,6 +257,7 @@ class _FixedSums:
         limbs = distributed.LIMBS
         z = dict(dtype=torch.int64, device=device)
         self.channels = channels
+        self.device = device
         self.slot = {c: i for i, c in enumerate(wanted)}
         self.count = torch.zeros(classes, **z)
         self.vectors = {f: torch.zeros(limbs, classes, channels, **z) for f in self.VECTORS}
@@ -254,31 +265,65 @@ class _FixedSums:
         self.upper = rows * channels + cols  # (M,) flat positions of the packed entries, row by row
         self.lower = cols * channels + rows  # their mirror images
         self.diagonal = (rows == cols).nonzero().squeeze(1)  # (N,) where the diagonal sits in the packed vector
-        self.gram = torch.zeros(limbs, len(wanted), len(self.upper), **z)
-        self.adds = 0  # additions since the last carry
+        self.pending: dict[int, torch.Tensor] = {}  # slot → (M,) float64, a class's only chunk so far
+        self.gram: dict[int, torch.Tensor] = {}  # slot → (LIMBS, M) int64, a class seen in several chunks
+        self.gram_adds: dict[int, int] = {}
+        self.adds = 0  # additions to ``vectors`` since the last carry
+
+    def add_gram_(self, slot: int, share: torch.Tensor) -> None:
+        """Add one chunk's packed Gram share (M,) float64 of one class."""
+        if slot not in self.pending and slot not in self.gram:
+            distributed.check_fixed_range(share)
+            self.pending[slot] = share
+            return
+        if slot in self.pending:
+            self.gram[slot] = distributed.to_fixed(self.pending.pop(slot))
+            self.gram_adds[slot] = 1
+        self.gram[slot] += distributed.to_fixed(share)
+        self.gram_adds[slot] += 1
+        if self.gram_adds[slot] >= distributed.SAFE_ADDS:
+            distributed.carry_(self.gram[slot])
+            self.gram_adds[slot] = 1
 
     def carry_if_due_(self) -> None:
         self.adds += 1
         if self.adds >= distributed.SAFE_ADDS:
-            for t in (*self.vectors.values(), self.gram):
+            for t in self.vectors.values():
                 distributed.carry_(t)
             self.adds = 0
 
+    def _all_limbs(self) -> torch.Tensor:
+        """(LIMBS, G, M) limbs of every class, pending shares converted."""
+        out = torch.zeros(distributed.LIMBS, len(self.slot), len(self.upper), dtype=torch.int64, device=self.device)
+        for slot, share in self.pending.items():
+            out[:, slot] = distributed.to_fixed(share)
+        for slot, limbs in self.gram.items():
+            out[:, slot] = distributed.carry_(limbs)
+        self.pending, self.gram = {}, {}
+        return out
+
     def all_reduce_(self) -> None:
-        for t in (*self.vectors.values(), self.gram):
+        for t in self.vectors.values():
             distributed.all_reduce_sum_(distributed.carry_(t))  # each rank's share normalised: W of them fit
+        reduced = self._all_limbs()
+        distributed.all_reduce_sum_(reduced)
+        self.gram = {slot: reduced[:, slot] for slot in range(len(self.slot))}
         distributed.all_reduce_sum_(self.count)
 
     def finish(self) -> LayerStats:
         """The float64 statistics (on the CPU), a fixed function of the integer sums."""
         vec = {f: distributed.from_fixed(t, consume=True).cpu() for f, t in self.vectors.items()}
-        packed = distributed.from_fixed(self.gram, consume=True)  # (G, M)
         n = self.channels
+        packed = torch.zeros(len(self.slot), len(self.upper), dtype=torch.float64, device=self.device)  # (G, M)
+        for slot, share in self.pending.items():
+            packed[slot] = distributed.round_fixed(share)
+        for slot, limbs in self.gram.items():
+            packed[slot] = distributed.from_fixed(limbs, consume=True)
         gram = torch.empty(len(packed), n * n, dtype=torch.float64, device=packed.device)
         gram.index_copy_(1, self.lower, packed)  # the mirror image first: the diagonal is in both
         gram.index_copy_(1, self.upper, packed)
         gram = gram.view(-1, n, n).cpu()  # exactly symmetric
-        self.gram = self.vectors = None  # free the limbs before the caller converts the next layer
+        self.pending = self.gram = self.vectors = None  # free memory before the caller converts the next layer
         return LayerStats(count=self.count.to(torch.float64).cpu(), gram=gram, **vec)
 
 
@@ -314,13 +359,13 @@ def _accumulate(
             if d is not None:
                 rows.append((d if sel is None else d.index_select(0, sel)).sum(0))
             vectors.append(torch.stack(rows))
+        for c, share in zip(classes, grams, strict=True):
+            s.add_gram_(s.slot[c], share)
         # One elementwise conversion for all of them: a value's limbs depend on that value only.
-        gram_limbs = distributed.to_fixed(torch.stack(grams))  # (LIMBS, P, M)
+        diag_limbs = distributed.to_fixed(torch.stack([g.index_select(0, s.diagonal) for g in grams]))  # (L, P, N)
         vector_limbs = distributed.to_fixed(torch.stack(vectors))  # (LIMBS, P, fields, N)
-        idx = torch.tensor(classes, device=gram_limbs.device)
-        slots = torch.tensor([s.slot[c] for c in classes], device=gram_limbs.device)
-        s.gram.index_add_(1, slots, gram_limbs)
-        s.vectors["sumsq"].index_add_(1, idx, gram_limbs[:, :, s.diagonal])  # = the Gram diagonal, bit for bit
+        idx = torch.tensor(classes, device=vector_limbs.device)
+        s.vectors["sumsq"].index_add_(1, idx, diag_limbs)  # = the Gram diagonal, bit for bit
         for i, name_ in enumerate(fields):
             s.vectors[name_].index_add_(1, idx, vector_limbs[:, :, i])
         s.carry_if_due_()
