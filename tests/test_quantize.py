@@ -80,8 +80,8 @@ def test_calibration_is_capped(exported, tmp_path):
     assert (tmp_path / "q16.onnx").stat().st_size > 0
 
 
-def test_head_after_global_pooling_stays_fp32(tmp_path):
-    """A pooled-feature head is left unquantized: its input channels' ranges differ too much for one int8 scale."""
+def test_head_after_global_pooling_gets_int16_activations_or_fp32(tmp_path):
+    """The pooled-feature head keeps int8 weights with int16 activations (default), or stays fp32 when asked."""
     import onnx
     import timm
 
@@ -93,10 +93,22 @@ def test_head_after_global_pooling_stays_fp32(tmp_path):
     path = export_onnx(model, x[:1], tmp_path / "m.onnx")
     head = head_nodes(path)
     assert head[0].endswith("GlobalAveragePool") and head[-1].endswith("Gemm")
-    q = quantize_int8(path, tmp_path / "m.int8.onnx", [x.numpy()])
-    graph = onnx.load(str(q)).graph
-    producers = {o: n for n in graph.node for o in n.output}
-    gemm = next(n for n in graph.node if n.op_type == "Gemm")
-    assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in gemm.input)
-    conv = next(n for n in graph.node if n.op_type == "Conv")
-    assert any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in conv.input)
+
+    def inputs_of(q, op):
+        graph = onnx.load(str(q)).graph
+        producers = {o: n for n in graph.node for o in n.output}
+        node = next(n for n in graph.node if n.op_type == op)
+        return [producers.get(i) for i in node.input]
+
+    q16 = quantize_int8(path, tmp_path / "m16.onnx", [x.numpy()])
+    gemm_in = [p for p in inputs_of(q16, "Gemm") if p is not None]
+    assert gemm_in and all(p.op_type == "DequantizeLinear" for p in gemm_in)  # int8 weights, quantized input
+    assert any(p.domain == "com.microsoft" for p in gemm_in)  # the int16 activation Q/DQ pair
+    assert any(p is not None and p.op_type == "DequantizeLinear" for p in inputs_of(q16, "Conv"))
+    check_int8_parity(path, q16, x.numpy(), min_agreement=0.0)  # runs in onnxruntime
+
+    q32 = quantize_int8(path, tmp_path / "m32.onnx", [x.numpy()], head="fp32")
+    assert all(p is None or p.op_type != "DequantizeLinear" for p in inputs_of(q32, "Gemm"))
+    assert q16.stat().st_size < q32.stat().st_size  # the head's weights are int8, not fp32
+    with pytest.raises(ValueError, match="head precision"):
+        quantize_int8(path, tmp_path / "bad.onnx", [x.numpy()], head="fp16")
