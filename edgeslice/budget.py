@@ -135,7 +135,7 @@ def measure_onnx(path: str | Path) -> dict[str, Any]:
     """``model_bytes`` (raw file size), ``model_gzip_bytes``, ``opset`` and ``weight_bytes`` of an ONNX file.
 
     ``weight_bytes`` is the size of the file's initializers: exact where :func:`measure_model`'s params × bytes
-    estimate is not (BatchNorm folded into the convolutions; int8 biases, scales and the int16-activation head).
+    estimate is not (BatchNorm folded into the convolutions; int8 biases, scales and an fp32 head).
     """
     import onnx
     from onnx import numpy_helper

@@ -80,8 +80,8 @@ def test_calibration_is_capped(exported, tmp_path):
     assert (tmp_path / "q16.onnx").stat().st_size > 0
 
 
-def test_head_after_global_pooling_gets_int16_activations_or_fp32(tmp_path):
-    """The pooled-feature head keeps int8 weights with int16 activations (default), or stays fp32 when asked."""
+def test_head_after_global_pooling_stays_fp32_or_gets_int16_activations(tmp_path):
+    """The pooled-feature head stays fp32 (default), or keeps int8 weights with int16 activations when asked."""
     import onnx
     import timm
 
@@ -100,14 +100,14 @@ def test_head_after_global_pooling_gets_int16_activations_or_fp32(tmp_path):
         node = next(n for n in graph.node if n.op_type == op)
         return [producers.get(i) for i in node.input]
 
-    q16 = quantize_int8(path, tmp_path / "m16.onnx", [x.numpy()])
+    q16 = quantize_int8(path, tmp_path / "m16.onnx", [x.numpy()], head="int16")
     gemm_in = [p for p in inputs_of(q16, "Gemm") if p is not None]
     assert gemm_in and all(p.op_type == "DequantizeLinear" for p in gemm_in)  # int8 weights, quantized input
     assert any(p.domain == "com.microsoft" for p in gemm_in)  # the int16 activation Q/DQ pair
     assert any(p is not None and p.op_type == "DequantizeLinear" for p in inputs_of(q16, "Conv"))
     check_int8_parity(path, q16, x.numpy(), min_agreement=0.0)  # runs in onnxruntime
 
-    q32 = quantize_int8(path, tmp_path / "m32.onnx", [x.numpy()], head="fp32")
+    q32 = quantize_int8(path, tmp_path / "m32.onnx", [x.numpy()])
     assert all(p is None or p.op_type != "DequantizeLinear" for p in inputs_of(q32, "Gemm"))
     assert q16.stat().st_size < q32.stat().st_size  # the head's weights are int8, not fp32
     with pytest.raises(ValueError, match="head precision"):
