@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_slicing import best_of  # benchmarks/ is on sys.path when run as a script
 
 from edgeslice._io import atomic_write_json
 from edgeslice.data import load_data
@@ -33,15 +33,6 @@ from edgeslice.pipeline import calibration_set, make_prepare
 from edgeslice.slicing import find_layers
 from edgeslice.slicing.stats import collect_stats
 from edgeslice.train import iterate_batches
-
-
-def best_of(repeat: int, fn) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def measure(size: int, args) -> dict:

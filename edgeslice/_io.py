@@ -79,27 +79,45 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def pyplot():
+    """matplotlib.pyplot with the non-interactive Agg backend (imported on first use: keeps the CLI start fast)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG atomically, without a timestamp (same figure, same bytes); closes it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, metadata={"Software": None})
+        os.replace(tmp, path)
+    finally:
+        pyplot().close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def _remove_previous_artifacts(out: Path) -> None:
     """Delete the files an earlier edgeslice run listed in ``out/manifest.json`` (never anything else).
 
     A rerun into the same folder then leaves no stale artifact that the new manifest does not list, while files the
     user put there stay.
     """
-    manifest = out / "manifest.json"
-    if not manifest.is_file():
-        return
+    from .manifest import MANIFEST_NAME, ManifestError, read_manifest
+
     try:
-        doc = json.loads(manifest.read_text(encoding="utf-8"))
-        names = [*doc.get("files", {}), *doc.get("volatile", [])]
-    except (OSError, ValueError, AttributeError, TypeError):
+        doc = read_manifest(out)  # validates that every listed name is a plain file name in the folder
+    except ManifestError:
         return
-    for name in names:
-        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
-            continue
+    for name in (*doc["files"], *doc.get("volatile", {}), MANIFEST_NAME):
         target = out / name
         if target.is_file() and not target.is_symlink():
             target.unlink()
-    manifest.unlink()
 
 
 @contextlib.contextmanager

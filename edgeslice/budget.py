@@ -35,6 +35,7 @@ from torch import nn
 
 from .devices import BYTES_PER_ELEMENT, PRECISIONS, BudgetCheck, DeviceProfile
 from .errors import EdgesliceError
+from .slicing.observe import eval_mode
 
 #: θ values the budget search tries (ascending); kept channels never decrease with θ.
 DEFAULT_THETAS: tuple[float, ...] = (
@@ -80,15 +81,12 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int, str]:
     for name, module in model.named_modules():
         if not list(module.children()):
             hooks.append(module.register_forward_hook(hook(name, module)))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(example[:1])
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return int(macs), int(peak), peak_name
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from ._io import atomic_write_json, staging_dir
+from ._io import atomic_write_json, pyplot, save_figure, staging_dir
 from ._progress import progress
 from .data import DataBundle, calibration_indices, load_data, normalize
 from .errors import EdgesliceError, ModelError
@@ -343,10 +343,7 @@ def layer_table(result: SliceResult, effective: dict[str, torch.Tensor] | None =
 
 def plot_layer_ratios(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Bar chart of the critical (and kept) share of channels per layer, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [r["layer"] for r in rows]
     crit = [r["critical"] / r["channels"] for r in rows]
@@ -361,11 +358,7 @@ def plot_layer_ratios(rows: list[dict[str, Any]], path: Path, title: str) -> Pat
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def _latency_and_size(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None = None) -> dict[str, Any]:

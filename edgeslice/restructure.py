@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .models import count_parameters
-from .slicing.observe import Layer, classifier_names
+from .slicing.observe import Layer, classifier_names, eval_mode
 
 
 @dataclass
@@ -88,13 +88,9 @@ def plan_restructure(
     modules = dict(model.named_modules())
     heads = [modules[n] for n in classifier_names(model)]
     sliced = {layer.name for layer in layers if layer.name in keep}
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
         groups = list(dg.get_all_groups(ignored_layers=heads, root_module_types=(nn.Conv2d, nn.Linear)))
-    finally:
-        model.train(was_training)
     plans: list[GroupPlan] = []
     effective = {name: torch.ones_like(keep[name], dtype=torch.bool) for name in sliced}
     for group in groups:

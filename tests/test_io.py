@@ -12,7 +12,7 @@ from edgeslice._io import staging_dir
 def _write(stage, names):
     for n in names:
         (stage / n).write_text(n)
-    (stage / "manifest.json").write_text(json.dumps({"files": {n: {} for n in names if n != "report.json"},
+    (stage / "manifest.json").write_text(json.dumps({"files": {n: {"sha256": "0"} for n in names if n != "report.json"},
                                                      "volatile": {"report.json": {}}}))  # fmt: skip
 
 

@@ -109,9 +109,10 @@ def increment_command(
     from edgeslice.errors import EdgesliceError
     from edgeslice.export import check_parity, export_onnx
     from edgeslice.index import CriticalIndex
+    from edgeslice.manifest import write_manifest
     from edgeslice.models import load_checkpoint, save_checkpoint
     from edgeslice.ondevice import IncrementConfig, learn_increment, relabel, sample_fraction, stored_bytes
-    from edgeslice.pipeline import make_prepare, write_manifest
+    from edgeslice.pipeline import make_prepare
     from edgeslice.train import iterate_batches
 
     cfg = IncrementConfig(

@@ -75,9 +75,10 @@ def readapt_command(
     from edgeslice.data import load_data
     from edgeslice.index import CriticalIndex
     from edgeslice.maintain import AttackConfig, ReadaptConfig, critical_plan, run_readapt
+    from edgeslice.manifest import write_manifest
     from edgeslice.models import fingerprint, load_checkpoint, resolve_model_name, save_checkpoint
     from edgeslice.ondevice import channel_groups
-    from edgeslice.pipeline import check_against_data, make_prepare, write_manifest
+    from edgeslice.pipeline import check_against_data, make_prepare
     from edgeslice.slicing import find_layers
     from edgeslice.train import iterate_batches
 

@@ -42,7 +42,8 @@ import torch
 from torch import nn
 
 from ..errors import EdgesliceError
-from .freeze import _BN_ROWS, ChannelGroup, classifier_modules
+from ..slicing.observe import eval_mode
+from .freeze import ChannelGroup, classifier_modules
 
 
 class IsolationError(EdgesliceError):
@@ -94,7 +95,7 @@ def probe_wiring(
     consumers = list(dict.fromkeys(layer_names + classifier_modules(model)))
     clean_out: dict[str, torch.Tensor] = {}
     inputs: dict[str, torch.Tensor] = {}
-    state: dict[str, Any] = {"perturb": None, "pin": False}
+    state: dict[str, Any] = {"perturb": None}  # (layer, channel mask) while probing, None for the clean pass
     gen = torch.Generator().manual_seed(seed)
 
     def out_hook(name):
@@ -117,11 +118,9 @@ def probe_wiring(
 
     handles = [modules[n].register_forward_hook(out_hook(n)) for n in layer_names]
     handles += [modules[n].register_forward_pre_hook(in_hook(n)) for n in consumers]
-    was_training = model.training
     wiring: dict[str, list[str]] = {c: [] for c in consumers}
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(example)
             clean_in = {k: _input_channels(v) for k, v in inputs.items()}
             for g in groups:
@@ -148,16 +147,15 @@ def probe_wiring(
                         wiring[c].append(g.layer)
                 # Any other pattern (e.g. a flatten of a spatial map into a Linear) is left to the proof.
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return wiring
 
 
 def _rows_frozen(
-    model: nn.Module, name: str, frozen: Mapping[str, torch.Tensor], old_rows: int, heads: set[str]
+    module: nn.Module, name: str, frozen: Mapping[str, torch.Tensor], old_rows: int, heads: set[str]
 ) -> torch.Tensor:
-    module = dict(model.named_modules())[name]
+    """Output rows of ``name`` that must keep their function: its frozen channels, or a classifier's old rows."""
     n_out = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
     if name in frozen:
         return frozen[name].to(torch.bool)
@@ -205,7 +203,7 @@ def isolate_(
         for consumer, producers in wiring.items():
             if not producers:
                 continue
-            rows = _rows_frozen(model, consumer, sets, old_rows, heads)
+            rows = _rows_frozen(modules[consumer], consumer, sets, old_rows, heads)
             if not rows.any():
                 continue
             module = modules[consumer]
@@ -236,7 +234,7 @@ def isolate_(
             module = trial_modules[consumer]
             if isinstance(module, nn.Conv2d) and module.groups > 1:
                 continue
-            rows = _rows_frozen(trial, consumer, sets, old_rows, heads)
+            rows = _rows_frozen(module, consumer, sets, old_rows, heads)
             cols = ~torch.stack([sets[p] for p in producers]).all(0)
             if rows.any() and cols.any():
                 w = module.weight
@@ -282,32 +280,25 @@ def _prove(
     seed: int,
 ) -> float:
     """Largest |Δ old logit| when every trainable row gets random values (0.0 = isolated)."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         ref = model(example)[:, :old_rows].clone()
         probe = copy.deepcopy(model)
-        modules = dict(probe.named_modules())
+        state = {**dict(probe.named_parameters()), **dict(probe.named_buffers())}
         gen = torch.Generator().manual_seed(seed + 1)
         for g in groups:
             free = ~sets[g.layer]
             if not free.any():
                 continue
-            layer = modules[g.layer]
-            tensors = [(a, getattr(layer, a)) for a in ("weight", "bias") if getattr(layer, a, None) is not None]
-            if g.norm is not None:
-                bn = modules[g.norm]
-                tensors += [(a, getattr(bn, a)) for a in _BN_ROWS if getattr(bn, a, None) is not None]
-            for name, t in tensors:
+            for name in g.tensor_names(probe):  # the tensors a channel owns, as the freezer defines them
+                t = state[name]
                 rows = t[free]
                 # Same scale as the trained values, so activations stay finite through deep nets.
-                if name == "running_var":
+                if name.endswith("running_var"):
                     t[free] = rows * (torch.rand(rows.shape, generator=gen, dtype=t.dtype) * 1.5 + 0.5).to(t.device)
                 else:
                     scale = float(rows.abs().mean()) + 1e-3
                     t[free] = rows + scale * torch.randn(rows.shape, generator=gen, dtype=t.dtype).to(t.device)
-        moved = probe(example)[:, :old_rows]
-    model.train(was_training)
+        moved = probe.eval()(example)[:, :old_rows]
     if not torch.isfinite(moved).all():
         return float("inf")
     return float((moved - ref).abs().max())

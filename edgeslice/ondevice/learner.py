@@ -36,7 +36,7 @@ from ..errors import EdgesliceError
 from ..index import CriticalIndex
 from ..models import ModelMeta, fingerprint
 from ..slicing.metrics import get_metric
-from ..slicing.observe import Layer, find_layers
+from ..slicing.observe import Layer, eval_mode, find_layers
 from ..train import iterate_batches
 from .freeze import ChannelGroup, TrainPlan, channel_groups, make_plan
 from .isolate import isolate_
@@ -425,13 +425,11 @@ def task_accuracy(
     """
     labels = torch.as_tensor(list(task_labels), dtype=torch.int64, device=device)
     correct_c = correct_t = total = 0
-    was_training = model.training
-    model.eval()
-    for x, y in iterate_batches(dataset, batch_size):
-        x, y = x.to(device), y.to(device)
-        logits = model(prepare(x) if prepare is not None else x)[:, :seen]
-        correct_c += int((logits.argmax(1) == y).sum())
-        correct_t += int((labels[logits[:, labels].argmax(1)] == y).sum())
-        total += len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in iterate_batches(dataset, batch_size):
+            x, y = x.to(device), y.to(device)
+            logits = model(prepare(x) if prepare is not None else x)[:, :seen]
+            correct_c += int((logits.argmax(1) == y).sum())
+            correct_t += int((labels[logits[:, labels].argmax(1)] == y).sum())
+            total += len(y)
     return {"class_il": 100.0 * correct_c / max(total, 1), "task_il": 100.0 * correct_t / max(total, 1)}

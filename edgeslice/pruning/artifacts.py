@@ -8,13 +8,13 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from .._io import pyplot, save_figure
 from ._state import clear_state
 from .masks import make_permanent_, sparsity_report
 from .run import PruneReport
@@ -77,10 +77,7 @@ def plot_prune_curves(
     Returns:
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for i, (label, points) in enumerate(curves.items()):
@@ -100,11 +97,7 @@ def plot_prune_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def curve_points(report: PruneReport) -> list[dict[str, Any]]:
@@ -227,7 +220,7 @@ def export_pruned(
         ``report``, with ``onnx`` filled in.
     """
     from .._io import staging_dir
-    from ..pipeline import write_manifest
+    from ..manifest import write_manifest
 
     with staging_dir(out) as stage:
         write_pruned_artifacts(model, meta, bundle, report, stage, title=title)

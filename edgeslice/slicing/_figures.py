@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from .._io import pyplot, save_figure
 
 _STYLE = {
     "semantic": ("#d62728", "o", "-"),
@@ -34,14 +35,11 @@ def plot_rq1(
         deeparc: ``{"compression_rate", "accuracy"}`` of the DeepArc model (a star in every panel).
         auc: :func:`~edgeslice.slicing.evaluate.auc_table` output, for the legend.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     metrics = list(dict.fromkeys(r["metric"] for r in rows))
     cols = min(3, max(1, len(metrics)))
-    nrows = math_ceil(len(metrics), cols)
+    nrows = -(-len(metrics) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.6 * nrows), dpi=110, squeeze=False)
     for ax in axes.flat[len(metrics) :]:
         ax.axis("off")
@@ -83,12 +81,4 @@ def plot_rq1(
         ax.legend(fontsize=6, loc="lower left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def math_ceil(a: int, b: int) -> int:
-    return -(-a // b)
+    return save_figure(fig, path)
