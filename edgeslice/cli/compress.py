@@ -154,38 +154,42 @@ def compress_command(
     if json_out:
         emit_json(report)
         return
-    b, a = report["onnx_before"], report["onnx_after"]
+    print_report(report, out)
+
+
+def _onnx_rows(before: dict[str, Any], after: dict[str, Any]) -> list[list[str]]:
+    """Size and onnxruntime latency of two ONNX files (``file_sizes`` + latency entries of a report), side by side."""
+    return [
+        ["ONNX size", fmt_bytes(before["raw_bytes"]), fmt_bytes(after["raw_bytes"])],
+        ["ONNX size (gzip)", fmt_bytes(before["gzip_bytes"]), fmt_bytes(after["gzip_bytes"])],
+        *(
+            [f"onnxruntime latency, batch {n} (ms)", f"{before[k]['median_ms']:.3f}", f"{after[k]['median_ms']:.3f}"]
+            for n, k in ((1, "latency"), (32, "latency_batch32"))
+        ),
+    ]
+
+
+def print_report(report: dict[str, Any], out: Path, title_prefix: str = "") -> None:
+    """The human-readable summary of a compress report (``compress`` and ``run``): tables on stdout."""
+    s = report["slicing"]
+    select = f"θ={s['theta']:g}" if "theta" in s else f"ratio={s.get('ratio', '?')}"
     rows = [
         ["parameters", f"{report['params_before']:,}", f"{report['params_after']:,}"],
         ["compression rate", "", f"{report['compression_rate']:.1%}"],
         ["non-zero parameters", f"{report['params_before']:,}", f"{report['nonzero_params_after']:,}"],
         ["test accuracy (%)", f"{report['accuracy_before']:.2f}", f"{report['accuracy_after']:.2f}"],
         ["  before fine-tune (%)", "", f"{report['accuracy_restructured']:.2f}"],
-        ["critical channels", f"{report['slicing']['total_channels']}", f"{report['slicing']['critical_channels']}"],
-        ["ONNX size", fmt_bytes(b["raw_bytes"]), fmt_bytes(a["raw_bytes"])],
-        ["ONNX size (gzip)", fmt_bytes(b["gzip_bytes"]), fmt_bytes(a["gzip_bytes"])],
-        ["onnxruntime latency, batch 1 (ms)", f"{b['latency']['median_ms']:.3f}", f"{a['latency']['median_ms']:.3f}"],
-        [
-            "onnxruntime latency, batch 32 (ms)",
-            f"{b['latency_batch32']['median_ms']:.3f}",
-            f"{a['latency_batch32']['median_ms']:.3f}",
-        ],
+        ["critical channels", f"{s['total_channels']}", f"{s['critical_channels']}"],
+        *_onnx_rows(report["onnx_before"], report["onnx_after"]),
         ["ONNX parity max |Δ|", "", f"{report['onnx_parity_max_abs']:.2e}"],
         ["index file", "", fmt_bytes(report["index_bytes"])],
     ]
-    console.print(
-        table(
-            f"{report['model']} on {report['data']['name']} — {report['slicing']['strategy']} slicing, "
-            f"{report['slicing']['metric']}, θ={report['slicing'].get('theta', theta):g}",
-            ["", "before", "after"],
-            rows,
-        )
-    )
+    title = f"{title_prefix}{report['model']} on {report['data']['name']} — {s['strategy']} slicing, "
+    console.print(table(f"{title}{s.get('metric', '')}, {select}", ["", "before", "after"], rows))
     if report["pruning"]:
         p = report["pruning"]
-        console.print(
-            f"{pruner.value}: {p['iterations']} iterations ({p['iterations_kept']} kept), stop: {p['stop_reason']}"
-        )
+        pruner = report["config"]["pruning"]["pruner"]
+        console.print(f"{pruner}: {p['iterations']} iterations ({p['iterations_kept']} kept), stop: {p['stop_reason']}")
     if report.get("int8"):
         console.print(_int8_table(report))
     if report.get("budget"):
@@ -202,14 +206,7 @@ def _int8_table(report: dict[str, Any]):
     p = q["parity"]
     rows = [
         [f"test accuracy (%), {q['eval_subset']}", f"{p['accuracy_fp32']:.2f}", f"{p['accuracy_int8']:.2f}"],
-        ["ONNX size", fmt_bytes(a["raw_bytes"]), fmt_bytes(q["raw_bytes"])],
-        ["ONNX size (gzip)", fmt_bytes(a["gzip_bytes"]), fmt_bytes(q["gzip_bytes"])],
-        ["onnxruntime latency, batch 1 (ms)", f"{a['latency']['median_ms']:.3f}", f"{q['latency']['median_ms']:.3f}"],
-        [
-            "onnxruntime latency, batch 32 (ms)",
-            f"{a['latency_batch32']['median_ms']:.3f}",
-            f"{q['latency_batch32']['median_ms']:.3f}",
-        ],
+        *_onnx_rows(a, q),
         ["top-1 agreement with fp32", "", f"{p['top1_agreement']:.2%} (≥ {p['min_top1_agreement']:.0%} required)"],
         ["max |Δlogit| (max |logit|)", "", f"{p['max_abs_logit_diff']:.3g} ({p['max_abs_logit']:.3g})"],
     ]

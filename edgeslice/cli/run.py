@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import DeviceOpt, DeviceType, JsonOpt, console, emit_json, fmt_bytes, handle_errors, setup, table
+from ._common import DeviceOpt, DeviceType, JsonOpt, console, emit_json, handle_errors, setup, table
 
 if TYPE_CHECKING:
     import torch
@@ -149,19 +149,7 @@ def _print_recipes(json_out: bool) -> None:
 
 
 def _print_report(report: dict[str, Any], name: str, out: Path) -> None:
-    b, a = report["onnx_before"], report["onnx_after"]
-    s = report["slicing"]
-    select = f"θ={s['theta']:g}" if "theta" in s else f"ratio={s.get('ratio', '?')}"
-    rows = [
-        ["parameters", f"{report['params_before']:,}", f"{report['params_after']:,}"],
-        ["compression rate", "", f"{report['compression_rate']:.1%}"],
-        ["test accuracy (%)", f"{report['accuracy_before']:.2f}", f"{report['accuracy_after']:.2f}"],
-        ["critical channels", f"{s['total_channels']}", f"{s['critical_channels']}"],
-        ["ONNX size", fmt_bytes(b["raw_bytes"]), fmt_bytes(a["raw_bytes"])],
-        ["onnxruntime latency, batch 1 (ms)", f"{b['latency']['median_ms']:.3f}", f"{a['latency']['median_ms']:.3f}"],
-        ["ONNX parity max |Δ|", "", f"{report['onnx_parity_max_abs']:.2e}"],
-        ["index file", "", fmt_bytes(report["index_bytes"])],
-    ]
-    title = f"recipe {name}: {report['model']} on {report['data']['name']} — {s['strategy']}, {s.get('metric', '')}"
-    console.print(table(f"{title}, {select}", ["", "before", "after"], rows))
-    console.print(f"artifacts in {out} (recipe.effective.toml, manifest.json); check them with: edgeslice verify {out}")
+    from .compress import print_report
+
+    print_report(report, out, title_prefix=f"recipe {name}: ")
+    console.print(f"recipe.effective.toml written; check the folder with: edgeslice verify {out}")
