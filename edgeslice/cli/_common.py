@@ -90,19 +90,19 @@ CheckpointOpt = Annotated[
 ]
 
 
-def _unit_interval(value: float) -> float:
+def unit_interval(value: float) -> float:
     if not 0.0 < value <= 1.0:
         raise typer.BadParameter(f"must be in (0, 1], got {value}")
     return value
 
 
-def _positive(value: float) -> float:
+def positive(value: float) -> float:
     if not value > 0:
         raise typer.BadParameter(f"must be > 0, got {value}")
     return value
 
 
-ThetaOpt = Annotated[float, typer.Option("--theta", callback=_unit_interval, help="Similarity threshold θ in (0, 1].")]
+ThetaOpt = Annotated[float, typer.Option("--theta", callback=unit_interval, help="Similarity threshold θ in (0, 1].")]
 METRIC_HELP = (
     "Neuron contribution metric. deeplift is approximate on MobileNetV3-style models: captum's rescale rule skips "
     "Hardswish/Hardsigmoid and the squeeze-excite multiply (plain gradients there)."
@@ -134,7 +134,7 @@ SimilarityOpt = Annotated[
 ]
 RatioOpt = Annotated[
     float,
-    typer.Option("--ratio", callback=_unit_interval, help="Kept share per layer for category/global."),
+    typer.Option("--ratio", callback=unit_interval, help="Kept share per layer for category/global."),
 ]
 CalibOpt = Annotated[int, typer.Option("--calib-per-class", min=1, help="Calibration images per class (seeded).")]
 ImageSizeOpt = Annotated[int | None, typer.Option("--image-size", min=8, help="Resize images to this side (px).")]

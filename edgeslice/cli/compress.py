@@ -28,15 +28,15 @@ from ._common import (
     StrategyName,
     StrategyOpt,
     ThetaOpt,
-    _positive,
-    _unit_interval,
     claim_out,
     console,
     emit_json,
     fmt_bytes,
     handle_errors,
+    positive,
     setup,
     table,
+    unit_interval,
 )
 
 
@@ -65,7 +65,7 @@ def compress_command(
     similarity: SimilarityOpt = SimilarityName.cka,
     calib_per_class: CalibOpt = 100,
     train_epochs: Annotated[
-        float, typer.Option("--train-epochs", callback=_positive, help="Baseline epochs when no --checkpoint.")
+        float, typer.Option("--train-epochs", callback=positive, help="Baseline epochs when no --checkpoint.")
     ] = 3.0,
     finetune_epochs: Annotated[
         float, typer.Option("--finetune-epochs", min=0.0, help="Fine-tuning epochs after restructuring.")
@@ -75,7 +75,7 @@ def compress_command(
         PrunerName, typer.Option("--pruner", help="Iterative unstructured pruning after restructuring (none: skip).")
     ] = PrunerName.none,
     prune_step: Annotated[
-        float, typer.Option("--prune-step", callback=_unit_interval, help="Share of remaining weights per iteration.")
+        float, typer.Option("--prune-step", callback=unit_interval, help="Share of remaining weights per iteration.")
     ] = 0.2,
     max_iterations: Annotated[int, typer.Option("--max-iterations", min=1, help="Pruning iterations at most.")] = 10,
     max_acc_drop: Annotated[

@@ -19,15 +19,15 @@ from ._common import (
     JsonOpt,
     OptimizerName,
     SeedOpt,
-    _positive,
-    _unit_interval,
     claim_out,
     console,
     emit_json,
     fmt_bytes,
     handle_errors,
+    positive,
     setup,
     table,
+    unit_interval,
 )
 
 
@@ -75,7 +75,7 @@ def increment_command(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/increment"),
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the new data.")] = 3,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    lr: Annotated[float, typer.Option("--lr", callback=_positive, help="Peak learning rate (cosine decay).")] = 3e-3,
+    lr: Annotated[float, typer.Option("--lr", callback=positive, help="Peak learning rate (cosine decay).")] = 3e-3,
     optimizer: Annotated[OptimizerName, typer.Option("--optimizer")] = OptimizerName.adamw,
     calib_per_class: Annotated[
         int, typer.Option("--calib-per-class", min=1, help="Images per new class for slicing the new classes.")
@@ -85,7 +85,7 @@ def increment_command(
         typer.Option("--replay", help="Old-class data to replay (name or folder); its classes are matched by name."),
     ] = None,
     replay_fraction: Annotated[
-        float, typer.Option("--replay-fraction", callback=_unit_interval, help="Share of --replay kept per class.")
+        float, typer.Option("--replay-fraction", callback=unit_interval, help="Share of --replay kept per class.")
     ] = 0.1,
     isolate: Annotated[
         bool,

@@ -16,13 +16,13 @@ from ._common import (
     ModelArg,
     PrunerName,
     SeedOpt,
-    _positive,
     claim_out,
     console,
     emit_json,
     err_console,
     fmt_bytes,
     handle_errors,
+    positive,
     setup,
     table,
 )
@@ -56,7 +56,7 @@ def prune_command(
         int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps after each pruning step.")
     ] = 200,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Fine-tuning batch size.")] = 256,
-    lr: Annotated[float, typer.Option("--lr", callback=_positive, help="Peak fine-tuning learning rate.")] = 1e-3,
+    lr: Annotated[float, typer.Option("--lr", callback=positive, help="Peak fine-tuning learning rate.")] = 1e-3,
     dense_params: Annotated[
         int | None,
         typer.Option(

@@ -17,11 +17,11 @@ from ._common import (
     ModelArg,
     OptimizerName,
     SeedOpt,
-    _positive,
     claim_out,
     console,
     emit_json,
     handle_errors,
+    positive,
     setup,
     table,
 )
@@ -40,7 +40,7 @@ def readapt_command(
     attack: Annotated[AttackName, typer.Option("--attack", help="Attack the repair targets.")] = AttackName.fgsm,
     eps: Annotated[
         float,
-        typer.Option("--eps", callback=_positive, help="L∞ budget on [0,1] pixels (0.1: our Fashion-MNIST default)."),
+        typer.Option("--eps", callback=positive, help="L∞ budget on [0,1] pixels (0.1: our Fashion-MNIST default)."),
     ] = 0.1,
     alpha: Annotated[float | None, typer.Option("--alpha", help="PGD step size (default: eps/4).")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="PGD steps.")] = 10,
@@ -50,7 +50,7 @@ def readapt_command(
         int, typer.Option("--eval-samples", min=1, help="Held-out test images for RAA and the PGD-20 re-attack.")
     ] = 1000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clean/adversarial pairs per step.")] = 50,
-    lr: Annotated[float, typer.Option("--lr", callback=_positive, help="Peak learning rate (cosine decay).")] = 1e-3,
+    lr: Annotated[float, typer.Option("--lr", callback=positive, help="Peak learning rate (cosine decay).")] = 1e-3,
     optimizer: Annotated[OptimizerName, typer.Option("--optimizer")] = OptimizerName.adamw,
     train_classifier: Annotated[
         bool, typer.Option("--train-classifier/--freeze-classifier", help="Train the classifier rows too.")

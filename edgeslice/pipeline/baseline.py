@@ -60,7 +60,12 @@ def train_baseline(
     batch_size: int = 128,
     lr: float = 3e-3,
 ) -> tuple[nn.Module, ModelMeta]:
-    """Train a model from scratch on ``bundle`` and measure its test accuracy."""
+    """Train a model from scratch on ``bundle`` and measure its test accuracy.
+
+    Raises:
+        DataError: ``bundle`` has fewer than 2 classes or a class without training images.
+    """
+    check_data(bundle)
     timm_name = resolve_model_name(model_name)
     torch.manual_seed(seed)
     model = create_model(
@@ -137,8 +142,10 @@ def check_against_data(meta: ModelMeta, bundle: DataBundle) -> None:
     """Refuse a checkpoint whose classes (names and count), input channels or input size differ from the data's.
 
     Raises:
+        DataError: the data cannot be sliced at all (:func:`check_data`).
         ModelError: one line saying what differs, and how to re-head the model when that is what the user wants.
     """
+    check_data(bundle)
     rehead = f"to re-head it for this data, train it on the data: edgeslice train {meta.timm_name} --data …"
     if len(meta.classes) != len(bundle.classes):
         raise ModelError(

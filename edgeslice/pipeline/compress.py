@@ -159,7 +159,6 @@ def load_stage(cfg: CompressConfig, device: torch.device, timer: Timer) -> Loade
             model, meta = load_checkpoint(cfg.checkpoint, expect_model=timm_name)
             size = cfg.image_size if cfg.image_size is not None else meta.input_size
             bundle = load_data(cfg.data, image_size=size, seed=cfg.seed, download=cfg.download)
-            check_data(bundle)
             check_against_data(meta, bundle)
             model.to(device)
             source, cached = str(cfg.checkpoint), True

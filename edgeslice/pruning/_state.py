@@ -87,7 +87,7 @@ def clear_state(folder: Path) -> None:
 
 def restore_masked_(model: nn.Module, tensors: dict[str, Tensor]) -> None:
     """Loads a saved reparametrized state dict into a plain model of the same architecture."""
-    from .masks import _refresh_weight, apply_masks_, prunable_weights
+    from .masks import apply_masks_, prunable_weights, refresh_weight
 
     masks = {}
     for name, _ in prunable_weights(model):
@@ -101,4 +101,4 @@ def restore_masked_(model: nn.Module, tensors: dict[str, Tensor]) -> None:
     except RuntimeError as e:
         raise EdgesliceError(f"resume state does not fit the model ({str(e).splitlines()[0]})") from e
     for _, module in prunable_weights(model):
-        _refresh_weight(module)
+        refresh_weight(module)

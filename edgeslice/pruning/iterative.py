@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .allocators import PrunerLimitError, get_pruner
-from .masks import _is_masked, _refresh_weight, apply_masks_, compute_masks, current_masks, make_permanent_
+from .masks import apply_masks_, compute_masks, current_masks, is_masked, make_permanent_, refresh_weight
 
 #: ``IterativePruneConfig.pruner`` value meaning "do not prune".
 NO_PRUNER = "none"
@@ -215,15 +215,15 @@ def _snapshot(model: nn.Module) -> dict[str, Tensor]:
 def _restore(model: nn.Module, state: dict[str, Tensor]) -> None:
     model.load_state_dict(state)
     for module in model.modules():
-        if _is_masked(module):
-            _refresh_weight(module)
+        if is_masked(module):
+            refresh_weight(module)
 
 
 def _count_nonzero_params(model: nn.Module) -> int:
     seen: set[int] = set()
     count = 0
     for module in model.modules():
-        masked = _is_masked(module)
+        masked = is_masked(module)
         for name, param in module.named_parameters(recurse=False):
             if id(param) in seen:
                 continue

@@ -46,13 +46,14 @@ def prunable_weights(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
 
 
-def _is_masked(module: nn.Module) -> bool:
+def is_masked(module: nn.Module) -> bool:
+    """Whether ``module`` carries a pruning mask (``weight_orig`` × ``weight_mask``)."""
     return "weight_orig" in module._parameters and isinstance(getattr(module, "weight_mask", None), Tensor)
 
 
 def _effective_weight(module: nn.Module) -> Tensor:
     """The weight as the next forward pass will see it (``module.weight`` is only refreshed by that pass)."""
-    if _is_masked(module):
+    if is_masked(module):
         return (module.weight_orig * module.weight_mask).detach()
     return module.weight.detach()
 
@@ -72,7 +73,7 @@ def current_masks(model: nn.Module) -> dict[str, Tensor]:
     """
     masks = {}
     for name, module in prunable_weights(model):
-        if _is_masked(module):
+        if is_masked(module):
             masks[name] = module.weight_mask.detach().bool()
         else:
             masks[name] = module.weight.detach() != 0
@@ -139,7 +140,7 @@ def compute_masks(
     return {name: mask.to(module.weight.device) for (name, module), mask in zip(layers, new, strict=True)}
 
 
-def _refresh_weight(module: nn.Module) -> None:
+def refresh_weight(module: nn.Module) -> None:
     # Same recomputation as the prune forward pre-hook, so module.weight is right before the next forward too.
     module.weight = module.weight_orig * module.weight_mask
 
@@ -162,7 +163,7 @@ def apply_masks_(model: nn.Module, masks: dict[str, Tensor]) -> None:
     modules = dict(prunable_weights(model))
     for name, mask in masks.items():
         module = modules[name]
-        if _is_masked(module):
+        if is_masked(module):
             keep = mask.to(module.weight_mask.device).bool() & module.weight_mask.bool()
             module.weight_mask.copy_(keep)
         else:
@@ -170,7 +171,7 @@ def apply_masks_(model: nn.Module, masks: dict[str, Tensor]) -> None:
             keep = mask.to(module.weight.device).bool()
             prune.custom_from_mask(module, "weight", keep)
         module.weight_orig.data.mul_(module.weight_mask)
-        _refresh_weight(module)
+        refresh_weight(module)
 
 
 def make_permanent_(model: nn.Module) -> None:
@@ -184,7 +185,7 @@ def make_permanent_(model: nn.Module) -> None:
         model: The model to change in place.
     """
     for _, module in prunable_weights(model):
-        if not _is_masked(module):
+        if not is_masked(module):
             continue
         prune.remove(module, "weight")
         order = getattr(module, _PARAM_ORDER_ATTR, None)

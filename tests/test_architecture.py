@@ -1,0 +1,123 @@
+"""The package's shape: no import circles, no private names imported across modules, a light on-device side.
+
+The import graph is read from the source with ``ast`` (every import, also those inside functions, except
+``if TYPE_CHECKING:`` blocks), so a circle is caught even where a lazy import hides it at run time.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "edgeslice"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return skip
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, str | None]]:
+    """(imported module, imported attribute or None) for every edgeslice import of module ``name``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = _type_checking_nodes(tree)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: list[tuple[str, str | None]] = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            found += [(a.name, None) for a in node.names if a.name.split(".")[0] == "edgeslice"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "edgeslice":
+                continue
+            for a in node.names:
+                sub = f"{target}.{a.name}"
+                found.append((sub, None) if sub in modules else (target, a.name))
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {
+        name: {m for m, _ in _imports(name, path, modules) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` (as a path that returns to its start), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m) :] + [m]
+            if m not in state and (cycle := visit(m)):
+                return cycle
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (cycle := visit(n)):
+            return cycle
+    return None
+
+
+def test_find_cycle_finds_a_circle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_package_has_no_import_circle():
+    graph = import_graph()
+    assert len(graph) > 60  # every module was read
+    assert find_cycle(graph) is None, " → ".join(find_cycle(graph))
+
+
+def test_no_private_name_is_imported_from_another_module():
+    modules = _modules()
+    offenders = [
+        f"{name} imports {attr} from {target}"
+        for name, path in modules.items()
+        for target, attr in _imports(name, path, modules)
+        if attr and attr.startswith("_") and not attr.startswith("__") and target != name
+    ]
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("module", ["edgeslice.ondevice", "edgeslice.ondevice.learner"])
+def test_ondevice_imports_without_the_workstation_libraries(module):
+    blocked = ["torch_pruning", "captum", "onnx", "onnxruntime", "onnxscript", "matplotlib", "sklearn"]
+    code = (
+        "import sys\n"
+        f"for m in {blocked!r}: sys.modules[m] = None\n"  # any import of these raises ImportError
+        f"import {module}\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
