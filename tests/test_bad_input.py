@@ -313,3 +313,35 @@ def test_the_suite_tries_at_least_30_bad_inputs():
     assert len(CASES) >= 30
     commands = {make(Inputs(Path("/x"), Path("/x/ck"), Path("/x/i")))[0] for _, make, _, _ in CASES}
     assert commands >= {"train", "slice", "compress", "readapt", "increment", "prune", "run", "verify", "devices"}
+
+
+def test_a_baseline_near_chance_is_compressed_with_a_warning(tmp_path):
+    import torch
+
+    from edgeslice.data import load_data
+    from edgeslice.models import create_model, save_checkpoint
+    from edgeslice.pipeline import meta_for
+
+    bundle = load_data("digits", seed=0)
+    torch.manual_seed(0)
+    net = create_model("mlp", num_classes=10, in_chans=1, input_size=bundle.image_size)
+    with torch.no_grad():
+        net.get_classifier().weight.zero_()  # every input gets the same logits: accuracy is that of one class
+        net.get_classifier().bias.copy_(torch.arange(10.0))
+    save_checkpoint(net, meta_for("edgeslice_mlp", bundle), tmp_path / "ck" / "model.safetensors")
+    out = tmp_path / "out"
+    r = _invoke(
+        "compress", "mlp", "--checkpoint", tmp_path / "ck" / "model.safetensors", "--data", "digits",
+        "--calib-per-class", "5", "--finetune-epochs", "0", "--round-to", "1", "--out", out, "--device-type", "cpu",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "near chance" in r.stderr, (r.stderr, json.loads((out / "report.json").read_text())["accuracy_before"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["accuracy_before"] < 15 and any("near chance" in w for w in report["warnings"])
+
+
+def test_near_chance_is_relative_to_the_class_count():
+    from edgeslice.pipeline import near_chance_warning
+
+    assert near_chance_warning(12.0, 10) and near_chance_warning(54.0, 2)
+    assert near_chance_warning(85.0, 10) is None and near_chance_warning(70.0, 2) is None

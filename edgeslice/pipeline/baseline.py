@@ -186,11 +186,11 @@ NEAR_CHANCE_MARGIN = 0.1
 
 
 def near_chance_warning(accuracy: float, num_classes: int) -> str | None:
-    """A warning when ``accuracy`` is within :data:`NEAR_CHANCE_MARGIN` of chance (1 / classes), else None."""
-    chance = 1.0 / max(1, num_classes)
-    if accuracy <= chance + NEAR_CHANCE_MARGIN * (1.0 - chance):
+    """A warning when ``accuracy`` (percent) is within :data:`NEAR_CHANCE_MARGIN` of chance (100 / classes)."""
+    chance = 100.0 / max(1, num_classes)
+    if accuracy <= chance + NEAR_CHANCE_MARGIN * (100.0 - chance):
         return (
-            f"the baseline's test accuracy {accuracy:.2%} is near chance ({chance:.2%} for {num_classes} classes): "
+            f"the baseline's test accuracy {accuracy:.2f}% is near chance ({chance:.2f}% for {num_classes} classes): "
             "slicing a model that has not learned its classes gives meaningless critical neurons"
         )
     return None

@@ -195,7 +195,7 @@ def prune_pipeline_(
     """
     from ..data import normalize
     from ..models import count_parameters, fingerprint
-    from ..train import evaluate, train_model
+    from ..train import evaluate
 
     t0 = time.perf_counter()
     model.to(device)
@@ -220,14 +220,61 @@ def prune_pipeline_(
         "lr": lr,
         "seed": seed,
     }
-    saved = load_state(state_dir, identity) if resume and state_dir is not None else None
     n_prunable, _ = pruned_weight_count(model)
-    if saved is not None:
+    saved = load_state(state_dir, identity) if resume and state_dir is not None else None
+    run = _Run.resume(model, saved) if saved is not None else _Run.fresh(model, params, dense_params, n_prunable,
+                                                                           baseline_accuracy, accuracy_of)  # fmt: skip
+    resumed_from = len(run.history)
+    if not (run.finished or not cfg.enabled or len(run.history) >= cfg.max_iterations):
+        steps = _Steps(run, model, bundle, cfg, identity, params, dense_params, n_prunable, t0,
+                       batch_size=batch_size, lr=lr, seed=seed, prepare=prepare, device=device,
+                       state_dir=state_dir, on_iteration=on_iteration)  # fmt: skip
+        iterative_prune_(
+            model,
+            replace(cfg, max_iterations=cfg.max_iterations - len(run.history)),
+            evaluate=lambda m: accuracy_of(m, f"accuracy {len(run.history) + 1}"),
+            finetune=steps.finetune,
+            baseline_accuracy=run.baseline,
+            on_iteration=steps.record,
+            start_iteration=len(run.history) + 1,
+        )
+    make_permanent_(model)
+    return _report(
+        model, cfg, run, params, dense_params, n_prunable, resumed_from, run.prior_wall + time.perf_counter() - t0
+    )
+
+
+@dataclass
+class _Run:
+    """Where an iterative pruning run stands: its start point, the iterations so far, the budget's reference."""
+
+    start: dict[str, Any]
+    history: list[dict[str, Any]]
+    baseline: float
+    finished: bool
+    prior_wall: float
+
+    @classmethod
+    def resume(cls, model: nn.Module, saved: tuple[dict[str, Any], dict[str, torch.Tensor]]) -> _Run:
         progress, tensors = saved
         restore_masked_(model, tensors)
-        start, history = progress["start"], progress["history"]
-        baseline, finished, prior_wall = progress["baseline_accuracy"], progress["finished"], progress["wall_s"]
-    else:
+        return cls(
+            progress["start"], progress["history"], progress["baseline_accuracy"], progress["finished"],
+            progress["wall_s"],
+        )  # fmt: skip
+
+    @classmethod
+    def fresh(
+        cls,
+        model: nn.Module,
+        params: int,
+        dense_params: int,
+        n_prunable: int,
+        baseline_accuracy: float | None,
+        accuracy_of: Callable[[nn.Module, str], float],
+    ) -> _Run:
+        from ..models import count_parameters
+
         _, pruned = pruned_weight_count(model)
         acc = accuracy_of(model, "accuracy before pruning")
         start = {
@@ -236,69 +283,71 @@ def prune_pipeline_(
             "nonzero_params": count_parameters(model, nonzero=True),
             "prunable_sparsity": pruned / n_prunable if n_prunable else 0.0,
         }
-        baseline = acc if baseline_accuracy is None else baseline_accuracy
-        history, finished, prior_wall = [], False, 0.0
-    resumed_from = len(history)
-    finished = finished or not cfg.enabled or len(history) >= cfg.max_iterations
+        return cls(start, [], acc if baseline_accuracy is None else baseline_accuracy, False, 0.0)
 
-    if not finished:
-        last = time.perf_counter()
 
-        def finetune(m: nn.Module, steps: int) -> None:
-            if steps <= 0:
-                return
-            iteration = len(history) + 1
-            # train_model counts in epochs: ceil(epochs * steps_per_epoch) must come out as exactly `steps`.
-            steps_per_epoch = math.ceil(len(bundle.train) / batch_size)
-            train_model(
-                m,
-                bundle.train,
-                epochs=(steps - 0.5) / steps_per_epoch,
-                batch_size=batch_size,
-                lr=lr,
-                seed=seed + iteration,
-                prepare=prepare,
-                device=device,
-                description=f"fine-tune {iteration}",
-            )
+class _Steps:
+    """The fine-tune and record callbacks of :func:`~edgeslice.pruning.iterative_prune_` for one run."""
 
-        def record(rec: IterationRecord) -> None:
-            nonlocal last
-            now = time.perf_counter()
-            pruned = round(rec.sparsity * n_prunable)
-            entry = {
-                "iteration": rec.iteration,
-                "prunable_sparsity": rec.sparsity,
-                "nonzero_params": rec.n_nonzero_params,
-                "compression_rate": compression_rate(params, pruned, dense_params),
-                "accuracy": rec.accuracy,
-                "kept": rec.kept,
-                "seconds": round(now - last, 3),
-            }
-            last = now
-            history.append(entry)
-            if state_dir is not None:
-                done = not rec.kept or len(history) >= cfg.max_iterations
-                save_state(
-                    state_dir,
-                    identity=identity,
-                    progress=_progress(start, history, baseline, done, prior_wall + now - t0),
-                    model=model,
-                )
-            if on_iteration is not None:
-                on_iteration(entry)
+    def __init__(self, run: _Run, model: nn.Module, bundle: Any, cfg: IterativePruneConfig, identity: dict[str, Any],
+                 params: int, dense_params: int, n_prunable: int, t0: float, **opts: Any) -> None:  # fmt: skip
+        self.run, self.model, self.bundle, self.cfg, self.identity = run, model, bundle, cfg, identity
+        self.params, self.dense_params, self.n_prunable, self.t0 = params, dense_params, n_prunable, t0
+        self.opts = opts
+        self.last = time.perf_counter()
 
-        iterative_prune_(
-            model,
-            replace(cfg, max_iterations=cfg.max_iterations - len(history)),
-            evaluate=lambda m: accuracy_of(m, f"accuracy {len(history) + 1}"),
-            finetune=finetune,
-            baseline_accuracy=baseline,
-            on_iteration=record,
-            start_iteration=len(history) + 1,
-        )
-    make_permanent_(model)
+    def finetune(self, m: nn.Module, steps: int) -> None:
+        from ..train import train_model
 
+        if steps <= 0:
+            return
+        o = self.opts
+        iteration = len(self.run.history) + 1
+        # train_model counts in epochs: ceil(epochs * steps_per_epoch) must come out as exactly `steps`.
+        steps_per_epoch = math.ceil(len(self.bundle.train) / o["batch_size"])
+        train_model(
+            m, self.bundle.train, epochs=(steps - 0.5) / steps_per_epoch, batch_size=o["batch_size"], lr=o["lr"],
+            seed=o["seed"] + iteration, prepare=o["prepare"], device=o["device"], description=f"fine-tune {iteration}",
+        )  # fmt: skip
+
+    def record(self, rec: IterationRecord) -> None:
+        run, o = self.run, self.opts
+        now = time.perf_counter()
+        pruned = round(rec.sparsity * self.n_prunable)
+        entry = {
+            "iteration": rec.iteration,
+            "prunable_sparsity": rec.sparsity,
+            "nonzero_params": rec.n_nonzero_params,
+            "compression_rate": compression_rate(self.params, pruned, self.dense_params),
+            "accuracy": rec.accuracy,
+            "kept": rec.kept,
+            "seconds": round(now - self.last, 3),
+        }
+        self.last = now
+        run.history.append(entry)
+        if o["state_dir"] is not None:
+            done = not rec.kept or len(run.history) >= self.cfg.max_iterations
+            wall = run.prior_wall + now - self.t0
+            progress = _progress(run.start, run.history, run.baseline, done, wall)
+            save_state(o["state_dir"], identity=self.identity, progress=progress, model=self.model)
+        if o["on_iteration"] is not None:
+            o["on_iteration"](entry)
+
+
+def _report(
+    model: nn.Module,
+    cfg: IterativePruneConfig,
+    run: _Run,
+    params: int,
+    dense_params: int,
+    n_prunable: int,
+    resumed_from: int,
+    wall: float,
+) -> PruneReport:
+    """The :class:`PruneReport` of a finished run (masks already made permanent)."""
+    from ..models import count_parameters
+
+    history, start, baseline = run.history, run.start, run.baseline
     kept = [h for h in history if h["kept"]]
     final = kept[-1] if kept else start
     _, pruned = pruned_weight_count(model)
@@ -328,7 +377,7 @@ def prune_pipeline_(
         compression_rate=compression_rate(params, pruned, dense_params),
         nonzero_params=count_parameters(model, nonzero=True),
         prunable_sparsity=pruned / n_prunable if n_prunable else 0.0,
-        wall_s=round(prior_wall + time.perf_counter() - t0, 2),
+        wall_s=round(wall, 2),
         resumed_from=resumed_from,
         notes=notes,
     )
