@@ -161,6 +161,11 @@ def prune_command(
     if json_out:
         emit_json(doc)
         return
+    _print_report(report, meta.timm_name, bundle.name, cfg, dense, out)
+
+
+def _print_report(report, timm_name: str, data_name: str, cfg, dense: int, out: Path) -> None:
+    """The per-iteration table, the summary and the notes of a prune run (human output)."""
     rows = [
         [
             "start",
@@ -184,7 +189,7 @@ def prune_command(
         )
     console.print(
         table(
-            f"{meta.timm_name} on {bundle.name}: {cfg.pruner}, step {cfg.prune_step:g}, "
+            f"{timm_name} on {data_name}: {cfg.pruner}, step {cfg.prune_step:g}, "
             f"budget {cfg.max_acc_drop:g} points below {report.baseline_accuracy:.2f}%",
             ["iteration", "weight sparsity", "CR", "non-zero params", "accuracy (%)", ""],
             rows,
