@@ -130,7 +130,7 @@ def test_budgets_of_the_configured_device(folder, tmp_path):
     assert {"budget flash", "budget ram", "budget latency", "budget precision"} <= set(_status(doc))
     assert all(s == "ok" for n, s in _status(doc).items() if n.startswith("budget "))
     # A profile the model cannot fit: 1 KiB of flash.
-    profile = (Path(__file__).parents[1] / "devices" / "rpi4.toml").read_text()
+    profile = (Path(__file__).parents[2] / "devices" / "rpi4.toml").read_text()
     tiny = tmp_path / "tiny.toml"
     tiny.write_text(profile.replace('flash = "64 MiB"', 'flash = "1 KiB"').replace('name = "rpi4"', 'name = "tiny"'))
     write_manifest(folder, {**manifest["config"], "device": str(tiny)}, manifest["seed"])
