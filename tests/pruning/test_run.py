@@ -153,6 +153,8 @@ def test_resume_after_interruption_gives_the_same_model(trained_mlp_state, train
     assert resumed.resumed_from == 2 and resumed.iterations == 3
     strip = lambda hs: [{k: v for k, v in h.items() if k != "seconds"} for h in hs]  # noqa: E731
     assert strip(resumed.history) == strip(expected.history)
+    # Bit-equal by construction: the resumed run repeats the uninterrupted one's ops with the same shapes, batch
+    # sizes and thread count in this process, from the bit-exact saved state (safetensors round trip).
     for key, value in reference.state_dict().items():
         assert torch.equal(resumed_model.state_dict()[key], value), key
 
