@@ -38,8 +38,9 @@ from ..models import ModelMeta, fingerprint
 from ..slicing.metrics import get_metric
 from ..slicing.observe import Layer, eval_mode, find_layers
 from ..train import iterate_batches
-from .freeze import ChannelGroup, TrainPlan, channel_groups, make_plan
-from .isolate import isolate_
+from .freeze import ChannelGroup, TrainPlan, channel_groups, classifier_modules, make_plan
+from .guarantees import old_logit_check, pre_logits
+from .isolate import IsolationError, isolate_
 from .loop import LoopConfig, train_partial
 
 INCREMENT_VERSION = 1
@@ -304,6 +305,9 @@ def learn_increment(
     if cfg.isolate:
         isolation = isolate_(model, groups, frozen_sets, old if freeze_old_rows else 0, example, seed=cfg.seed)
         frozen_sets = isolation.frozen
+        with eval_mode(model), torch.no_grad():
+            ref_features = pre_logits(model, example)
+            ref_logits = model.get_classifier()(ref_features)[:, :old]
     grow_classifier_(model, len(new_classes), seed=cfg.seed)
     plan = increment_plan(
         model,
@@ -339,6 +343,17 @@ def learn_increment(
     t_slice = time.perf_counter() - t1
 
     model.eval()
+    after_training = None
+    if isolation is not None and freeze_old_rows:
+        after_training = old_logit_check(
+            ref_features, ref_logits, model, example, old, _frozen_features(model, isolation.producers, frozen_sets)
+        )
+        if after_training["frozen_features_exact"] is False or not after_training["within_rounding"]:
+            raise IsolationError(
+                "isolation did not hold during training: the old classes' features or logits moved by "
+                f"{after_training['max_old_logit_change']:.3g} "
+                f"(rounding allows {after_training['max_rounding_bound']:.3g})"
+            )
     new_meta = replace(
         meta,
         classes=list(meta.classes) + list(new_classes),
@@ -362,9 +377,20 @@ def learn_increment(
         "total_channels": int(sum(g.channels for g in groups)),
         "critical_channels_after": int(sum(int(m.sum()) for m in new_index.critical.values())),
         "new_class_slicing": used,
-        "isolation": None if isolation is None else isolation.summary(),
+        "isolation": None if isolation is None else {**isolation.summary(), "after_training": after_training},
     }
     return IncrementResult(model=model, meta=new_meta, index=new_index, report=report)
+
+
+def _frozen_features(
+    model: nn.Module, producers: dict[str, list[str]], frozen: dict[str, torch.Tensor]
+) -> torch.Tensor | None:
+    """The classifier's input channels that the frozen sub-network computes, when one layer produces them all."""
+    heads = [producers.get(h, []) for h in classifier_modules(model)]
+    if len(heads) != 1 or len(heads[0]) != 1:
+        return None
+    mask = frozen[heads[0][0]]
+    return mask if mask.numel() == model.get_classifier().in_features else None
 
 
 def extend_index(
