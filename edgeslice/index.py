@@ -59,6 +59,9 @@ class CriticalIndex:
         classes: class names, in label order.
         params: strategy, metric, similarity, θ or ratio.
         calibration: how the calibration set was drawn (dataset, per class, seed, samples).
+        class_stats: optional :class:`~edgeslice.ondevice.classil.ClassStats` (per-class feature means and a
+            pooled covariance for the class-incremental head), a self-versioned, checksummed, size-bounded block;
+            readers before it ignore it.
     """
 
     model_fingerprint: str
@@ -70,6 +73,7 @@ class CriticalIndex:
     params: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     version: int = INDEX_VERSION
+    class_stats: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         layers = []
@@ -83,7 +87,7 @@ class CriticalIndex:
                     rows = rows[:, self.critical[spec["name"]].to(torch.bool)]
                 entry["per_class"] = [pack_bits(row) for row in rows]
             layers.append(entry)
-        return {
+        out = {
             "format": INDEX_FORMAT,
             "version": self.version,
             "model_fingerprint": self.model_fingerprint,
@@ -97,6 +101,9 @@ class CriticalIndex:
                 "total_channels": int(sum(m.numel() for m in self.critical.values())),
             },
         }
+        if self.class_stats is not None:
+            out["class_stats"] = self.class_stats.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: Any) -> CriticalIndex:
@@ -133,6 +140,11 @@ class CriticalIndex:
                         "category",
                     ):
                         raise IndexFileError(f"index layer {name!r}: union of per-class sets differs from its set")
+            stats = None
+            if d.get("class_stats") is not None:
+                from .ondevice.classil import ClassStats
+
+                stats = ClassStats.from_dict(d["class_stats"], classes=classes)
             return cls(
                 model_fingerprint=str(d["model_fingerprint"]),
                 timm_name=str(d["timm_name"]),
@@ -143,6 +155,7 @@ class CriticalIndex:
                 params=dict(d.get("params", {})),
                 calibration=dict(d.get("calibration", {})),
                 version=int(version),
+                class_stats=stats,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFileError(f"malformed index: {e!r}") from e

@@ -327,6 +327,9 @@ def slice_model(
             "samples": len(calib),
         },
     )
+    from .ondevice.classil import attach_class_stats  # class-incremental head's statistics (issue 16)
+
+    attach_class_stats(index, model, meta, bundle.train, seed=seed, device=device)
     return slicer, result, index
 
 

@@ -146,8 +146,10 @@ def test_increment_cli_writes_checkpoint_index_and_parity_checked_onnx(task_a, t
             "--new-data", "digits", "--classes", "5,6,7,8,9", "--epochs", "1", "--calib-per-class", "5",
             "--device-type", "cpu", "--json"]  # fmt: skip
     r = runner.invoke(
-        app, [*args, "--out", str(tmp_path / "o"), "--replay", "digits", "--replay-fraction", "0.1", "--isolate"]
-    )
+        app,
+        [*args, "--out", str(tmp_path / "o"), "--replay", "digits", "--replay-fraction", "0.1", "--isolate",
+         "--head", "trained"],
+    )  # fmt: skip
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["config"]["isolate"] and doc["isolation"]["max_old_logit_change"] == 0.0
