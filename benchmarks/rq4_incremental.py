@@ -538,7 +538,36 @@ def markdown(rows: list[dict[str, Any]], args, have_avalanche: bool) -> str:
                 f"{_mean([c['index_bytes'] for c in costs]):.0f} |"
             )
     out.append("")
+    out += _bytes_table(rows)
     return "\n".join(out)
+
+
+def _bytes_table(rows: list[dict[str, Any]]) -> list[str]:
+    """What each method keeps on the device after its last increment (means over seeds), besides the model."""
+    out = ["## Bytes kept on the device besides the model (after the last increment, mean over seeds)", ""]
+    out += ["| model | scenario | method | index file (gzip) | class statistics (raw, in the index) | replay buffer |"]
+    out += ["|---|---|---|---|---|---|"]
+    for r0 in rows:
+        if r0["method"] == "Original" or "cost" not in r0:
+            continue
+        sel = [
+            r
+            for r in rows
+            if (r["model"], r["scenario"], r["method"]) == (r0["model"], r0["scenario"], r0["method"]) and "cost" in r
+        ]
+        if sel[0] is not r0:
+            continue
+        last = [r["cost"][-1] for r in sel]
+        stats = [c.get("class_stats_bytes") for c in last]
+        uses_index = r0["method"].startswith("NeuSemSlice") or "NCM" in r0["method"]
+        out.append(
+            f"| {r0['model']} | {r0['scenario']} | {r0['method']} | "
+            + (f"{_mean([c['index_bytes'] for c in last]):,.0f}" if uses_index else "–")
+            + " | "
+            + (f"{_mean(stats):,.0f}" if stats[0] is not None else "–")
+            + f" | {_mean([c['replay_bytes'] for c in last]):,.0f} |"
+        )
+    return [*out, ""]
 
 
 def main() -> None:

@@ -308,6 +308,10 @@ def learn_increment(
         raise EdgesliceError(f"new-data labels must be in {old}..{old + len(new_classes) - 1}")
     groups = channel_groups(model, index.layers, example)
     if cfg.head == "lda":
+        if replay is not None or frozen is not None or cfg.isolate or not freeze_old_rows:
+            raise EdgesliceError(
+                "the class-incremental head trains nothing: replay, frozen sets and isolation need head='trained'"
+            )
         return _learn_lda(model, meta, index, new_data, list(new_classes), cfg, groups, device)
     t0 = time.perf_counter()
     frozen_sets = frozen if frozen is not None else index.critical
