@@ -52,6 +52,8 @@ from edgeslice.train import train_model
 
 SCENARIOS = {"I": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], "II": [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]}
 METHODS = (
+    "NeuSemSlice class-IL",
+    "Frozen backbone+NCM",
     "NeuSemSlice",
     "NeuSemSlice+Replay 10%",
     "NeuSemSlice isolated",
@@ -300,6 +302,12 @@ def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalan
             step_cfg = dataclasses.replace(
                 cfg, slice_new=slice_new, seed=seed * 100 + step, isolate="isolated" in method
             )
+            if method in ("NeuSemSlice class-IL", "Frozen backbone+NCM"):
+                # Class-incremental head from the index's class statistics (edgeslice.ondevice.classil); NCM is the
+                # same head with the covariance shrunk to a multiple of the identity (nearest class mean).
+                step_cfg = dataclasses.replace(step_cfg, head="lda")
+                if method == "Frozen backbone+NCM" and step == 1:
+                    idx = dataclasses.replace(idx, class_stats=dataclasses.replace(idx.class_stats, shrinkage=1.0))
             result = learn_increment(
                 model,
                 meta,
@@ -326,6 +334,7 @@ def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalan
                     "total_channels": result.report["total_channels"],
                     "index_bytes": len(idx.to_bytes()),
                     "replay_bytes": 0 if replay is None else stored_bytes(replay),
+                    "class_stats_bytes": _stats_bytes(method, result.report.get("class_stats")),
                     "max_drift": tr["max_drift"],
                     "isolation": result.report["isolation"],
                     "train_seconds": result.report["train_seconds"],
@@ -344,6 +353,15 @@ def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalan
     storage["NeuSemSlice index"] = {"bytes_this_run": len(index.to_bytes()), "bytes_full_fmnist": None}
     rows[-1]["storage"] = storage
     return rows
+
+
+def _stats_bytes(method: str, stats: dict[str, Any] | None) -> int | None:
+    """Bytes of class statistics the device keeps (NCM needs only the means and counts)."""
+    if stats is None:
+        return None
+    if method == "Frozen backbone+NCM":
+        return 2 * stats["features"] * len(stats["counts"]) + 4 * len(stats["counts"])
+    return stats["bytes"]
 
 
 def _row(model, scenario, seed, method, matrix, seconds, extra) -> dict[str, Any]:
@@ -520,7 +538,36 @@ def markdown(rows: list[dict[str, Any]], args, have_avalanche: bool) -> str:
                 f"{_mean([c['index_bytes'] for c in costs]):.0f} |"
             )
     out.append("")
+    out += _bytes_table(rows)
     return "\n".join(out)
+
+
+def _bytes_table(rows: list[dict[str, Any]]) -> list[str]:
+    """What each method keeps on the device after its last increment (means over seeds), besides the model."""
+    out = ["## Bytes kept on the device besides the model (after the last increment, mean over seeds)", ""]
+    out += ["| model | scenario | method | index file (gzip) | class statistics (raw, in the index) | replay buffer |"]
+    out += ["|---|---|---|---|---|---|"]
+    for r0 in rows:
+        if r0["method"] == "Original" or "cost" not in r0:
+            continue
+        sel = [
+            r
+            for r in rows
+            if (r["model"], r["scenario"], r["method"]) == (r0["model"], r0["scenario"], r0["method"]) and "cost" in r
+        ]
+        if sel[0] is not r0:
+            continue
+        last = [r["cost"][-1] for r in sel]
+        stats = [c.get("class_stats_bytes") for c in last]
+        uses_index = r0["method"].startswith("NeuSemSlice") or "NCM" in r0["method"]
+        out.append(
+            f"| {r0['model']} | {r0['scenario']} | {r0['method']} | "
+            + (f"{_mean([c['index_bytes'] for c in last]):,.0f}" if uses_index else "–")
+            + " | "
+            + (f"{_mean(stats):,.0f}" if stats[0] is not None else "–")
+            + f" | {_mean([c['replay_bytes'] for c in last]):,.0f} |"
+        )
+    return [*out, ""]
 
 
 def main() -> None:

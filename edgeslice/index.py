@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .artifacts.files import atomic_write_bytes, canonical_json
+from .bitsets import pack_bits as pack_bits
+from .bitsets import unpack_bits as unpack_bits
 from .errors import IndexFileError
 
 INDEX_FORMAT = "edgeslice-critical-index"
@@ -25,25 +26,6 @@ INDEX_VERSION = 2
 #: Versions this reader understands. Version 1 stored each class's set over all N channels of a layer; version 2
 #: stores it only over the layer's critical channels (about half the bytes at θ = 0.95).
 READABLE_VERSIONS = (1, 2)
-
-
-def pack_bits(mask: torch.Tensor) -> str:
-    """(N,) bool → hex of the little-endian bitset."""
-    return np.packbits(mask.to(torch.bool).cpu().numpy().astype(np.uint8), bitorder="little").tobytes().hex()
-
-
-def unpack_bits(hex_bits: str, n: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`; raises IndexFileError if the length does not fit ``n`` channels."""
-    try:
-        raw = bytes.fromhex(hex_bits)
-    except (ValueError, TypeError) as e:
-        raise IndexFileError(f"index bitset is not hex: {e}") from e
-    if len(raw) != (n + 7) // 8:
-        raise IndexFileError(f"index bitset has {len(raw)} bytes for {n} channels")
-    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
-    if bits[n:].any():
-        raise IndexFileError("index bitset has bits set past the channel count")
-    return torch.from_numpy(bits[:n].astype(bool))
 
 
 @dataclass
@@ -59,6 +41,9 @@ class CriticalIndex:
         classes: class names, in label order.
         params: strategy, metric, similarity, θ or ratio.
         calibration: how the calibration set was drawn (dataset, per class, seed, samples).
+        class_stats: optional :class:`~edgeslice.ondevice.classil.ClassStats` (per-class feature means and a
+            pooled covariance for the class-incremental head), a self-versioned, checksummed, size-bounded block;
+            readers before it ignore it.
     """
 
     model_fingerprint: str
@@ -70,6 +55,7 @@ class CriticalIndex:
     params: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     version: int = INDEX_VERSION
+    class_stats: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         layers = []
@@ -83,7 +69,7 @@ class CriticalIndex:
                     rows = rows[:, self.critical[spec["name"]].to(torch.bool)]
                 entry["per_class"] = [pack_bits(row) for row in rows]
             layers.append(entry)
-        return {
+        out = {
             "format": INDEX_FORMAT,
             "version": self.version,
             "model_fingerprint": self.model_fingerprint,
@@ -97,6 +83,9 @@ class CriticalIndex:
                 "total_channels": int(sum(m.numel() for m in self.critical.values())),
             },
         }
+        if self.class_stats is not None:
+            out["class_stats"] = self.class_stats.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: Any) -> CriticalIndex:
@@ -133,6 +122,11 @@ class CriticalIndex:
                         "category",
                     ):
                         raise IndexFileError(f"index layer {name!r}: union of per-class sets differs from its set")
+            stats = None
+            if d.get("class_stats") is not None:
+                from .ondevice.classil import ClassStats
+
+                stats = ClassStats.from_dict(d["class_stats"], classes=classes)
             return cls(
                 model_fingerprint=str(d["model_fingerprint"]),
                 timm_name=str(d["timm_name"]),
@@ -143,6 +137,7 @@ class CriticalIndex:
                 params=dict(d.get("params", {})),
                 calibration=dict(d.get("calibration", {})),
                 version=int(version),
+                class_stats=stats,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFileError(f"malformed index: {e!r}") from e

@@ -32,7 +32,8 @@ from ._common import (
 
 
 def _pick_classes(spec: str | None, available: list[str], known: list[str]) -> list[int]:
-    """Labels (in the new data) of the classes to learn: names or label numbers, comma-separated."""
+    """Labels (in the new data) of the classes to learn: ``parse_classes``, or the classes the model lacks."""
+    from edgeslice.classes import parse_classes
     from edgeslice.errors import EdgesliceError
 
     if spec is None:
@@ -40,17 +41,7 @@ def _pick_classes(spec: str | None, available: list[str], known: list[str]) -> l
         if not picked:
             raise EdgesliceError("the new data has no class the model lacks (pass --classes)")
         return picked
-    out = []
-    for tok in (t.strip() for t in spec.split(",") if t.strip()):
-        if tok in available:
-            out.append(available.index(tok))
-        elif tok.isdigit() and int(tok) < len(available):
-            out.append(int(tok))
-        else:
-            raise EdgesliceError(f"--classes: {tok!r} is not a class of the new data ({', '.join(available)})")
-    if len(set(out)) != len(out):
-        raise EdgesliceError("--classes names a class twice")
-    return out
+    return parse_classes(spec, available)
 
 
 @handle_errors
@@ -96,13 +87,23 @@ def increment_command(
             "Costs the critical channels their non-critical inputs once: use a high-θ index (0.99).",
         ),
     ] = False,
+    head: Annotated[
+        str,
+        typer.Option(
+            "--head",
+            help="lda (default): class-incremental, one argmax over all classes; nothing before the classifier "
+            "changes and the classifier becomes the linear discriminant of the index's class statistics plus the "
+            "new classes'. trained: train the new rows and non-critical channels (task-incremental).",
+        ),
+    ] = "lda",
     download: DownloadOpt = False,
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
 ) -> None:
-    """Grow the classifier by new classes, train only non-critical channels (critical ones and old class rows stay
-    bit-identical), slice the new classes, and write OUT/model.safetensors + model.json, critical_index, model.onnx
+    """Learn new classes: by default (--head lda) a class-incremental head from the index's class statistics;
+    with --head trained, grow the classifier and train only non-critical channels (critical ones and old class rows
+    stay bit-identical). Slice the new classes, and write OUT/model.safetensors + model.json, critical_index, model.onnx
     (parity-checked with onnxruntime), report.json and manifest.json."""
     device = setup(json_out, device_type, seed)
     claim_out(out)
@@ -126,6 +127,7 @@ def increment_command(
         calib_per_class=calib_per_class,
         isolate=isolate,
         seed=seed,
+        head=_head(head, isolate, replay),
     )
     net, meta = load_checkpoint(checkpoint)
     idx = CriticalIndex.load(index)
@@ -169,6 +171,7 @@ def increment_command(
         result.index.model_fingerprint = saved.fingerprint
         result.index.save(stage / "critical_index")
         export_onnx(model, x_check, stage / "model.onnx")
+        _label_onnx(stage / "model.onnx", result.meta.classes, cfg.head)
         report["onnx_parity_max_abs"] = check_parity(model, stage / "model.onnx", x_check)
         report["index_bytes_after"] = (stage / "critical_index").stat().st_size
         atomic_write_json(stage / "report.json", report)
@@ -181,7 +184,12 @@ def increment_command(
     console.print(table(f"{meta.timm_name} + {', '.join(names)}", ["test accuracy", "class-IL", "task-IL"], rows))
     tr = report["training"]
     console.print(
-        f"trained with {report['frozen_channels']}/{report['total_channels']} channels frozen"
+        (
+            f"class-incremental head from class statistics ({fmt_bytes(report['class_stats']['bytes'])}, "
+            f"rank {report['class_stats']['rank']}), no layer before the classifier changed"
+            if report.get("head") == "lda"
+            else f"trained with {report['frozen_channels']}/{report['total_channels']} channels frozen"
+        )
         + (
             f" (isolated: {report['isolation']['cut_weights']} weights cut, "
             f"{report['isolation']['closure_added_channels']} channels added)"
@@ -194,6 +202,30 @@ def increment_command(
         + (f" + replay {fmt_bytes(report['bytes_kept']['replay_buffer'])}" if replay_set is not None else "")
         + f"; ONNX parity {report['onnx_parity_max_abs']:.2g} → {out}"
     )
+
+
+def _label_onnx(path: Path, classes: list[str], head: str) -> None:
+    """Write the class order into the ONNX metadata: output j is ``classes[j]`` (also in model.json and the index)."""
+    import json
+
+    import onnx
+
+    proto = onnx.load(str(path))
+    for key, value in (("edgeslice.classes", json.dumps(classes)), ("edgeslice.head", head)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def _head(head: str, isolate: bool, replay: str | None) -> str:
+    from edgeslice.errors import EdgesliceError
+    from edgeslice.ondevice.learner import HEADS
+
+    if head not in HEADS:
+        raise EdgesliceError(f"--head must be one of {', '.join(HEADS)}, not {head!r}")
+    if head == "lda" and (isolate or replay is not None):
+        raise EdgesliceError("--isolate and --replay train the network: use them with --head trained")
+    return head
 
 
 def _evaluate(model, meta, bundle, new_test, old: int, n_new: int, prepare, device) -> dict[str, Any]:

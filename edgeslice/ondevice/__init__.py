@@ -10,6 +10,9 @@ from .freeze import TrainPlan as TrainPlan
 from .freeze import channel_groups as channel_groups
 from .freeze import classifier_modules as classifier_modules
 from .freeze import make_plan as make_plan
+from .guarantees import logit_rounding_bound as logit_rounding_bound
+from .guarantees import old_logit_check as old_logit_check
+from .guarantees import pre_logits as pre_logits
 from .learner import IncrementConfig as IncrementConfig
 from .learner import IncrementResult as IncrementResult
 from .learner import extend_index as extend_index

@@ -25,8 +25,12 @@ depends only on frozen channels:
    values on a copy, and the old logits must stay the same. If they do not (an architecture whose wiring the probe
    cannot map), :class:`IsolationError` is raised and nothing is changed.
 
-After isolation the old classes' logits are a fixed function of the input, whatever the trainable channels learn
-(up to float rounding of additions with exact zeros, which the proof checks).
+After isolation the frozen channels and the old classes' logits are a fixed function of the input, whatever the
+trainable channels learn. The proof's ``max_old_logit_change == 0.0`` is exact on any CPU: it compares two forwards of
+the same shapes on the same batch (same kernels), and the frozen rows read trainable channels only through weights
+that are exactly 0. After the classifier grows, the old logits are kept bit for bit only in their inputs and weights;
+the logits themselves up to the grown GEMM's rounding (:mod:`.guarantees`, checked after training by
+:func:`~edgeslice.ondevice.learn_increment`).
 
 Only torch is imported: this runs on the device.
 """

@@ -38,11 +38,13 @@ from ..models import ModelMeta, fingerprint
 from ..slicing.metrics import get_metric
 from ..slicing.observe import Layer, eval_mode, find_layers
 from ..train import iterate_batches
-from .freeze import ChannelGroup, TrainPlan, channel_groups, make_plan
-from .isolate import isolate_
-from .loop import LoopConfig, train_partial
+from .freeze import ChannelGroup, TrainPlan, channel_groups, classifier_modules, make_plan
+from .guarantees import old_logit_check, pre_logits
+from .isolate import IsolationError, isolate_
+from .loop import LoopConfig, peak_rss_bytes, train_partial
 
 INCREMENT_VERSION = 1
+HEADS = ("trained", "lda")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class IncrementConfig:
         isolate: close the frozen channels and old class rows into a sub-network first (:mod:`.isolate`), so the
             old classes' logits cannot change at all; costs the frozen channels their non-critical inputs once.
         seed: shuffling, classifier initialisation and calibration sampling.
+        head: ``trained`` (train the new rows and the non-critical channels: task-incremental; old-class logits kept
+            as :mod:`.guarantees` defines) or ``lda`` (class-incremental: nothing before the classifier changes, the
+            new classes' feature statistics join the index's (:mod:`.classil`) and the whole classifier becomes
+            their linear discriminant; needs an index with class statistics).
     """
 
     epochs: int = 3
@@ -73,11 +79,14 @@ class IncrementConfig:
     frozen_bn: str = "eval"
     isolate: bool = False
     seed: int = 0
+    head: str = "trained"
     version: int = INCREMENT_VERSION
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.calib_per_class < 1:
             raise ValueError("batch_size and calib_per_class must be >= 1")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         self.loop()  # validates epochs, lr, weight decay and optimizer
 
     def loop(self) -> LoopConfig:
@@ -298,12 +307,21 @@ def learn_increment(
     if int(labels.min()) < old or int(labels.max()) >= old + len(new_classes):
         raise EdgesliceError(f"new-data labels must be in {old}..{old + len(new_classes) - 1}")
     groups = channel_groups(model, index.layers, example)
+    if cfg.head == "lda":
+        if replay is not None or frozen is not None or cfg.isolate or not freeze_old_rows:
+            raise EdgesliceError(
+                "the class-incremental head trains nothing: replay, frozen sets and isolation need head='trained'"
+            )
+        return _learn_lda(model, meta, index, new_data, list(new_classes), cfg, groups, device)
     t0 = time.perf_counter()
     frozen_sets = frozen if frozen is not None else index.critical
     isolation = None
     if cfg.isolate:
         isolation = isolate_(model, groups, frozen_sets, old if freeze_old_rows else 0, example, seed=cfg.seed)
         frozen_sets = isolation.frozen
+        with eval_mode(model), torch.no_grad():
+            ref_features = pre_logits(model, example)
+            ref_logits = model.get_classifier()(ref_features)[:, :old]
     grow_classifier_(model, len(new_classes), seed=cfg.seed)
     plan = increment_plan(
         model,
@@ -339,6 +357,17 @@ def learn_increment(
     t_slice = time.perf_counter() - t1
 
     model.eval()
+    after_training = None
+    if isolation is not None and freeze_old_rows:
+        after_training = old_logit_check(
+            ref_features, ref_logits, model, example, old, _frozen_features(model, isolation.producers, frozen_sets)
+        )
+        if after_training["frozen_features_exact"] is False or not after_training["within_rounding"]:
+            raise IsolationError(
+                "isolation did not hold during training: the old classes' features or logits moved by "
+                f"{after_training['max_old_logit_change']:.3g} "
+                f"(rounding allows {after_training['max_rounding_bound']:.3g})"
+            )
     new_meta = replace(
         meta,
         classes=list(meta.classes) + list(new_classes),
@@ -362,9 +391,114 @@ def learn_increment(
         "total_channels": int(sum(g.channels for g in groups)),
         "critical_channels_after": int(sum(int(m.sum()) for m in new_index.critical.values())),
         "new_class_slicing": used,
-        "isolation": None if isolation is None else isolation.summary(),
+        "isolation": None if isolation is None else {**isolation.summary(), "after_training": after_training},
     }
     return IncrementResult(model=model, meta=new_meta, index=new_index, report=report)
+
+
+def _learn_lda(
+    model: nn.Module,
+    meta: ModelMeta,
+    index: CriticalIndex,
+    new_data: Dataset,
+    new_classes: list[str],
+    cfg: IncrementConfig,
+    groups: list[ChannelGroup],
+    device: torch.device | str,
+) -> IncrementResult:
+    """The class-incremental increment: new classes' statistics, pooled with the index's, written as the head."""
+    from .classil import class_stats
+
+    stats = index.class_stats
+    if stats is None:
+        raise EdgesliceError(
+            "the index has no class statistics, so a class-incremental head cannot be made without old data "
+            "(slice the model again with this edgeslice, or use the task-incremental head: --head trained)"
+        )
+    if list(stats.classes) != list(meta.classes):
+        raise EdgesliceError("the index's class statistics are for other classes than the model")
+    old = len(meta.classes)
+    prepare = _prepare(meta)
+    t0 = time.perf_counter()
+    before = peak_rss_bytes()
+    shifted = ((x, y - old) for x, y in iterate_batches(new_data, max(cfg.batch_size, 1)))
+    new_stats = class_stats(
+        model, shifted, new_classes, dims=stats.dims, prepare=prepare, device=device,
+        shrinkage=stats.shrinkage, budget=stats.budget,
+    )  # fmt: skip
+    merged = stats.extend(new_stats)
+    merged.install_(model)
+    t_stats = time.perf_counter() - t0
+    new_labels = list(range(old, old + len(new_classes)))
+    t1 = time.perf_counter()
+    if cfg.slice_new:
+        per_class_new, critical_new, used = slice_new_classes(
+            model, meta, index, new_data, new_labels, calib_per_class=cfg.calib_per_class, seed=cfg.seed, device=device
+        )
+    else:
+        per_class_new, critical_new, used = None, {k: torch.zeros_like(v) for k, v in index.critical.items()}, {}
+    t_slice = time.perf_counter() - t1
+    model.eval()
+    new_meta = replace(
+        meta,
+        classes=list(meta.classes) + list(new_classes),
+        shapes={},
+        fingerprint="",
+        info={
+            **meta.info,
+            "increments": [*meta.info.get("increments", []), {"classes": list(new_classes), "head": "lda"}],
+        },
+    )
+    new_index = extend_index(index, model, list(new_classes), per_class_new, critical_new, {**used, "head": "lda"})
+    new_index.class_stats = merged
+    training = {
+        "steps": 0,
+        "train_seconds": t_stats,
+        "step_ms_median": 1000.0 * t_stats,  # one pass of statistics is the whole "training"
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_before_bytes": before,
+        "optimizer_state_bytes": 0,
+        "max_drift": 0.0,
+        "plan": {"trainable_parameters": 0, "total_parameters": sum(p.numel() for p in model.parameters()), "tpr": 0.0},
+    }
+    report = {
+        "old_classes": list(meta.classes),
+        "new_classes": list(new_classes),
+        "new_items": len(new_data),
+        "replay_items": 0,
+        "config": cfg.to_dict(),
+        "head": "lda",
+        "training": training,
+        "time_per_step_ms": training["step_ms_median"],
+        "peak_rss_bytes": training["peak_rss_bytes"],
+        "train_seconds": t_stats,
+        "slice_seconds": t_slice,
+        "frozen_channels": int(sum(g.channels for g in groups)),
+        "total_channels": int(sum(g.channels for g in groups)),
+        "critical_channels_after": int(sum(int(m.sum()) for m in new_index.critical.values())),
+        "new_class_slicing": used,
+        "isolation": None,
+        "class_stats": {
+            "bytes": merged.nbytes(),
+            "budget": merged.budget,
+            "rank": int(merged.basis.shape[0]),
+            "features": merged.d,
+            "counts": merged.counts.tolist(),
+            "shrinkage": merged.shrinkage,
+        },
+    }
+    return IncrementResult(model=model, meta=new_meta, index=new_index, report=report)
+
+
+def _frozen_features(
+    model: nn.Module, producers: dict[str, list[str]], frozen: dict[str, torch.Tensor]
+) -> torch.Tensor | None:
+    """The classifier's input channels that the frozen sub-network computes, when one layer produces them all."""
+    heads = [producers.get(h, []) for h in classifier_modules(model)]
+    if len(heads) != 1 or len(heads[0]) != 1:
+        return None
+    mask = frozen[heads[0][0]]
+    return mask if mask.numel() == model.get_classifier().in_features else None
 
 
 def extend_index(
@@ -395,6 +529,8 @@ def extend_index(
         classes=list(index.classes) + list(new_classes),
         params=params,
         calibration=dict(index.calibration),
+        # Statistics are over features the trained head's increment may change: the caller re-attaches them.
+        class_stats=None,
     )
 
 

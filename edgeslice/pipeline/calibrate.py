@@ -16,6 +16,7 @@ from ..artifacts.files import pyplot, save_figure
 from ..data import DataBundle, calibration_indices
 from ..index import CriticalIndex
 from ..models import ModelMeta, fingerprint
+from ..ondevice.classil import attach_class_stats
 from ..slicing import SemanticSlicer, SliceResult
 from ..train import iterate_batches
 from .baseline import make_prepare
@@ -77,6 +78,7 @@ def slice_model(
             "samples": len(calib),
         },
     )
+    attach_class_stats(index, model, meta, bundle.train, seed=seed, device=device)  # the class-IL head's (issue 16)
     return slicer, result, index
 
 

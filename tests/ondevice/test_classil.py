@@ -1,0 +1,173 @@
+"""Class-incremental head: statistics in the index (round trip, refused when tampered), and it beats isolation."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import gzip
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from edgeslice.errors import IndexFileError
+from edgeslice.index import CriticalIndex
+from edgeslice.models import load_checkpoint
+from edgeslice.ondevice import IncrementConfig, learn_increment, pre_logits, relabel, task_accuracy
+from edgeslice.ondevice.classil import ClassStats, class_stats
+from edgeslice.pipeline import make_prepare
+from edgeslice.train import iterate_batches
+
+NEW = {c: c for c in range(5, 10)}
+
+
+def _stats(n_cls=3, d=6, seed=0, budget=4096) -> ClassStats:
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(60, d, generator=g) + torch.arange(60)[:, None] % n_cls
+    labels = torch.arange(60) % n_cls
+
+    class _M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(d, n_cls)
+
+        def forward_features(self, x):
+            return x
+
+        def forward_head(self, x, pre_logits=False):
+            return x if pre_logits else self.head(x)
+
+        def get_classifier(self):
+            return self.head
+
+    return class_stats(_M(), [(feats, labels)], [f"c{i}" for i in range(n_cls)], budget=budget)
+
+
+def _write(tmp_path, d):
+    p = tmp_path / "idx"
+    p.write_bytes(gzip.compress(json.dumps(d).encode()))
+    return p
+
+
+def test_stats_round_trip_through_the_index_file(task_a, tmp_path):
+    folder, _ = task_a
+    index = CriticalIndex.load(folder / "critical_index")
+    stats = index.class_stats
+    assert stats is not None and stats.classes == index.classes and 0 < stats.nbytes() <= 64 * 1024
+    assert stats.basis.shape[0] > 0 and int(stats.counts.min()) > 0
+    index.save(tmp_path / "again")
+    back = CriticalIndex.load(tmp_path / "again").class_stats
+    for name in ("dims", "counts", "means", "basis", "eigvals", "diag"):
+        assert torch.equal(getattr(back, name), getattr(stats, name)), name  # float16 values: exact round trip
+    assert (tmp_path / "again").read_bytes() == (folder / "critical_index").read_bytes()
+    # The head from the statistics is the same after the round trip.
+    assert all(torch.equal(a, b) for a, b in zip(back.head(), stats.head(), strict=True))
+
+
+def test_tampered_or_mismatched_stats_are_refused(task_a, tmp_path):
+    folder, _ = task_a
+    d = json.loads(gzip.decompress((folder / "critical_index").read_bytes()))
+    cases = {}
+    t = copy.deepcopy(d)
+    raw = bytearray(base64.b64decode(t["class_stats"]["data"]))
+    raw[10] ^= 0x40
+    t["class_stats"]["data"] = base64.b64encode(bytes(raw)).decode()
+    cases["checksum"] = t
+    t = copy.deepcopy(d)
+    t["class_stats"]["classes"] = list(reversed(t["class_stats"]["classes"]))
+    cases["other classes"] = t
+    t = copy.deepcopy(d)
+    t["class_stats"]["rank"] += 1
+    cases["data size"] = t
+    t = copy.deepcopy(d)
+    t["class_stats"]["version"] = 99
+    cases["unsupported version"] = t
+    t = copy.deepcopy(d)
+    t["class_stats"]["budget"] = 100
+    cases["budget"] = t
+    for match, doc in cases.items():
+        with pytest.raises(IndexFileError, match=match):
+            CriticalIndex.load(_write(tmp_path, doc))
+    # An index without the block (older edgeslice) still reads.
+    t = copy.deepcopy(d)
+    del t["class_stats"]
+    assert CriticalIndex.load(_write(tmp_path, t)).class_stats is None
+
+
+def test_budget_bounds_the_rank_and_merge_pools():
+    small, large = _stats(budget=100), _stats(budget=4096)
+    assert small.nbytes() <= 100 and small.basis.shape[0] < large.basis.shape[0] == 6
+    with pytest.raises(IndexFileError, match="budget"):
+        _stats(budget=40)
+    merged = large.extend(replace(_stats(seed=1), classes=["d0", "d1", "d2"]))
+    assert merged.classes[3:] == ["d0", "d1", "d2"] and merged.means.shape == (6, 6)
+    with pytest.raises(IndexFileError, match="already have"):
+        large.extend(large)
+
+
+def test_class_il_head_beats_plain_isolation_and_keeps_features(task_a):
+    """Digits 0-4 → 5-9, seeded: one argmax over all 10 classes is right far more often with the LDA head."""
+    folder, bundle = task_a
+    index = CriticalIndex.load(folder / "critical_index")
+    test = relabel(bundle.test, {c: c for c in range(10)})
+    new_train = relabel(bundle.train, NEW)
+    model, meta = load_checkpoint(folder)
+    prepare = make_prepare(meta)
+    x = prepare(next(iterate_batches(test, 16))[0])
+    with torch.no_grad():
+        feats = pre_logits(model, x)
+    lda = learn_increment(model, meta, index, new_train, bundle.classes[5:], IncrementConfig(head="lda", seed=0))
+    with torch.no_grad():
+        assert torch.equal(pre_logits(lda.model, x), feats)  # nothing before the classifier changed
+    assert lda.index.class_stats.classes == lda.meta.classes == lda.index.classes
+    acc_lda = task_accuracy(lda.model, test, range(10), seen=10, prepare=prepare)["class_il"]
+
+    plain, meta = load_checkpoint(folder)
+    cfg = IncrementConfig(epochs=2, lr=1e-2, isolate=True, seed=0, slice_new=False)
+    iso = learn_increment(plain, meta, index, new_train, bundle.classes[5:], cfg)
+    acc_iso = task_accuracy(iso.model, test, range(10), seen=10, prepare=prepare)["class_il"]
+    assert acc_lda > acc_iso + 15 and acc_lda > 70, (acc_lda, acc_iso)
+
+
+def test_lda_head_needs_statistics(task_a):
+    folder, bundle = task_a
+    index = CriticalIndex.load(folder / "critical_index")
+    index.class_stats = None
+    model, meta = load_checkpoint(folder)
+    with pytest.raises(Exception, match="no class statistics"):
+        learn_increment(model, meta, index, relabel(bundle.train, NEW), bundle.classes[5:], IncrementConfig(head="lda"))
+
+
+def test_increment_cli_is_class_incremental_by_default(task_a, tmp_path):
+    """`edgeslice increment` without --head: the exported ONNX model predicts all 10 digits with one argmax."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from typer.testing import CliRunner
+
+    from edgeslice.cli import app
+
+    folder, bundle = task_a
+    args = ["increment", "--checkpoint", str(folder / "model.safetensors"), "--index", str(folder / "critical_index"),
+            "--new-data", "digits", "--classes", "5-9", "--calib-per-class", "5", "--device-type", "cpu", "--json",
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["head"] == "lda" and doc["class_stats"]["bytes"] <= 64 * 1024 and doc["training"]["steps"] == 0
+    model, meta = load_checkpoint(tmp_path / "o")
+    idx = CriticalIndex.load(tmp_path / "o" / "critical_index")
+    proto = onnx.load(str(tmp_path / "o" / "model.onnx"))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["edgeslice.classes"]) == meta.classes == idx.classes == idx.class_stats.classes
+    assert meta.classes == bundle.classes  # digits 0-4 then 5-9: label j is class j
+    test = relabel(bundle.test, {c: c for c in range(10)})
+    x, y = next(iterate_batches(test, len(test)))
+    sess = ort.InferenceSession(str(tmp_path / "o" / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: make_prepare(meta)(x).numpy()})[0]
+    assert logits.shape[1] == 10
+    assert float((np.argmax(logits, 1) == y.numpy()).mean()) > 0.7
+    # --isolate belongs to the trained head.
+    r = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "o2"), "--isolate"])
+    assert r.exit_code == 1 and "--head trained" in r.stderr and not (tmp_path / "o2").exists()
