@@ -59,6 +59,7 @@ def select_classes(bundle, spec: str | None, *, min_classes: int = 1):
         train=relabel(bundle.train, mapping),
         test=relabel(bundle.test, mapping),
         classes=[bundle.classes[i] for i in labels],
+        source=f"{bundle.source} [classes {','.join(str(i) for i in labels)}]",  # also keys the baseline cache
     )
 
 

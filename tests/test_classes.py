@@ -40,3 +40,27 @@ def test_select_classes_relabels_in_spec_order():
     assert select_classes(bundle, None) is bundle
     with pytest.raises(EdgesliceError, match="at least 2"):
         select_classes(bundle, "cat", min_classes=2)
+
+
+def test_train_and_slice_take_a_class_subset(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgeslice.cli import app
+    from edgeslice.index import CriticalIndex
+
+    runner = CliRunner()
+    ck = tmp_path / "ck"
+    r = runner.invoke(app, ["train", "mlp", "--data", "digits", "--classes", "7,0-2", "--epochs", "1", "--out", str(ck),
+                            "--device-type", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((ck / "model.json").read_text())["classes"] == ["7", "0", "1", "2"]
+    r = runner.invoke(app, ["slice", "mlp", "--checkpoint", str(ck / "model.safetensors"), "--data", "digits",
+                            "--classes", "7,0-2", "--calib-per-class", "5", "--out", str(tmp_path / "s"),
+                            "--device-type", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert CriticalIndex.load(tmp_path / "s" / "critical_index").classes == ["7", "0", "1", "2"]
+    r = runner.invoke(app, ["slice", "mlp", "--checkpoint", str(ck / "model.safetensors"), "--data", "digits",
+                            "--classes", "0-2,7", "--out", str(tmp_path / "t"), "--device-type", "cpu"])  # fmt: skip
+    assert r.exit_code == 1 and "differ from the data's" in r.stderr  # same classes, other order: other labels

@@ -138,6 +138,10 @@ RatioOpt = Annotated[
 ]
 CalibOpt = Annotated[int, typer.Option("--calib-per-class", min=1, help="Calibration images per class (seeded).")]
 ImageSizeOpt = Annotated[int | None, typer.Option("--image-size", min=8, help="Resize images to this side (px).")]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option("--classes", help="Use only these classes of --data: names, labels or ranges (e.g. 0-4 or Shirt,7)."),
+]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Allow torchvision to download the data set.")]
 
 

@@ -11,6 +11,7 @@ import typer
 from ._common import (
     CalibOpt,
     CheckpointOpt,
+    ClassesOpt,
     DataOpt,
     DeviceOpt,
     DeviceType,
@@ -97,6 +98,7 @@ def compress_command(
         ),
     ] = QuantizeMode.none,
     image_size: ImageSizeOpt = None,
+    classes: ClassesOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: edgeslice-out/<model>].")] = None,
     download: DownloadOpt = False,
     seed: SeedOpt = 0,
@@ -142,6 +144,7 @@ def compress_command(
         round_to=round_to,
         device=device,
         quantize=quantize.value,
+        classes=classes,
         pruning=IterativePruneConfig(
             pruner=pruner.value,
             prune_step=prune_step,

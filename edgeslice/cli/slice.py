@@ -11,6 +11,7 @@ from ._common import (
     BaselineName,
     BaselineOpt,
     CalibOpt,
+    ClassesOpt,
     DataOpt,
     DeviceOpt,
     DeviceType,
@@ -54,6 +55,7 @@ def slice_command(
     solver: SolverOpt = SolverName.exact,
     interval: IntervalOpt = 1,
     calib_per_class: CalibOpt = 100,
+    classes: ClassesOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/slice"),
     download: DownloadOpt = False,
     seed: SeedOpt = 0,
@@ -93,7 +95,10 @@ def slice_command(
         interval=interval,
     )
     net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
+    from edgeslice.classes import select_classes
+
     bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download)
+    bundle = select_classes(bundle, classes, min_classes=2)
     check_against_data(meta, bundle)
     _, result, index = slice_model(net.to(device), meta, bundle, cfg, seed=seed, device=device, class_batch=class_batch)
     rows = layer_table(result)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ._common import (
+    ClassesOpt,
     DataOpt,
     DeviceOpt,
     DeviceType,
@@ -35,6 +36,7 @@ def train_command(
     lr: Annotated[float, typer.Option("--lr", callback=positive, help="Peak learning rate (one-cycle).")] = 2e-2,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/train"),
     image_size: ImageSizeOpt = None,
+    classes: ClassesOpt = None,
     download: DownloadOpt = False,
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
@@ -44,11 +46,14 @@ def train_command(
     device = setup(json_out, device_type, seed)
     claim_out(out)
     from edgeslice.artifacts.staging import staging_dir
+    from edgeslice.classes import select_classes
     from edgeslice.data import load_data
     from edgeslice.models import save_checkpoint
     from edgeslice.pipeline import train_baseline
 
-    bundle = load_data(data, image_size=image_size, seed=seed, download=download)
+    bundle = select_classes(
+        load_data(data, image_size=image_size, seed=seed, download=download), classes, min_classes=2
+    )
     net, meta = train_baseline(model, bundle, epochs=epochs, seed=seed, device=device, batch_size=batch_size, lr=lr)
     with staging_dir(out) as stage:
         save_checkpoint(net.cpu(), meta, stage / "model.safetensors")

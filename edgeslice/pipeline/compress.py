@@ -24,6 +24,7 @@ from torch import nn
 from ..artifacts.files import atomic_write_json
 from ..artifacts.manifest import write_manifest
 from ..artifacts.staging import claim_output, staging_dir
+from ..classes import select_classes
 from ..data import DataBundle, load_data
 from ..errors import EdgesliceError
 from ..index import CriticalIndex
@@ -158,12 +159,14 @@ def load_stage(cfg: CompressConfig, device: torch.device, timer: Timer) -> Loade
         if cfg.checkpoint:
             model, meta = load_checkpoint(cfg.checkpoint, expect_model=timm_name)
             size = cfg.image_size if cfg.image_size is not None else meta.input_size
-            bundle = load_data(cfg.data, image_size=size, seed=cfg.seed, download=cfg.download)
+            bundle = select_classes(load_data(cfg.data, image_size=size, seed=cfg.seed, download=cfg.download),
+                                    cfg.classes, min_classes=2)  # fmt: skip
             check_against_data(meta, bundle)
             model.to(device)
             source, cached = str(cfg.checkpoint), True
         else:
             bundle = load_data(cfg.data, image_size=cfg.image_size, seed=cfg.seed, download=cfg.download)
+            bundle = select_classes(bundle, cfg.classes, min_classes=2)
             check_data(bundle)
             model, meta, path, cached = cached_baseline(
                 cfg.model, bundle, epochs=cfg.train_epochs, seed=cfg.seed, device=device,

@@ -93,6 +93,8 @@ class CompressConfig:
     device: str | None = None
     #: ``none`` or ``int8`` (onnxruntime static QDQ quantization of the exported model).
     quantize: str = "none"
+    #: A subset of the data's classes (``--classes``; :func:`edgeslice.classes.select_classes`); None: all.
+    classes: str | None = None
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
