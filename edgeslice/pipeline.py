@@ -47,6 +47,7 @@ CONFIG_VERSION = 1
 
 
 QUANTIZE_MODES = ("none", "int8")
+AUGMENT_MODES = ("timm", "none")
 
 
 def edgeslice_home() -> Path:
@@ -125,6 +126,26 @@ class CompressConfig:
     device: str | None = None
     #: ``none`` or ``int8`` (onnxruntime static QDQ quantization of the exported model).
     quantize: str = "none"
+    #: Start the baseline from timm's pretrained weights (the hub), or from this local weights file.
+    pretrained: bool = False
+    pretrained_file: str | None = None
+    #: timm ``train.py`` checkpoints (``--checkpoint`` or ``--pretrained-file``): take ``state_dict_ema``.
+    use_ema: bool = False
+    #: Normalisation instead of the data's (built-in sets) or the model's pretrained cfg (folders, weights).
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    #: ``timm``: streamed folders train through timm's train-time augmentation; ``none``: the eval transform.
+    augment: str = "timm"
+    #: DataLoader workers decoding streamed folders (None: the CPU count minus one, at most 8).
+    workers: int | None = None
+    #: Distil from the dense model during the post-restructure fine-tune (loss: (1-α)·CE + α·T²·KL).
+    distill: bool = False
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.5
+    #: float16 autocast in training and fine-tuning (CUDA only).
+    amp: bool = False
+    #: With edgeslice's own baseline: fine-tune a copy of the dense model the same way and report its accuracy.
+    dense_control: bool = True
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -138,6 +159,14 @@ class CompressConfig:
             raise ValueError("learning rates must be > 0")
         if self.quantize not in QUANTIZE_MODES:
             raise ValueError(f"unknown quantize mode {self.quantize!r}; valid: {', '.join(QUANTIZE_MODES)}")
+        if self.augment not in AUGMENT_MODES:
+            raise ValueError(f"unknown augment mode {self.augment!r}; valid: {', '.join(AUGMENT_MODES)}")
+        if self.distill_temperature <= 0 or not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError("distill-temperature must be > 0 and distill-alpha in [0, 1]")
+        if self.checkpoint and (self.pretrained or self.pretrained_file):
+            raise ValueError("--pretrained/--pretrained-file start a new baseline: they do not go with --checkpoint")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError("workers must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,6 +187,9 @@ class CompressConfig:
             d["slicing"] = SliceConfig.from_dict(d["slicing"])
         if isinstance(d.get("pruning"), dict):
             d["pruning"] = IterativePruneConfig.from_dict(d["pruning"])
+        for key in ("mean", "std"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -194,12 +226,23 @@ def train_baseline(
     device: torch.device,
     batch_size: int = 128,
     lr: float = 3e-3,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    use_ema: bool = False,
+    augment: bool = True,
+    amp: bool = False,
 ) -> tuple[nn.Module, ModelMeta]:
-    """Train a model from scratch on ``bundle`` and measure its test accuracy."""
+    """Train a model on ``bundle`` (from scratch, or from timm's pretrained weights) and measure its test accuracy."""
     timm_name = resolve_model_name(model_name)
     torch.manual_seed(seed)
     model = create_model(
-        timm_name, num_classes=len(bundle.classes), in_chans=bundle.in_chans, input_size=bundle.image_size
+        timm_name,
+        num_classes=len(bundle.classes),
+        in_chans=bundle.in_chans,
+        input_size=bundle.image_size,
+        pretrained=pretrained,
+        pretrained_file=pretrained_file,
+        use_ema=use_ema,
     ).to(device)
     prepare = make_prepare(bundle)
     t0 = time.perf_counter()
@@ -213,6 +256,8 @@ def train_baseline(
         prepare=prepare,
         device=device,
         description=f"train {timm_name}",
+        augment=augment,
+        amp=amp,
     )
     acc = evaluate(model, bundle.test, prepare=prepare, device=device, description="test accuracy")
     meta = meta_for(
@@ -225,7 +270,17 @@ def train_baseline(
         train_seconds=round(time.perf_counter() - t0, 2),
         final_loss=stats["final_loss"],
     )
+    if pretrained or pretrained_file:
+        meta.info["weights"] = weights_source(pretrained, pretrained_file)
     return model, meta
+
+
+def weights_source(pretrained: bool, pretrained_file: str | None) -> str:
+    """Where a baseline's initial weights come from: ``scratch``, ``timm-hub`` or ``file:<sha256[:16]>``."""
+    if pretrained_file:
+        digest = hashlib.sha256(Path(pretrained_file).read_bytes()).hexdigest()[:16]
+        return f"file:{digest}"
+    return "timm-hub" if pretrained else "scratch"
 
 
 def cached_baseline(
@@ -237,8 +292,16 @@ def cached_baseline(
     device: torch.device,
     batch_size: int = 128,
     lr: float = 3e-3,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    use_ema: bool = False,
+    augment: bool = True,
+    amp: bool = False,
 ) -> tuple[nn.Module, ModelMeta, Path, bool]:
     """The baseline for (model, data, seed, epochs, batch size, lr): loaded from the cache, or trained and cached.
+
+    The key also names the initial weights (timm hub, or a file by content hash) and, for streamed folders,
+    ``noaug`` without augmentation and ``amp`` with mixed precision; the default key is unchanged.
 
     Returns:
         (model on ``device``, meta, checkpoint path, whether it came from the cache).
@@ -247,7 +310,10 @@ def cached_baseline(
     path = (
         edgeslice_home()
         / "baselines"
-        / f"{timm_name}-{_data_key(bundle)}-seed{seed}-ep{epochs:g}-bs{batch_size}-lr{lr:g}"
+        / (
+            f"{timm_name}-{_data_key(bundle)}-seed{seed}-ep{epochs:g}-bs{batch_size}-lr{lr:g}"
+            + _baseline_key_suffix(bundle, pretrained, pretrained_file, use_ema, augment, amp)
+        )
         / "model.safetensors"
     )
     if path.is_file():
@@ -257,19 +323,53 @@ def cached_baseline(
         except ModelError:
             pass  # a corrupt cache entry is retrained and overwritten
     model, meta = train_baseline(
-        model_name, bundle, epochs=epochs, seed=seed, device=device, batch_size=batch_size, lr=lr
+        model_name,
+        bundle,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        lr=lr,
+        pretrained=pretrained,
+        pretrained_file=pretrained_file,
+        use_ema=use_ema,
+        augment=augment,
+        amp=amp,
     )
     save_checkpoint(model, meta, path)
     return model, meta, path, False
 
 
+def _baseline_key_suffix(
+    bundle: DataBundle, pretrained: bool, pretrained_file: str | None, use_ema: bool, augment: bool, amp: bool
+) -> str:
+    """The part of a baseline's cache key beyond today's: empty for a from-scratch fp32 baseline."""
+    from .data import ImageFolderStream
+
+    parts = []
+    source = weights_source(pretrained, pretrained_file)
+    if source != "scratch":
+        parts.append(source.replace(":", "-") + ("-ema" if use_ema else ""))
+    train = bundle.train.dataset if isinstance(bundle.train, Subset) else bundle.train
+    if isinstance(train, ImageFolderStream) and not augment:
+        parts.append("noaug")
+    if amp:
+        parts.append("amp")
+    return "".join(f"-{p}" for p in parts)
+
+
 def check_against_data(meta: ModelMeta, bundle: DataBundle) -> None:
-    """Refuse a checkpoint whose classes or input format do not fit the data."""
+    """Refuse a checkpoint whose classes or input format do not fit the data.
+
+    A plain state dict's meta has placeholder class names: they take the data's names here.
+    """
     if len(meta.classes) != len(bundle.classes) or meta.in_chans != bundle.in_chans:
         raise ModelError(
             f"checkpoint is for {len(meta.classes)} classes x {meta.in_chans} channels, the data has "
             f"{len(bundle.classes)} x {bundle.in_chans}"
         )
+    if meta.info.get("plain_state_dict"):
+        meta.classes = list(bundle.classes)
 
 
 def calibration_set(bundle: DataBundle, per_class: int, seed: int) -> Subset:
@@ -455,6 +555,36 @@ def _device_search(
     return best, tried
 
 
+def load_compress_data(cfg: CompressConfig, timm_name: str) -> DataBundle:
+    """The data of a compress run, preprocessed for the model.
+
+    Folders stream through timm's data config of ``timm_name`` (input size, crop, interpolation, mean/std).
+    Built-in sets keep their own size and statistics, except: a plain state dict reads them at its pretrained
+    cfg's input size, and pretrained weights (or a plain state dict) bring their cfg's mean/std. ``cfg.mean``,
+    ``cfg.std`` and ``cfg.image_size`` override all of these.
+    """
+    from .data import with_normalization
+    from .models import TORCH_SUFFIXES, data_config, has_sidecar
+
+    preprocess = data_config(timm_name, image_size=cfg.image_size, mean=cfg.mean, std=cfg.std)
+    plain = bool(cfg.checkpoint) and not has_sidecar(cfg.checkpoint)
+    plain = plain and Path(cfg.checkpoint).name.lower().endswith((".safetensors", *TORCH_SUFFIXES))
+    image_size = cfg.image_size or (int(preprocess["input_size"][-1]) if plain else None)
+    bundle = load_data(
+        cfg.data,
+        image_size=image_size,
+        seed=cfg.seed,
+        download=cfg.download,
+        preprocess=preprocess,
+        workers=cfg.workers,
+    )
+    if cfg.pretrained or cfg.pretrained_file or plain:
+        bundle = with_normalization(bundle, preprocess["mean"], preprocess["std"])
+    elif cfg.mean is not None or cfg.std is not None:
+        bundle = with_normalization(bundle, cfg.mean, cfg.std)
+    return bundle
+
+
 def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, Any]:
     """Run the whole compression pipeline and write the artifacts to ``out``; returns the report.
 
@@ -485,9 +615,16 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
     timings: dict[str, float] = {}
     t_all = t = time.perf_counter()
     timm_name = resolve_model_name(cfg.model)
-    bundle = load_data(cfg.data, image_size=cfg.image_size, seed=cfg.seed, download=cfg.download)
+    bundle = load_compress_data(cfg, timm_name)
     if cfg.checkpoint:
-        model, meta = load_checkpoint(cfg.checkpoint, expect_model=timm_name)
+        model, meta = load_checkpoint(
+            cfg.checkpoint,
+            expect_model=timm_name,
+            use_ema=cfg.use_ema,
+            image_size=cfg.image_size,
+            mean=cfg.mean,
+            std=cfg.std,
+        )
         check_against_data(meta, bundle)
         model.to(device)
         baseline_source, cached = str(cfg.checkpoint), True
@@ -500,6 +637,11 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
             device=device,
             batch_size=cfg.batch_size,
             lr=cfg.lr,
+            pretrained=cfg.pretrained,
+            pretrained_file=cfg.pretrained_file,
+            use_ema=cfg.use_ema,
+            augment=cfg.augment != "none",
+            amp=cfg.amp,
         )
         # Relative to the cache, so artifacts do not depend on where $EDGESLICE_HOME is (byte-identical manifests).
         try:
@@ -642,9 +784,15 @@ def _finish(
             prepare=prepare,
             device=device,
             description="fine-tune",
+            **finetune_options(cfg, original),
         )
     acc_after = evaluate(model, bundle.test, prepare=prepare, device=device, description="fine-tuned accuracy")
     timings["finetune_s"] = time.perf_counter() - t
+    dense_control = None
+    if cfg.dense_control and not cfg.checkpoint and cfg.finetune_epochs > 0:
+        t = time.perf_counter()
+        dense_control = dense_control_accuracy(cfg, original, bundle, prepare, device)
+        timings["dense_control_s"] = time.perf_counter() - t
 
     acc_finetuned = acc_after
     prune_report = None
@@ -778,6 +926,7 @@ def _finish(
             "accuracy_finetuned": acc_finetuned,
             "pruning": None if prune_report is None else prune_report.to_dict(),
             "accuracy_before": acc_before,
+            "dense_control": dense_control,
             "accuracy_restructured": acc_restructured,
             "accuracy_after": acc_after,
             "restructure_equivalence_max_abs": equivalence,
@@ -794,6 +943,51 @@ def _finish(
         atomic_write_json(stage / "report.json", report)
         write_manifest(stage, effective.to_dict(), cfg.seed)
     return report
+
+
+def finetune_options(cfg: CompressConfig, dense: nn.Module) -> dict[str, Any]:
+    """The ``train_model`` options of the post-restructure fine-tune beyond epochs/lr/seed (the same for the dense
+    control): augmentation, mixed precision, and distillation from ``dense``."""
+    return {
+        "augment": cfg.augment != "none",
+        "amp": cfg.amp,
+        "teacher": dense if cfg.distill else None,
+        "distill_temperature": cfg.distill_temperature,
+        "distill_alpha": cfg.distill_alpha,
+    }
+
+
+def dense_control_accuracy(
+    cfg: CompressConfig,
+    dense: nn.Module,
+    bundle: DataBundle,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Fine-tune a copy of the dense model exactly as the restructured one was, and measure it.
+
+    An undertrained baseline gains from one more epoch whatever is removed; this control separates that gain from
+    the effect of slicing. The global RNG is forked, so the artifacts are the same with or without the control.
+    """
+    import copy
+
+    control = copy.deepcopy(dense)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        train_model(
+            control,
+            bundle.train,
+            epochs=cfg.finetune_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.finetune_lr,
+            seed=cfg.seed + 1,
+            prepare=prepare,
+            device=device,
+            description="dense control fine-tune",
+            **finetune_options(cfg, dense),
+        )
+    acc = evaluate(control, bundle.test, prepare=prepare, device=device, description="dense control accuracy")
+    return {"accuracy": acc, "finetune_epochs": cfg.finetune_epochs, "distill": cfg.distill}
 
 
 def _describe_slice(result: SliceResult) -> str:

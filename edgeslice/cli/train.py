@@ -23,6 +23,18 @@ from ._common import (
     setup,
     table,
 )
+from ._training import (
+    AmpOpt,
+    AugmentMode,
+    AugmentOpt,
+    MeanOpt,
+    PretrainedFileOpt,
+    PretrainedOpt,
+    StdOpt,
+    UseEmaOpt,
+    WorkersOpt,
+    parse_floats,
+)
 
 
 @handle_errors
@@ -38,16 +50,50 @@ def train_command(
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
+    pretrained: PretrainedOpt = False,
+    pretrained_file: PretrainedFileOpt = None,
+    use_ema: UseEmaOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    augment: AugmentOpt = AugmentMode.timm,
+    workers: WorkersOpt = None,
+    amp: AmpOpt = False,
 ) -> None:
-    """Train MODEL from scratch on --data; writes OUT/model.safetensors + OUT/model.json."""
+    """Train MODEL on --data (from scratch, or from --pretrained weights); writes OUT/model.safetensors + model.json."""
     device = setup(json_out, device_type, seed)
     from edgeslice._io import staging_dir
-    from edgeslice.data import load_data
-    from edgeslice.models import save_checkpoint
-    from edgeslice.pipeline import train_baseline
+    from edgeslice.models import resolve_model_name, save_checkpoint
+    from edgeslice.pipeline import CompressConfig, load_compress_data, train_baseline
 
-    bundle = load_data(data, image_size=image_size, seed=seed, download=download)
-    net, meta = train_baseline(model, bundle, epochs=epochs, seed=seed, device=device, batch_size=batch_size, lr=lr)
+    # The same data path as compress: timm's data config for folders, the pretrained cfg's normalisation.
+    opts = CompressConfig(
+        model=model,
+        data=data,
+        image_size=image_size,
+        seed=seed,
+        download=download,
+        pretrained=pretrained,
+        pretrained_file=str(pretrained_file) if pretrained_file else None,
+        use_ema=use_ema,
+        mean=parse_floats(mean),
+        std=parse_floats(std),
+        workers=workers,
+    )
+    bundle = load_compress_data(opts, resolve_model_name(model))
+    net, meta = train_baseline(
+        model,
+        bundle,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        lr=lr,
+        pretrained=pretrained,
+        pretrained_file=opts.pretrained_file,
+        use_ema=use_ema,
+        augment=augment.value != "none",
+        amp=amp,
+    )
     with staging_dir(out) as stage:
         save_checkpoint(net.cpu(), meta, stage / "model.safetensors")
     result = {
