@@ -656,11 +656,11 @@ def _load_folder(
     else:
         size = min(min(first_size), _MAX_DEFAULT_SIZE)
     if preprocess is None:
-        from timm.data import resolve_data_config
+        from timm.data import DEFAULT_CROP_PCT
 
         # timm's defaults (bicubic, crop_pct 0.875, ImageNet mean/std): the data config of every CNN edgeslice
         # names, so a command that does not know the model reads a folder as compress and train did.
-        preprocess = resolve_data_config({})
+        preprocess = {"interpolation": "bicubic", "crop_pct": DEFAULT_CROP_PCT, "crop_mode": "center"}
     cfg = dict(preprocess)
     cfg["input_size"] = (in_chans, size, size)
     mean = tuple(cfg.get("mean") or _IMAGENET_MEAN)

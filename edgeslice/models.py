@@ -217,7 +217,9 @@ def data_config(
     from timm.data import resolve_data_config
 
     cfg = timm.models.get_pretrained_cfg(resolve_model_name(timm_name))
-    dc = dict(resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg is not None else {}))
+    dc = dict(
+        resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg is not None else {"input_size": (3, 224, 224)})
+    )
     c = int(in_chans or dc["input_size"][0])
     side = int(image_size or dc["input_size"][-1])
     dc["input_size"] = (c, side, side)
