@@ -1,7 +1,10 @@
 """Datasets for edgeslice: Fashion-MNIST, digits, MNIST, CIFAR-10 and ImageFolder trees, plus class-split helpers.
 
-Every split is held in memory as uint8 so that ``__getitem__`` is a slice and a divide, never a PIL decode:
-the datasets this toolkit targets (on-device maintenance sets) are small, and training loops hit items often.
+The built-in sets are held in memory as uint8 so that ``__getitem__`` is a slice and a divide, never a PIL decode.
+ImageFolder trees are streamed instead (:class:`ImageFolderStream`): only the file list is in memory, images are
+decoded per batch by ``DataLoader`` workers with timm's transforms (the deterministic eval transform for
+calibration and evaluation, timm's train-time augmentation for training), so memory does not grow with the
+number of images.
 
 Example:
     >>> bundle = load_data("digits", seed=0)
@@ -29,6 +32,10 @@ __all__ = [
     "ArrayDataset",
     "DataBundle",
     "DataError",
+    "ImageFolderStream",
+    "default_workers",
+    "training_view",
+    "with_normalization",
     "calibration_indices",
     "class_subset",
     "list_datasets",
@@ -49,6 +56,8 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 _ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist"}
 _TEST_FRACTION = 0.2
 _MAX_DEFAULT_SIZE = 224
+#: timm's ImageNet normalisation, for folders read without a model's data config.
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class DataError(EdgesliceError):
@@ -157,16 +166,22 @@ def load_data(
     seed: int = 0,
     download: bool = False,
     root: str | Path | None = None,
+    preprocess: dict | None = None,
+    workers: int | None = None,
 ) -> DataBundle:
-    """Loads a named dataset or an ImageFolder tree into memory.
+    """Loads a named dataset into memory, or opens an ImageFolder tree for streaming.
 
     Args:
         name_or_path: A name from ``list_datasets()`` (case-insensitive; "fmnist" is an alias) or a folder
             laid out as ``DIR/train/<class>/*.png`` with optional ``DIR/val/`` (or ``DIR/test/``).
-        image_size: Resize every split once to this square side; None keeps the dataset's default.
+        image_size: Resize every split once to this square side; None keeps the dataset's default (folders:
+            ``preprocess``'s input size, else the first image's shorter side capped at 224).
         seed: Seed for the train/test split of datasets that have none (digits, folders without val/).
         download: Let torchvision download missing datasets.
         root: Torchvision data root; defaults to ``$EDGESLICE_DATA`` or ``~/.cache/edgeslice/data``.
+        preprocess: Folders only: timm's data config of the model (``edgeslice.models.data_config``: input
+            size, interpolation, crop, mean/std); None uses timm's defaults with ImageNet mean/std.
+        workers: Folders only: ``DataLoader`` worker processes that decode images (None: :func:`default_workers`).
 
     Returns:
         The loaded ``DataBundle``.
@@ -186,7 +201,7 @@ def load_data(
         return _LOADERS[key](image_size=image_size, seed=seed, download=download, root=_data_root(root))
     path = Path(name_or_path).expanduser()
     if path.exists():
-        return _load_folder(path, image_size=image_size, seed=seed)
+        return _load_folder(path, image_size=image_size, seed=seed, preprocess=preprocess, workers=workers)
     if os.sep in name_or_path or "/" in name_or_path or name_or_path.startswith((".", "~")):
         raise DataError(f"data folder not found: {name_or_path}")
     raise DataError(
@@ -236,6 +251,55 @@ def class_subset(dataset: Dataset, classes: Sequence[int]) -> Subset:
     targets = targets_of(dataset)
     keep = torch.isin(targets, torch.as_tensor(list(classes), dtype=torch.int64))
     return Subset(dataset, keep.nonzero().flatten().tolist())
+
+
+def with_normalization(bundle: DataBundle, mean: Sequence[float] | None, std: Sequence[float] | None) -> DataBundle:
+    """The bundle with another normalisation (a model's pretrained cfg, ``--mean``/``--std``); None keeps it.
+
+    Three values are averaged for a one-channel bundle, one value is repeated for three channels.
+
+    Raises:
+        DataError: a length that fits neither.
+    """
+    from dataclasses import replace
+
+    new = {}
+    for key, values in (("mean", mean), ("std", std)):
+        if values is None:
+            continue
+        v = tuple(float(x) for x in values)
+        if len(v) == 3 and bundle.in_chans == 1:
+            v = (sum(v) / 3,)
+        elif len(v) == 1 and bundle.in_chans != 1:
+            v = v * bundle.in_chans
+        if len(v) != bundle.in_chans:
+            raise DataError(f"--{key} needs {bundle.in_chans} values (one per channel of the data), got {len(v)}")
+        new[key] = v
+    return replace(bundle, **new) if new else bundle
+
+
+def default_workers() -> int:
+    """Image-decoding worker processes: the usable CPUs minus one for the training process, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus - 1))
+
+
+def training_view(dataset: Dataset, augment: bool) -> Dataset:
+    """``dataset`` as training sees it: streamed folders switch to timm's train-time augmentation when ``augment``.
+
+    Subsets keep their indices; in-memory datasets come back unchanged (they have no augmentation).
+    """
+    if not augment:
+        return dataset
+    if isinstance(dataset, Subset):
+        inner = training_view(dataset.dataset, augment)
+        return dataset if inner is dataset.dataset else Subset(inner, dataset.indices)
+    if isinstance(dataset, ImageFolderStream):
+        return dataset.augmented()
+    return dataset
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -452,7 +516,102 @@ def _list_images(split_dir: Path) -> dict[str, list[Path]]:
     }
 
 
-def _load_folder(path: Path, *, image_size: int | None, seed: int) -> DataBundle:
+def open_image(path: str | Path, gray: bool):
+    """Decode one image as an 8-bit PIL image in ``L`` (``gray``) or ``RGB``, upright (EXIF orientation applied).
+
+    16/32-bit grayscale is scaled to 8 bits (PIL would clip at 255); palette images with transparency go through
+    RGBA so the palette is applied; mixed sizes are left to the transforms.
+
+    Raises:
+        DataError: the file is not a readable image (the message names it).
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I") or im.mode == "F":
+                arr = np.asarray(im, dtype=np.float64)
+                im = Image.fromarray(np.rint(arr * (255.0 / max(float(arr.max()), 255.0))).astype(np.uint8))
+            elif im.mode == "P" and "transparency" in im.info:
+                im = im.convert("RGBA")
+            im = im.convert("L" if gray else "RGB")
+            im.load()
+            return im
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"unreadable image {path}: {' '.join(str(e).split())}") from e
+
+
+class ImageFolderStream(Dataset):
+    """Images of an ImageFolder tree, decoded on access; items are ``(uint8 (C, H, W), int label)``.
+
+    Only the file list and labels are in memory. ``transform`` is timm's eval transform (deterministic: resize,
+    centre crop) unless this is the :meth:`augmented` view; normalisation is left to the model's ``prepare``.
+
+    Args:
+        files: image paths.
+        targets: int64 labels, one per file.
+        gray: decode as one channel (``L``) instead of RGB.
+        preprocess: timm data config (``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``).
+        workers: ``DataLoader`` worker processes for batches of this dataset (0 decodes in the calling process).
+        train: use timm's train-time transform (random resized crop, flip, colour jitter).
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        targets: torch.Tensor,
+        *,
+        gray: bool,
+        preprocess: dict,
+        workers: int,
+        train: bool = False,
+    ) -> None:
+        from timm.data import create_transform
+
+        self.files = list(files)
+        self.targets = targets.to(torch.int64)
+        self.gray, self.preprocess, self.num_workers, self.train = gray, dict(preprocess), int(workers), train
+        self.transform = create_transform(
+            input_size=self.preprocess["input_size"],
+            is_training=train,
+            interpolation=self.preprocess.get("interpolation", "bilinear"),
+            crop_pct=self.preprocess.get("crop_pct"),
+            crop_mode=self.preprocess.get("crop_mode"),
+            normalize=False,  # uint8 tensors out: workers send a quarter of the bytes; prepare() normalises
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.transform(open_image(self.files[i], self.gray))
+        return x, int(self.targets[i])
+
+    def subset(self, indices: torch.Tensor) -> ImageFolderStream:
+        """The items at ``indices``, as a stream of the same kind."""
+        return ImageFolderStream(
+            [self.files[i] for i in indices.tolist()],
+            self.targets[indices],
+            gray=self.gray,
+            preprocess=self.preprocess,
+            workers=self.num_workers,
+            train=self.train,
+        )
+
+    def augmented(self) -> ImageFolderStream:
+        """The same files through timm's train-time transform."""
+        return ImageFolderStream(
+            self.files, self.targets, gray=self.gray, preprocess=self.preprocess, workers=self.num_workers, train=True
+        )
+
+    def __repr__(self) -> str:
+        return f"ImageFolderStream(n={len(self)}, input_size={self.preprocess['input_size']}, train={self.train})"
+
+
+def _load_folder(
+    path: Path, *, image_size: int | None, seed: int, preprocess: dict | None = None, workers: int | None = None
+) -> DataBundle:
     from PIL import Image
 
     path = path.resolve()
@@ -473,42 +632,54 @@ def _load_folder(path: Path, *, image_size: int | None, seed: int) -> DataBundle
         raise DataError(f"no images in {path / 'train'} (expected {path}/train/<class>/*.png)")
     if held_out is not None and not test_items:
         raise DataError(f"no images in {held_out} (expected {held_out}/<class>/*.png, or remove it to split train/)")
+    if len(classes) < 2:
+        raise DataError(f"{path / 'train'} has {len(classes)} class folder: slicing needs at least 2 classes")
+    empty = [c for c in classes if not train_files[c]]
+    if empty:
+        # Calibration samples the train split per class: a class without images would have no neurons to find.
+        raise DataError(f"class {empty[0]!r} has no images in {path / 'train'} (calibration needs every class)")
 
-    # First pass reads headers only (PIL opens lazily) to fix channels and size before decoding anything.
-    modes = []
+    # One pass over the headers only (PIL opens lazily): channels and the default size, and a readable file each.
+    gray, first_size = True, None
     for p, _ in train_items + test_items:
         try:
             with Image.open(p) as im:
-                modes.append(im.mode)
-                if len(modes) == 1:
-                    first_size = im.size
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"unreadable image {p}: {e}") from e
-    gray = all(m in _GRAY_MODES for m in modes)
-    size = image_size if image_size is not None else min(min(first_size), _MAX_DEFAULT_SIZE)
-
-    def decode(items: list[tuple[Path, int]]) -> ArrayDataset:
-        images = np.empty((len(items), size, size) if gray else (len(items), size, size, 3), dtype=np.uint8)
-        for i, (p, _) in enumerate(items):
-            try:
-                with Image.open(p) as im:
-                    if im.mode.startswith("I"):
-                        # 16/32-bit grayscale: scale to 8 bits instead of letting PIL clip at 255.
-                        arr = np.asarray(im, dtype=np.float64)
-                        im = Image.fromarray(np.rint(arr * (255.0 / max(arr.max(), 255.0))).astype(np.uint8))
-                    im = im.convert("L" if gray else "RGB")
-                    images[i] = np.asarray(im.resize((size, size), Image.BILINEAR))
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
-                raise DataError(f"unreadable image {p}: {e}") from e
-        x = torch.from_numpy(images)
-        x = x.unsqueeze(1) if gray else x.permute(0, 3, 1, 2).contiguous()
-        return ArrayDataset(x, torch.tensor([y for _, y in items], dtype=torch.int64))
-
-    train = decode(train_items)
-    if held_out is not None:
-        test, source = decode(test_items), f"ImageFolder: {path} (train/ + {held_out.name}/)"
+                gray = gray and im.mode in _GRAY_MODES
+                first_size = first_size or im.size
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise DataError(f"unreadable image {p}: {' '.join(str(e).split())}") from e
+    in_chans = 1 if gray else 3
+    if image_size is not None:
+        size = image_size
+    elif preprocess is not None:
+        size = int(preprocess["input_size"][-1])
     else:
-        tr, te = _stratified_split(train.labels, seed)
-        train, test = ArrayDataset(train.images[tr], train.labels[tr]), ArrayDataset(train.images[te], train.labels[te])
+        size = min(min(first_size), _MAX_DEFAULT_SIZE)
+    if preprocess is None:
+        from timm.data import DEFAULT_CROP_PCT
+
+        # timm's defaults (bicubic, crop_pct 0.875, ImageNet mean/std): the data config of every CNN edgeslice
+        # names, so a command that does not know the model reads a folder as compress and train did.
+        preprocess = {"interpolation": "bicubic", "crop_pct": DEFAULT_CROP_PCT, "crop_mode": "center"}
+    cfg = dict(preprocess)
+    cfg["input_size"] = (in_chans, size, size)
+    mean = tuple(cfg.get("mean") or _IMAGENET_MEAN)
+    std = tuple(cfg.get("std") or _IMAGENET_STD)
+    if len(mean) != in_chans:  # a 3-channel cfg on a grayscale folder: the channel average, as timm adapts conv weights
+        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+    n_workers = default_workers() if workers is None else int(workers)
+
+    def stream(items: list[tuple[Path, int]]) -> ImageFolderStream:
+        targets = torch.tensor([y for _, y in items], dtype=torch.int64)
+        return ImageFolderStream([str(p) for p, _ in items], targets, gray=gray, preprocess=cfg, workers=n_workers)
+
+    train = stream(train_items)
+    if held_out is not None:
+        test, source = stream(test_items), f"ImageFolder: {path} (train/ + {held_out.name}/)"
+    else:
+        tr, te = _stratified_split(train.targets, seed)
+        train, test = train.subset(tr), train.subset(te)
         source = f"ImageFolder: {path} (train/ split 80/20, seed {seed})"
-    return _finish(str(path), train, test, classes, None, source, None)
+    crop = f"crop_pct {cfg.get('crop_pct')}, {cfg.get('interpolation')}"
+    source = f"{source}, streamed ({crop})"
+    return DataBundle(str(path), train, test, classes, in_chans, size, mean, std, source)

@@ -4,6 +4,10 @@ A checkpoint is two files side by side: ``model.safetensors`` (weights and buffe
 weights mean: timm name, classes, input format, normalisation and the shape of every layer). Channel-pruned models
 load from those two files alone: the model is rebuilt with ``timm.create_model`` and each layer is resized to the
 shapes recorded in the JSON, so nothing is ever unpickled.
+
+Models also come in as users have them: plain state dicts (``.safetensors``, or ``.pth/.pt/.pth.tar/.bin`` read
+with ``torch.load(weights_only=True)`` only), timm ``train.py`` checkpoints (``state_dict`` / ``state_dict_ema``),
+``module.`` prefixes left by DDP, and timm's pretrained weights (the hub, or a local file).
 """
 
 from __future__ import annotations
@@ -59,9 +63,20 @@ _SIZED_MODELS = {"edgeslice_mlp"}
 
 
 def create_model(
-    name: str, *, num_classes: int, in_chans: int, pretrained: bool = False, input_size: int | None = None
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int,
+    pretrained: bool = False,
+    input_size: int | None = None,
+    pretrained_file: str | Path | None = None,
+    use_ema: bool = False,
 ) -> nn.Module:
     """Build a timm model for ``num_classes`` outputs and ``in_chans`` input channels.
+
+    With ``pretrained`` (timm's hub) or ``pretrained_file`` (local weights, given to timm as
+    ``pretrained_cfg_overlay``), timm loads the weights, adapts the first conv to ``in_chans`` and the classifier is
+    reset to ``num_classes`` (a fresh, seeded head, whatever the file's head was).
 
     Args:
         name: timm name or alias.
@@ -69,6 +84,11 @@ def create_model(
         in_chans: input channels (1 for grayscale).
         pretrained: fetch timm's pretrained weights (needs network access).
         input_size: image side, for models whose layers depend on it (the MLP); CNNs ignore it.
+        pretrained_file: local weights to start from (any format :func:`read_state_dict` reads).
+        use_ema: take ``state_dict_ema`` of a timm ``train.py`` checkpoint given as ``pretrained_file``.
+
+    Raises:
+        ModelError: unknown model, unreadable or mismatched weights, or the hub is unreachable.
 
     Example:
         >>> model = create_model("mobilenetv3", num_classes=10, in_chans=1)
@@ -76,11 +96,194 @@ def create_model(
     import timm
 
     timm_name = resolve_model_name(name)
+    extra: dict[str, Any] = {"img_size": input_size} if timm_name in _SIZED_MODELS and input_size else {}
+    if pretrained_file is not None:
+        state = read_state_dict(pretrained_file, use_ema=use_ema)
+        head = timm.models.get_pretrained_cfg(timm_name)
+        head_key = f"{getattr(head, 'classifier', None) or 'classifier'}.weight"
+        # timm drops the file's head when its size differs from the cfg's num_classes: give it the file's size.
+        file_classes = int(state[head_key].shape[0]) if head_key in state else num_classes
+        extra["pretrained_cfg_overlay"] = {"state_dict": state, "num_classes": file_classes}
+        pretrained = True
     try:
-        extra = {"img_size": input_size} if timm_name in _SIZED_MODELS and input_size else {}
-        return timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **extra)
+        model = timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **extra)
     except Exception as e:  # timm raises many types; the user needs one line
-        raise ModelError(f"cannot create {timm_name!r}: {e}") from e
+        msg = " ".join(str(e).split())[:300]
+        if pretrained and pretrained_file is None:
+            raise ModelError(
+                f"cannot fetch timm's pretrained weights for {timm_name!r} ({type(e).__name__}: {msg}); offline, "
+                f"download them elsewhere and pass --pretrained-file PATH"
+            ) from e
+        source = f" from {pretrained_file}" if pretrained_file is not None else ""
+        raise ModelError(f"cannot create {timm_name!r}{source}: {msg}") from e
+    if pretrained_file is not None and extra["pretrained_cfg_overlay"]["num_classes"] == num_classes:
+        model.reset_classifier(num_classes)  # same size as the file's head: timm kept it, the contract is a new one
+    return model
+
+
+#: Suffixes of plain state dicts read with ``torch.load(weights_only=True)``.
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pth.tar", ".tar")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".pth.tar" if name.endswith(".pth.tar") else path.suffix.lower()
+
+
+def read_state_dict(path: str | Path, *, use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a plain weights file, as a flat ``name → tensor`` dict on the CPU.
+
+    Reads ``.safetensors``, and ``.pth/.pt/.pth.tar/.bin`` with ``torch.load(weights_only=True)`` only: a file that
+    needs code to unpickle is refused. timm ``train.py`` checkpoints are unwrapped (``state_dict``, or
+    ``state_dict_ema`` with ``use_ema``; their ``args`` Namespace is the one non-tensor class allowed), and a
+    ``module.`` prefix on every key (DDP) is removed.
+
+    Raises:
+        ModelError: missing or unreadable file, code in the pickle, no tensors, or ``use_ema`` without EMA weights.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"weights file {p} not found")
+    suffix = _suffix(p)
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(p))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise ModelError(f"cannot read {p}: {' '.join(str(e).split())}") from e
+    elif suffix in TORCH_SUFFIXES:
+        import argparse
+        import pickle
+
+        try:
+            # timm's train.py stores its argparse.Namespace next to the weights; a Namespace holds plain values only.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(p, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            import re
+
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            what = f" (it references {found.group(1)})" if found else ""
+            raise ModelError(
+                f"refused {p}: it needs code to unpickle{what}, and edgeslice loads weights only "
+                "(torch.load(weights_only=True)); save a plain state dict or .safetensors"
+            ) from e
+        except (OSError, RuntimeError, EOFError, ValueError) as e:
+            raise ModelError(f"cannot read {p}: {' '.join(str(e).split())[:300]}") from e
+    else:
+        formats = "/".join(TORCH_SUFFIXES)
+        raise ModelError(f"unknown weights format {p.name!r}: use .safetensors, or a state dict saved as {formats}")
+    if isinstance(obj, dict) and ("state_dict" in obj or "state_dict_ema" in obj):
+        key = "state_dict_ema" if use_ema else "state_dict"
+        if key not in obj:
+            raise ModelError(f"{p} has no {key!r} ({'drop --use-ema' if use_ema else 'pass --use-ema'})")
+        obj = obj[key]
+    elif use_ema:
+        raise ModelError(f"--use-ema: {p} is a plain state dict without 'state_dict_ema'")
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]  # {"model": state_dict, "optimizer": ...}, the other common layout
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{p} is not a state dict (a mapping of names to tensors)")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def has_sidecar(path: str | Path) -> bool:
+    """Whether ``path`` is an edgeslice checkpoint (its ``model.json`` is there)."""
+    return checkpoint_paths(path)[1].is_file()
+
+
+def data_config(
+    timm_name: str,
+    *,
+    in_chans: int | None = None,
+    image_size: int | None = None,
+    mean: list[float] | tuple[float, ...] | None = None,
+    std: list[float] | tuple[float, ...] | None = None,
+) -> dict[str, Any]:
+    """timm's data config of a model (``resolve_data_config`` of its pretrained cfg), with overrides.
+
+    Returns:
+        ``input_size`` (C, H, W), ``interpolation``, ``crop_pct``, ``crop_mode``, ``mean``, ``std``; mean and std
+        have ``in_chans`` values (the cfg's are averaged for one channel, repeated for three from one).
+
+    Raises:
+        ModelError: ``mean``/``std`` with a length that fits no channel count.
+    """
+    import timm
+    from timm.data import resolve_data_config
+
+    cfg = timm.models.get_pretrained_cfg(resolve_model_name(timm_name))
+    dc = dict(
+        resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg is not None else {"input_size": (3, 224, 224)})
+    )
+    c = int(in_chans or dc["input_size"][0])
+    side = int(image_size or dc["input_size"][-1])
+    dc["input_size"] = (c, side, side)
+    for key, given in (("mean", mean), ("std", std)):
+        values = tuple(float(v) for v in (given if given is not None else dc[key]))
+        if len(values) != c:
+            if len(values) == 3 and c == 1:
+                values = (sum(values) / 3,)
+            elif len(values) == 1:
+                values = values * c
+            else:
+                raise ModelError(f"--{key} needs {c} values (one per input channel), got {len(values)}")
+        dc[key] = values
+    return dc
+
+
+def load_plain_checkpoint(
+    path: str | Path,
+    *,
+    expect_model: str,
+    use_ema: bool = False,
+    image_size: int | None = None,
+    mean: list[float] | tuple[float, ...] | None = None,
+    std: list[float] | tuple[float, ...] | None = None,
+) -> tuple[nn.Module, ModelMeta]:
+    """Build ``expect_model`` from a plain state dict: classes and input channels from the tensors.
+
+    The meta's classes are placeholders (``"0"``, ``"1"``, …) until the data names them (the pipeline's
+    ``check_against_data``); normalisation and input size come from timm's pretrained cfg unless given.
+
+    Raises:
+        ModelError: unreadable file, or weights that do not fit the model.
+    """
+    import timm
+
+    timm_name = resolve_model_name(expect_model)
+    state = read_state_dict(path, use_ema=use_ema)
+    cfg = timm.models.get_pretrained_cfg(timm_name)
+    first = f"{getattr(cfg, 'first_conv', None) or 'conv_stem'}.weight"
+    head = f"{getattr(cfg, 'classifier', None) or 'classifier'}.weight"
+    if first not in state or head not in state:
+        missing = first if first not in state else head
+        raise ModelError(f"{path} is not a {timm_name!r} state dict: it has no {missing!r}")
+    num_classes, in_chans = int(state[head].shape[0]), int(state[first].shape[1])
+    dc = data_config(timm_name, in_chans=in_chans, image_size=image_size, mean=mean, std=std)
+    model = create_model(timm_name, num_classes=num_classes, in_chans=in_chans, input_size=dc["input_size"][-1])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        text = " ".join(str(e).split())
+        raise ModelError(f"{path} does not fit {timm_name!r}: {text[:300]}") from e
+    model.eval()
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    meta = ModelMeta(
+        timm_name=timm_name,
+        classes=[str(i) for i in range(num_classes)],
+        in_chans=in_chans,
+        input_size=int(dc["input_size"][-1]),
+        mean=list(dc["mean"]),
+        std=list(dc["std"]),
+        fingerprint=fingerprint(model),
+        info={"weights": {"file": str(path), "sha256": digest, "ema": use_ema}, "plain_state_dict": True},
+    )
+    return model, meta
 
 
 @dataclass
@@ -225,12 +428,28 @@ def _load_tensors_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             module._buffers[attr] = value.clone()
 
 
-def load_checkpoint(path: str | Path, *, expect_model: str | None = None) -> tuple[nn.Module, ModelMeta]:
-    """Rebuild a model (dense or channel-pruned) from ``model.safetensors`` + ``model.json``.
+def load_checkpoint(
+    path: str | Path,
+    *,
+    expect_model: str | None = None,
+    use_ema: bool = False,
+    image_size: int | None = None,
+    mean: list[float] | tuple[float, ...] | None = None,
+    std: list[float] | tuple[float, ...] | None = None,
+) -> tuple[nn.Module, ModelMeta]:
+    """Rebuild a model (dense or channel-pruned) from ``model.safetensors`` + ``model.json``, or a plain state dict.
+
+    A file without a sidecar (``.safetensors`` alone, ``.pth``, ``.pt``, ``.pth.tar``, ``.bin``) is read as a
+    plain state dict of ``expect_model`` (:func:`load_plain_checkpoint`; ``use_ema``, ``image_size``, ``mean``
+    and ``std`` apply to it only).
 
     Args:
-        path: the ``.safetensors`` file, its ``.json``, or their folder.
+        path: the ``.safetensors`` file, its ``.json``, or their folder; or a plain weights file.
         expect_model: a timm name or alias the checkpoint must be for.
+        use_ema: plain timm ``train.py`` checkpoints: take ``state_dict_ema``.
+        image_size: plain state dicts: input side instead of the pretrained cfg's.
+        mean: plain state dicts: normalisation mean instead of the pretrained cfg's.
+        std: plain state dicts: normalisation std instead of the pretrained cfg's.
 
     Returns:
         The model in eval mode on the CPU, and its meta.
@@ -242,6 +461,12 @@ def load_checkpoint(path: str | Path, *, expect_model: str | None = None) -> tup
     from safetensors.torch import load_file
 
     st_path, _ = checkpoint_paths(path)
+    if not has_sidecar(path) and Path(path).is_file() and _suffix(Path(path)) in (".safetensors", *TORCH_SUFFIXES):
+        if expect_model is None:
+            raise ModelError(f"{path} is a plain state dict: name its model")
+        return load_plain_checkpoint(
+            path, expect_model=expect_model, use_ema=use_ema, image_size=image_size, mean=mean, std=std
+        )
     meta = read_meta(path)
     if expect_model is not None:
         wanted = resolve_model_name(expect_model)

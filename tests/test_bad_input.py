@@ -177,10 +177,10 @@ CASES: list[tuple[str, Callable[[Inputs], list], int, str]] = [
         "checkpoint",
     ),  # fmt: skip
     (
-        "checkpoint sidecar missing",
+        "plain checkpoint of the wrong shape",
         lambda i: ["slice", "mlp", "--checkpoint", i.p("nosidecar/model.safetensors"), "--data", "digits"],
         1,
-        "model.json",
+        "does not fit",
     ),  # fmt: skip
     (
         "checkpoint of another model",

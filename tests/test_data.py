@@ -256,32 +256,40 @@ def test_image_folder_grayscale_with_val(tmp_path: Path) -> None:
         _write_png(tmp_path / "train" / "dog" / f"{i}.png", 200, "L")
     _write_png(tmp_path / "val" / "dog" / "v.png", 255, "L")
     (tmp_path / "train" / "cat" / "notes.txt").write_text("ignored")
-    bundle = load_data(str(tmp_path))
+    bundle = load_data(str(tmp_path), workers=0)
     assert bundle.name == str(tmp_path.resolve())
     assert bundle.classes == ["cat", "dog"]
     assert (bundle.in_chans, bundle.image_size) == (1, 10)  # min side of the first image
     assert (len(bundle.train), len(bundle.test)) == (6, 1)
-    assert bundle.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    assert bundle.test.labels.tolist() == [1]
-    assert bundle.train.images[1].unique().tolist() == [10]
-    assert bundle.test[0][0].shape == (1, 10, 10) and bundle.test[0][0].min() == 1.0
-    expected_mean = (0 + 10 + 20 + 3 * 200) / 6 / 255
-    assert bundle.mean[0] == pytest.approx(expected_mean, abs=1e-4)
+    assert bundle.train.targets.tolist() == [0, 0, 0, 1, 1, 1]
+    assert targets_of(bundle.test).tolist() == [1]
+    assert bundle.train[1][0].unique().tolist() == [10]  # streamed items are uint8 (C, H, W)
+    assert bundle.test[0][0].shape == (1, 10, 10) and bundle.test[0][0].min() == 255
+    x, _ = next(iter_batches(bundle.test))
+    assert x.dtype == torch.float32 and x.min() == 1.0  # batches are scaled to [0, 1]
+    # Streamed folders take timm's normalisation (the model's data config), not a pass over every image.
+    assert bundle.mean == pytest.approx(((0.485 + 0.456 + 0.406) / 3,))
+
+
+def iter_batches(dataset):
+    from edgeslice.train import iterate_batches
+
+    return iterate_batches(dataset, 4)
 
 
 def test_image_folder_rgb_split(tmp_path: Path) -> None:
     for i in range(5):
         _write_png(tmp_path / "train" / "a" / f"{i}.png", 0, "RGB", size=(20, 16))
         _write_png(tmp_path / "train" / "b" / f"{i}.jpg", 250, "L", size=(20, 16))  # mixed modes -> RGB
-    bundle = load_data(str(tmp_path), image_size=8, seed=3)
+    bundle = load_data(str(tmp_path), image_size=8, seed=3, workers=0)
     assert (bundle.in_chans, bundle.image_size, len(bundle.mean)) == (3, 8, 3)
     assert (len(bundle.train), len(bundle.test)) == (8, 2)
-    assert sorted(bundle.test.labels.tolist()) == [0, 1]  # stratified: one per class
+    assert sorted(targets_of(bundle.test).tolist()) == [0, 1]  # stratified: one per class
     x, _ = bundle.train[0]
-    assert x.shape == (3, 8, 8) and x[1].min() == 1.0  # class a is (0, 255, 0)
+    assert x.shape == (3, 8, 8) and x[1].min() == 255  # class a is (0, 255, 0)
     assert "seed 3" in bundle.source
-    again = load_data(str(tmp_path), image_size=8, seed=3)
-    assert torch.equal(again.test.images, bundle.test.images)
+    again = load_data(str(tmp_path), image_size=8, seed=3, workers=0)
+    assert again.test.files == bundle.test.files
 
 
 def test_image_folder_errors(tmp_path: Path) -> None:
@@ -293,7 +301,9 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "train" / "empty").mkdir(parents=True)
     with pytest.raises(DataError, match="no images"):
         load_data(str(tmp_path))
+    (tmp_path / "train" / "empty").rmdir()
     _write_png(tmp_path / "train" / "a" / "0.png", 0, "L")
+    _write_png(tmp_path / "train" / "b" / "0.png", 0, "L")
     _write_png(tmp_path / "val" / "zebra" / "0.png", 0, "L")
     with pytest.raises(DataError, match="zebra"):
         load_data(str(tmp_path))

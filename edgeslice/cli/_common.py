@@ -86,7 +86,13 @@ DeviceOpt = Annotated[DeviceType, typer.Option("--device-type", help="Where to r
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
 CheckpointOpt = Annotated[
     Path | None,
-    typer.Option("--checkpoint", exists=True, dir_okay=True, help="model.safetensors (with model.json beside it)."),
+    typer.Option(
+        "--checkpoint",
+        exists=True,
+        dir_okay=True,
+        help="model.safetensors (with model.json beside it), or a plain timm state dict (.safetensors, "
+        ".pth/.pt/.pth.tar/.bin, timm train.py checkpoints).",
+    ),
 ]
 
 

@@ -39,6 +39,22 @@ from ._common import (
     table,
     unit_interval,
 )
+from ._training import (
+    AmpOpt,
+    AugmentMode,
+    AugmentOpt,
+    DenseControlOpt,
+    DistillAlphaOpt,
+    DistillOpt,
+    DistillTemperatureOpt,
+    MeanOpt,
+    PretrainedFileOpt,
+    PretrainedOpt,
+    StdOpt,
+    UseEmaOpt,
+    WorkersOpt,
+    parse_floats,
+)
 
 
 class QuantizeMode(str, Enum):
@@ -104,6 +120,18 @@ def compress_command(
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
+    pretrained: PretrainedOpt = False,
+    pretrained_file: PretrainedFileOpt = None,
+    use_ema: UseEmaOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    augment: AugmentOpt = AugmentMode.timm,
+    workers: WorkersOpt = None,
+    distill: DistillOpt = False,
+    distill_temperature: DistillTemperatureOpt = 4.0,
+    distill_alpha: DistillAlphaOpt = 0.5,
+    amp: AmpOpt = False,
+    dense_control: DenseControlOpt = True,
 ) -> None:
     """Compress MODEL: calibrate, slice at θ, remove non-critical channels, fine-tune, export ONNX + index.
 
@@ -116,7 +144,9 @@ def compress_command(
 
     timm_name = resolve_model_name(model)
     out = claim_out(out or Path("edgeslice-out") / timm_name)
-    if checkpoint is not None:
+    from edgeslice.models import has_sidecar
+
+    if checkpoint is not None and has_sidecar(checkpoint):  # a plain state dict has no sidecar to read here
         from edgeslice.models import read_meta
 
         meta = read_meta(checkpoint)
@@ -145,6 +175,18 @@ def compress_command(
         device=device,
         quantize=quantize.value,
         classes=classes,
+        pretrained=pretrained,
+        pretrained_file=str(pretrained_file) if pretrained_file else None,
+        use_ema=use_ema,
+        mean=parse_floats(mean),
+        std=parse_floats(std),
+        augment=augment.value,
+        workers=workers,
+        distill=distill,
+        distill_temperature=distill_temperature,
+        distill_alpha=distill_alpha,
+        amp=amp,
+        dense_control=dense_control,
         pruning=IterativePruneConfig(
             pruner=pruner.value,
             prune_step=prune_step,
@@ -183,6 +225,11 @@ def print_report(report: dict[str, Any], out: Path, title_prefix: str = "") -> N
         ["non-zero parameters", f"{report['params_before']:,}", f"{report['nonzero_params_after']:,}"],
         ["test accuracy (%)", f"{report['accuracy_before']:.2f}", f"{report['accuracy_after']:.2f}"],
         ["  before fine-tune (%)", "", f"{report['accuracy_restructured']:.2f}"],
+        *(
+            [["  dense control, same fine-tune (%)", f"{report['dense_control']['accuracy']:.2f}", ""]]
+            if report.get("dense_control")
+            else []
+        ),
         ["critical channels", f"{s['total_channels']}", f"{s['critical_channels']}"],
         *_onnx_rows(report["onnx_before"], report["onnx_after"]),
         ["ONNX parity max |Δ|", "", f"{report['onnx_parity_max_abs']:.2e}"],

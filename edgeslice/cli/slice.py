@@ -37,6 +37,7 @@ from ._common import (
     setup,
     table,
 )
+from ._training import WorkersOpt
 
 
 @handle_errors
@@ -73,6 +74,7 @@ def slice_command(
             "calibrating: about sum over layers of classes x channels^2 x 16 bytes (N instead of classes with this).",
         ),
     ] = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Slice MODEL: score channels per class on a calibration sample; write OUT/critical_index and a chart."""
     device = setup(json_out, device_type, seed)
@@ -97,7 +99,7 @@ def slice_command(
     net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
     from edgeslice.classes import select_classes
 
-    bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download)
+    bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download, workers=workers)
     bundle = select_classes(bundle, classes, min_classes=2)
     check_against_data(meta, bundle)
     _, result, index = slice_model(net.to(device), meta, bundle, cfg, seed=seed, device=device, class_batch=class_batch)

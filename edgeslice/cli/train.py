@@ -25,6 +25,18 @@ from ._common import (
     setup,
     table,
 )
+from ._training import (
+    AmpOpt,
+    AugmentMode,
+    AugmentOpt,
+    MeanOpt,
+    PretrainedFileOpt,
+    PretrainedOpt,
+    StdOpt,
+    UseEmaOpt,
+    WorkersOpt,
+    parse_floats,
+)
 
 
 @handle_errors
@@ -41,20 +53,53 @@ def train_command(
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
+    pretrained: PretrainedOpt = False,
+    pretrained_file: PretrainedFileOpt = None,
+    use_ema: UseEmaOpt = False,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    augment: AugmentOpt = AugmentMode.timm,
+    workers: WorkersOpt = None,
+    amp: AmpOpt = False,
 ) -> None:
-    """Train MODEL from scratch on --data; writes OUT/model.safetensors + OUT/model.json."""
+    """Train MODEL on --data (from scratch, or from --pretrained weights); writes OUT/model.safetensors + model.json."""
     device = setup(json_out, device_type, seed)
     claim_out(out)
     from edgeslice.artifacts.staging import staging_dir
     from edgeslice.classes import select_classes
-    from edgeslice.data import load_data
-    from edgeslice.models import save_checkpoint
-    from edgeslice.pipeline import train_baseline
+    from edgeslice.models import resolve_model_name, save_checkpoint
+    from edgeslice.pipeline import CompressConfig, load_compress_data, train_baseline
 
-    bundle = select_classes(
-        load_data(data, image_size=image_size, seed=seed, download=download), classes, min_classes=2
+    # The same data path as compress: timm's data config for folders, the pretrained cfg's normalisation.
+    opts = CompressConfig(
+        model=model,
+        data=data,
+        image_size=image_size,
+        seed=seed,
+        download=download,
+        pretrained=pretrained,
+        pretrained_file=str(pretrained_file) if pretrained_file else None,
+        use_ema=use_ema,
+        mean=parse_floats(mean),
+        std=parse_floats(std),
+        workers=workers,
+        classes=classes,
     )
-    net, meta = train_baseline(model, bundle, epochs=epochs, seed=seed, device=device, batch_size=batch_size, lr=lr)
+    bundle = select_classes(load_compress_data(opts, resolve_model_name(model)), classes, min_classes=2)
+    net, meta = train_baseline(
+        model,
+        bundle,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        lr=lr,
+        pretrained=pretrained,
+        pretrained_file=opts.pretrained_file,
+        use_ema=use_ema,
+        augment=augment.value != "none",
+        amp=amp,
+    )
     with staging_dir(out) as stage:
         save_checkpoint(net.cpu(), meta, stage / "model.safetensors")
     result = {

@@ -14,11 +14,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
-from ..data import DataBundle, DataError, normalize, targets_of
+from ..data import DataBundle, DataError, load_data, normalize, targets_of
 from ..errors import ModelError
 from ..models import ModelMeta, create_model, load_checkpoint, resolve_model_name, save_checkpoint
 from ..train import evaluate, train_model
+from .config import CompressConfig
 
 
 def edgeslice_home() -> Path:
@@ -59,8 +61,13 @@ def train_baseline(
     device: torch.device,
     batch_size: int = 128,
     lr: float = 3e-3,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    use_ema: bool = False,
+    augment: bool = True,
+    amp: bool = False,
 ) -> tuple[nn.Module, ModelMeta]:
-    """Train a model from scratch on ``bundle`` and measure its test accuracy.
+    """Train a model on ``bundle`` (from scratch, or from timm's pretrained weights) and measure its test accuracy.
 
     Raises:
         DataError: ``bundle`` has fewer than 2 classes or a class without training images.
@@ -69,7 +76,13 @@ def train_baseline(
     timm_name = resolve_model_name(model_name)
     torch.manual_seed(seed)
     model = create_model(
-        timm_name, num_classes=len(bundle.classes), in_chans=bundle.in_chans, input_size=bundle.image_size
+        timm_name,
+        num_classes=len(bundle.classes),
+        in_chans=bundle.in_chans,
+        input_size=bundle.image_size,
+        pretrained=pretrained,
+        pretrained_file=pretrained_file,
+        use_ema=use_ema,
     ).to(device)
     prepare = make_prepare(bundle)
     t0 = time.perf_counter()
@@ -83,6 +96,8 @@ def train_baseline(
         prepare=prepare,
         device=device,
         description=f"train {timm_name}",
+        augment=augment,
+        amp=amp,
     )
     acc = evaluate(model, bundle.test, prepare=prepare, device=device, description="test accuracy")
     meta = meta_for(
@@ -95,7 +110,17 @@ def train_baseline(
         train_seconds=round(time.perf_counter() - t0, 2),
         final_loss=stats["final_loss"],
     )
+    if pretrained or pretrained_file:
+        meta.info["weights"] = weights_source(pretrained, pretrained_file)
     return model, meta
+
+
+def weights_source(pretrained: bool, pretrained_file: str | None) -> str:
+    """Where a baseline's initial weights come from: ``scratch``, ``timm-hub`` or ``file:<sha256[:16]>``."""
+    if pretrained_file:
+        digest = hashlib.sha256(Path(pretrained_file).read_bytes()).hexdigest()[:16]
+        return f"file:{digest}"
+    return "timm-hub" if pretrained else "scratch"
 
 
 def cached_baseline(
@@ -107,8 +132,16 @@ def cached_baseline(
     device: torch.device,
     batch_size: int = 128,
     lr: float = 3e-3,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    use_ema: bool = False,
+    augment: bool = True,
+    amp: bool = False,
 ) -> tuple[nn.Module, ModelMeta, Path, bool]:
     """The baseline for (model, data, seed, epochs, batch size, lr): loaded from the cache, or trained and cached.
+
+    The key also names the initial weights (timm hub, or a file by content hash) and, for streamed folders,
+    ``noaug`` without augmentation and ``amp`` with mixed precision; the default key is unchanged.
 
     Returns:
         (model on ``device``, meta, checkpoint path, whether it came from the cache).
@@ -117,7 +150,10 @@ def cached_baseline(
     path = (
         edgeslice_home()
         / "baselines"
-        / f"{timm_name}-{_data_key(bundle)}-seed{seed}-ep{epochs:g}-bs{batch_size}-lr{lr:g}"
+        / (
+            f"{timm_name}-{_data_key(bundle)}-seed{seed}-ep{epochs:g}-bs{batch_size}-lr{lr:g}"
+            + _baseline_key_suffix(bundle, pretrained, pretrained_file, use_ema, augment, amp)
+        )
         / "model.safetensors"
     )
     if path.is_file():
@@ -127,10 +163,69 @@ def cached_baseline(
         except ModelError:
             pass  # a corrupt cache entry is retrained and overwritten
     model, meta = train_baseline(
-        model_name, bundle, epochs=epochs, seed=seed, device=device, batch_size=batch_size, lr=lr
+        model_name,
+        bundle,
+        epochs=epochs,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        lr=lr,
+        pretrained=pretrained,
+        pretrained_file=pretrained_file,
+        use_ema=use_ema,
+        augment=augment,
+        amp=amp,
     )
     save_checkpoint(model, meta, path)
     return model, meta, path, False
+
+
+def _baseline_key_suffix(
+    bundle: DataBundle, pretrained: bool, pretrained_file: str | None, use_ema: bool, augment: bool, amp: bool
+) -> str:
+    """The part of a baseline's cache key beyond today's: empty for a from-scratch fp32 baseline."""
+    from ..data import ImageFolderStream
+
+    parts = []
+    source = weights_source(pretrained, pretrained_file)
+    if source != "scratch":
+        parts.append(source.replace(":", "-") + ("-ema" if use_ema else ""))
+    train = bundle.train.dataset if isinstance(bundle.train, Subset) else bundle.train
+    if isinstance(train, ImageFolderStream) and not augment:
+        parts.append("noaug")
+    if amp:
+        parts.append("amp")
+    return "".join(f"-{p}" for p in parts)
+
+
+def load_compress_data(cfg: CompressConfig, timm_name: str) -> DataBundle:
+    """The data of a compress run, preprocessed for the model.
+
+    Folders stream through timm's data config of ``timm_name`` (input size, crop, interpolation, mean/std).
+    Built-in sets keep their own size and statistics, except: a plain state dict reads them at its pretrained
+    cfg's input size, and pretrained weights (or a plain state dict) bring their cfg's mean/std. ``cfg.mean``,
+    ``cfg.std`` and ``cfg.image_size`` override all of these.
+    """
+    from ..data import with_normalization
+    from ..models import TORCH_SUFFIXES, data_config, has_sidecar
+
+    preprocess = data_config(timm_name, image_size=cfg.image_size, mean=cfg.mean, std=cfg.std)
+    plain = bool(cfg.checkpoint) and not has_sidecar(cfg.checkpoint)
+    plain = plain and Path(cfg.checkpoint).name.lower().endswith((".safetensors", *TORCH_SUFFIXES))
+    image_size = cfg.image_size or (int(preprocess["input_size"][-1]) if plain else None)
+    bundle = load_data(
+        cfg.data,
+        image_size=image_size,
+        seed=cfg.seed,
+        download=cfg.download,
+        preprocess=preprocess,
+        workers=cfg.workers,
+    )
+    if cfg.pretrained or cfg.pretrained_file or plain:
+        bundle = with_normalization(bundle, preprocess["mean"], preprocess["std"])
+    elif cfg.mean is not None or cfg.std is not None:
+        bundle = with_normalization(bundle, cfg.mean, cfg.std)
+    return bundle
 
 
 def _preview(names: list[str], n: int = 4) -> str:
@@ -146,11 +241,16 @@ def check_against_data(meta: ModelMeta, bundle: DataBundle) -> None:
         ModelError: one line saying what differs, and how to re-head the model when that is what the user wants.
     """
     check_data(bundle)
-    rehead = f"to re-head it for this data, train it on the data: edgeslice train {meta.timm_name} --data …"
+    rehead = (
+        f"to re-head it for this data, train from its weights: edgeslice train {meta.timm_name} --data … "
+        "--pretrained-file CHECKPOINT"
+    )
     if len(meta.classes) != len(bundle.classes):
         raise ModelError(
             f"checkpoint has {len(meta.classes)} classes, the data {bundle.name!r} has {len(bundle.classes)}; {rehead}"
         )
+    if meta.info.get("plain_state_dict"):  # a plain state dict's class names are placeholders: take the data's
+        meta.classes = list(bundle.classes)
     if list(meta.classes) != list(bundle.classes):
         raise ModelError(
             f"checkpoint classes ({_preview(list(meta.classes))}) differ from the data's "

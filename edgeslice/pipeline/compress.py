@@ -25,7 +25,7 @@ from ..artifacts.files import atomic_write_json
 from ..artifacts.manifest import write_manifest
 from ..artifacts.staging import claim_output, staging_dir
 from ..classes import select_classes
-from ..data import DataBundle, load_data
+from ..data import DataBundle
 from ..errors import EdgesliceError
 from ..index import CriticalIndex
 from ..models import ModelMeta, count_parameters, load_checkpoint, resolve_model_name, save_checkpoint
@@ -37,6 +37,7 @@ from .baseline import (
     check_against_data,
     check_data,
     edgeslice_home,
+    load_compress_data,
     make_prepare,
     meta_for,
     near_chance_warning,
@@ -106,6 +107,7 @@ class Tuned:
     accuracy_finetuned: float
     accuracy: float
     prune_report: Any = None
+    dense_control: dict[str, Any] | None = None  # the dense model fine-tuned the same way (own baselines)
 
 
 @dataclass
@@ -157,20 +159,22 @@ def load_stage(cfg: CompressConfig, device: torch.device, timer: Timer) -> Loade
     with timer.span("baseline_s"):
         timm_name = resolve_model_name(cfg.model)
         if cfg.checkpoint:
-            model, meta = load_checkpoint(cfg.checkpoint, expect_model=timm_name)
-            size = cfg.image_size if cfg.image_size is not None else meta.input_size
-            bundle = select_classes(load_data(cfg.data, image_size=size, seed=cfg.seed, download=cfg.download),
-                                    cfg.classes, min_classes=2)  # fmt: skip
+            model, meta = load_checkpoint(
+                cfg.checkpoint, expect_model=timm_name, use_ema=cfg.use_ema, image_size=cfg.image_size,
+                mean=cfg.mean, std=cfg.std,
+            )  # fmt: skip
+            data_cfg = replace(cfg, image_size=cfg.image_size if cfg.image_size is not None else meta.input_size)
+            bundle = select_classes(load_compress_data(data_cfg, timm_name), cfg.classes, min_classes=2)
             check_against_data(meta, bundle)
             model.to(device)
             source, cached = str(cfg.checkpoint), True
         else:
-            bundle = load_data(cfg.data, image_size=cfg.image_size, seed=cfg.seed, download=cfg.download)
-            bundle = select_classes(bundle, cfg.classes, min_classes=2)
+            bundle = select_classes(load_compress_data(cfg, timm_name), cfg.classes, min_classes=2)
             check_data(bundle)
             model, meta, path, cached = cached_baseline(
                 cfg.model, bundle, epochs=cfg.train_epochs, seed=cfg.seed, device=device,
-                batch_size=cfg.batch_size, lr=cfg.lr,
+                batch_size=cfg.batch_size, lr=cfg.lr, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
+                use_ema=cfg.use_ema, augment=cfg.augment != "none", amp=cfg.amp,
             )  # fmt: skip
             source = _cache_relative(path)
     prepare = make_prepare(meta)
@@ -242,19 +246,31 @@ def restructure_stage(
 
 
 def finetune_stage(
-    cfg: CompressConfig, model: nn.Module, loaded: Loaded, rs: Restructured, device: torch.device, timer: Timer
+    cfg: CompressConfig,
+    model: nn.Module,
+    original: nn.Module,
+    loaded: Loaded,
+    rs: Restructured,
+    device: torch.device,
+    timer: Timer,
 ) -> Tuned:
-    """Stages 4–5: fine-tune the restructured model, then (``cfg.pruning``) prune it iteratively."""
+    """Stages 4–5: fine-tune the restructured model (``original`` teaches with ``cfg.distill``; with edgeslice's own
+    baseline a copy of it is fine-tuned the same way as the dense control), then (``cfg.pruning``) prune it."""
     bundle, prepare = loaded.bundle, loaded.prepare
     with timer.span("finetune_s"):
         if cfg.finetune_epochs > 0:
             train_model(
                 model, bundle.train, epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr,
                 seed=cfg.seed + 1, prepare=prepare, device=device, description="fine-tune",
+                **finetune_options(cfg, original),
             )  # fmt: skip
         acc = evaluate(model, bundle.test, prepare=prepare, device=device, description="fine-tuned accuracy")
+    control = None
+    if cfg.dense_control and not cfg.checkpoint and cfg.finetune_epochs > 0:
+        with timer.span("dense_control_s"):
+            control = dense_control_accuracy(cfg, original, bundle, prepare, device)
     if not cfg.pruning.enabled:
-        return Tuned(acc, acc)
+        return Tuned(acc, acc, dense_control=control)
     from ..pruning import prune_pipeline_
 
     with timer.span("prune_s"):
@@ -262,7 +278,7 @@ def finetune_stage(
             model, loaded.meta, bundle, cfg.pruning, device=device, dense_params=rs.report.params_before,
             baseline_accuracy=loaded.accuracy, batch_size=cfg.batch_size, seed=cfg.seed,
         )  # fmt: skip
-    return Tuned(acc, report.accuracy, report)
+    return Tuned(acc, report.accuracy, report, dense_control=control)
 
 
 def effective_config(cfg: CompressConfig, result: SliceResult, precision: str) -> CompressConfig:
@@ -288,7 +304,7 @@ def ship(
         DoesNotFit: with a device profile, the measured artifacts miss a budget (nothing is written).
     """
     rs = restructure_stage(cfg, model, sliced, loaded, device, timer)
-    tuned = finetune_stage(cfg, model, loaded, rs, device, timer)
+    tuned = finetune_stage(cfg, model, sliced.original, loaded, rs, device, timer)
     effective = effective_config(cfg, sliced.result, search.precision)
     with staging_dir(out) as stage:
         with timer.span("export_s"):
@@ -398,6 +414,7 @@ def build_report(
         "accuracy_finetuned": tuned.accuracy_finetuned,
         "pruning": None if prune is None else prune.to_dict(),
         "accuracy_before": loaded.accuracy,
+        "dense_control": tuned.dense_control,
         "accuracy_restructured": rs.accuracy,
         "accuracy_after": tuned.accuracy,
         "restructure_equivalence_max_abs": rs.equivalence,
@@ -411,3 +428,48 @@ def build_report(
         "groups": rs.report.to_dict()["groups"],
         "timings_s": {k: round(v, 2) for k, v in timer.seconds.items()},
     }
+
+
+def finetune_options(cfg: CompressConfig, dense: nn.Module) -> dict[str, Any]:
+    """The ``train_model`` options of the post-restructure fine-tune beyond epochs/lr/seed (the same for the dense
+    control): augmentation, mixed precision, and distillation from ``dense``."""
+    return {
+        "augment": cfg.augment != "none",
+        "amp": cfg.amp,
+        "teacher": dense if cfg.distill else None,
+        "distill_temperature": cfg.distill_temperature,
+        "distill_alpha": cfg.distill_alpha,
+    }
+
+
+def dense_control_accuracy(
+    cfg: CompressConfig,
+    dense: nn.Module,
+    bundle: DataBundle,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Fine-tune a copy of the dense model exactly as the restructured one was, and measure it.
+
+    An undertrained baseline gains from one more epoch whatever is removed; this control separates that gain from
+    the effect of slicing. The global RNG is forked, so the artifacts are the same with or without the control.
+    """
+    import copy
+
+    control = copy.deepcopy(dense)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        train_model(
+            control,
+            bundle.train,
+            epochs=cfg.finetune_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.finetune_lr,
+            seed=cfg.seed + 1,
+            prepare=prepare,
+            device=device,
+            description="dense control fine-tune",
+            **finetune_options(cfg, dense),
+        )
+    acc = evaluate(control, bundle.test, prepare=prepare, device=device, description="dense control accuracy")
+    return {"accuracy": acc, "finetune_epochs": cfg.finetune_epochs, "distill": cfg.distill}

@@ -20,6 +20,7 @@ CONFIG_VERSION = 1
 
 
 QUANTIZE_MODES = ("none", "int8")
+AUGMENT_MODES = ("timm", "none")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,26 @@ class CompressConfig:
     quantize: str = "none"
     #: A subset of the data's classes (``--classes``; :func:`edgeslice.classes.select_classes`); None: all.
     classes: str | None = None
+    #: Start the baseline from timm's pretrained weights (the hub), or from this local weights file.
+    pretrained: bool = False
+    pretrained_file: str | None = None
+    #: timm ``train.py`` checkpoints (``--checkpoint`` or ``--pretrained-file``): take ``state_dict_ema``.
+    use_ema: bool = False
+    #: Normalisation instead of the data's (built-in sets) or the model's pretrained cfg (folders, weights).
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    #: ``timm``: streamed folders train through timm's train-time augmentation; ``none``: the eval transform.
+    augment: str = "timm"
+    #: DataLoader workers decoding streamed folders (None: the CPU count minus one, at most 8).
+    workers: int | None = None
+    #: Distil from the dense model during the post-restructure fine-tune (loss: (1-α)·CE + α·T²·KL).
+    distill: bool = False
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.5
+    #: float16 autocast in training and fine-tuning (CUDA only).
+    amp: bool = False
+    #: With edgeslice's own baseline: fine-tune a copy of the dense model the same way and report its accuracy.
+    dense_control: bool = True
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -108,6 +129,14 @@ class CompressConfig:
             raise ValueError("learning rates must be > 0")
         if self.quantize not in QUANTIZE_MODES:
             raise ValueError(f"unknown quantize mode {self.quantize!r}; valid: {', '.join(QUANTIZE_MODES)}")
+        if self.augment not in AUGMENT_MODES:
+            raise ValueError(f"unknown augment mode {self.augment!r}; valid: {', '.join(AUGMENT_MODES)}")
+        if self.distill_temperature <= 0 or not 0.0 <= self.distill_alpha <= 1.0:
+            raise ValueError("distill-temperature must be > 0 and distill-alpha in [0, 1]")
+        if self.checkpoint and (self.pretrained or self.pretrained_file):
+            raise ValueError("--pretrained/--pretrained-file start a new baseline: they do not go with --checkpoint")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError("workers must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,4 +157,7 @@ class CompressConfig:
             d["slicing"] = SliceConfig.from_dict(d["slicing"])
         if isinstance(d.get("pruning"), dict):
             d["pruning"] = IterativePruneConfig.from_dict(d["pruning"])
+        for key in ("mean", "std"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
         return cls(**d)
