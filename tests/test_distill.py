@@ -72,9 +72,9 @@ def test_amp_trains_on_cuda() -> None:
 
 def test_compress_fine_tune_distils_from_the_dense_model(monkeypatch, tmp_path) -> None:
     """compress --distill hands the dense (unrestructured) model to the fine-tune, and to the dense control."""
-    from typer.testing import CliRunner
-
     import importlib
+
+    from typer.testing import CliRunner
 
     pipeline = importlib.import_module("edgeslice.pipeline.compress")
     baseline = importlib.import_module("edgeslice.pipeline.baseline")
