@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from bench_slicing import best_of  # benchmarks/ is on sys.path when run as a script
 
-from edgeslice._io import atomic_write_json
+from edgeslice.artifacts.files import atomic_write_json
 from edgeslice.data import load_data
 from edgeslice.models import create_model
 from edgeslice.pipeline import calibration_set, make_prepare

@@ -114,7 +114,7 @@ def main() -> None:
 
     import torch
 
-    from edgeslice._io import atomic_write_json
+    from edgeslice.artifacts.files import atomic_write_json
     from edgeslice.data import load_data
     from edgeslice.models import create_model, resolve_model_name, save_checkpoint
     from edgeslice.pipeline import meta_for

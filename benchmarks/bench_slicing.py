@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from edgeslice._io import atomic_write_json
+from edgeslice.artifacts.files import atomic_write_json
 from edgeslice.data import load_data
 from edgeslice.pipeline import cached_baseline, calibration_set, make_prepare
 from edgeslice.slicing import SemanticSlicer

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from edgeslice._io import atomic_write_json
+from edgeslice.artifacts.files import atomic_write_json
 from edgeslice.data import load_data
 from edgeslice.pipeline import CompressConfig, SliceConfig, cached_baseline, compress, make_prepare
 from edgeslice.train import evaluate, train_model

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeslice._io import atomic_write_json
+from edgeslice.artifacts.files import atomic_write_json
 from edgeslice.data import load_data
 from edgeslice.pipeline import cached_baseline, calibration_set, make_prepare
 from edgeslice.slicing._figures import plot_rq1

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from edgeslice._io import atomic_write_bytes, atomic_write_json
+from edgeslice.artifacts.files import atomic_write_bytes, atomic_write_json
 from edgeslice.data import load_data
 from edgeslice.models import count_parameters, resolve_model_name
 from edgeslice.pipeline import CompressConfig, SliceConfig, cached_baseline, make_prepare, slice_model
@@ -102,7 +102,8 @@ def _match_ratio(slicer, strategy: str, target: int) -> tuple[float, Any]:
 
 
 def _onnx_numbers(model: torch.nn.Module, example: torch.Tensor) -> dict[str, Any]:
-    from edgeslice.export import export_onnx, file_sizes, onnx_latency
+    from edgeslice.deploy.export import export_onnx
+    from edgeslice.deploy.measure import file_sizes, onnx_latency
     from edgeslice.pruning import onnx_weight_stats
 
     with tempfile.TemporaryDirectory() as tmp:

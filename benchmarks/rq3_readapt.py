@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from edgeslice._io import atomic_write_bytes, atomic_write_json
+from edgeslice.artifacts.files import atomic_write_bytes, atomic_write_json
 from edgeslice.data import load_data
 from edgeslice.maintain import (
     AttackConfig,

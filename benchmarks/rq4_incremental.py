@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeslice._io import atomic_write_bytes, atomic_write_json
+from edgeslice.artifacts.files import atomic_write_bytes, atomic_write_json
 from edgeslice.data import ArrayDataset, calibration_indices, load_data, normalize, targets_of
 from edgeslice.index import CriticalIndex
 from edgeslice.maintain import deeparc_blocks, in_blocks, matched_slice, stratified_sample

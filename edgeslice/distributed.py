@@ -12,7 +12,7 @@ What runs sharded:
 - fine-tuning (:func:`edgeslice.train.train_model`, :func:`edgeslice.ondevice.loop.train_partial`):
   DistributedDataParallel over round-robin shards of the batch stream (:func:`shard_batches`).
 
-Artifacts and console output come from rank 0 only (:func:`is_main`; :mod:`edgeslice._io` and
+Artifacts and console output come from rank 0 only (:func:`is_main`; :mod:`edgeslice.artifacts.files` and
 :mod:`edgeslice._progress` consult it).
 
 Only torch and the standard library are imported: the on-device loop uses this module.

@@ -17,3 +17,7 @@ class IndexFileError(EdgesliceError):
 
 class ExportError(EdgesliceError):
     """ONNX export failed or onnxruntime disagrees with PyTorch."""
+
+
+class OutputError(EdgesliceError):
+    """An output folder that cannot be used: a file, not writable, held by another run, or holding a user's file."""

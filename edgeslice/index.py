@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_bytes, canonical_json
+from .artifacts.files import atomic_write_bytes, canonical_json
 from .errors import IndexFileError
 
 INDEX_FORMAT = "edgeslice-critical-index"

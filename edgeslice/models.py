@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_write_bytes, canonical_json
+from .artifacts.files import atomic_write_bytes, canonical_json
 from .errors import ModelError
 
 CHECKPOINT_VERSION = 1

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgeslice.budget import count_macs, explain_failure, measure_model, search_theta
-from edgeslice.devices import DeviceProfile
+from edgeslice.deploy.budget import count_macs, explain_failure, measure_model, search_theta
+from edgeslice.deploy.devices import DeviceProfile
 
 
 class Toy(nn.Module):

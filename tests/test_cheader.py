@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgeslice.cheader import index_to_c_header, write_c_header
+from edgeslice.deploy.cheader import index_to_c_header, write_c_header
 from edgeslice.index import CriticalIndex, pack_bits
 
 

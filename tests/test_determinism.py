@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgeslice._io import sha256_file
+from edgeslice.artifacts.files import sha256_file
 from edgeslice.cli import app
-from edgeslice.recipes import EFFECTIVE_NAME, load_recipe
+from edgeslice.pipeline.recipes import EFFECTIVE_NAME, load_recipe
 
 runner = CliRunner()
 
@@ -105,7 +105,7 @@ def test_retraining_from_scratch_repeats_the_weights(recipe, tmp_path, monkeypat
 
 def test_device_recipe_with_int8_repeats_and_verifies(recipe, tmp_path, monkeypatch):
     """With a device (θ searched against its budgets) and int8: the quantized ONNX file repeats too."""
-    pytest.importorskip("edgeslice.quantize")
+    pytest.importorskip("edgeslice.deploy.quantize")
     monkeypatch.setenv("EDGESLICE_HOME", str(tmp_path / "home"))
     args = ("--set", "device=rpi4", "--set", "quantize=int8")
     first = _run(recipe, tmp_path / "a", *args)

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeslice.cli import app
-from edgeslice.devices import (
+from edgeslice.deploy.devices import (
     DeviceProfile,
     ProfileError,
     get_device,

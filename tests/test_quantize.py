@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+from edgeslice.deploy.export import export_onnx
+from edgeslice.deploy.quantize import MIN_TOP1_AGREEMENT, check_int8_parity, int8_parity, quantize_int8
 from edgeslice.errors import ExportError
-from edgeslice.export import export_onnx
-from edgeslice.quantize import MIN_TOP1_AGREEMENT, check_int8_parity, int8_parity, quantize_int8
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, digits):
     """A small MLP trained for a few seconds on digits (about 90% test accuracy), exported to ONNX."""
+    from edgeslice.deploy.int8 import numpy_inputs
     from edgeslice.models import create_model
-    from edgeslice.pipeline import _numpy_inputs, make_prepare
+    from edgeslice.pipeline import make_prepare
     from edgeslice.train import train_model
 
     torch.manual_seed(0)
@@ -23,8 +24,8 @@ def exported(tmp_path_factory, digits):
     prepare = make_prepare(digits)
     train_model(model, digits.train, epochs=3, batch_size=64, lr=3e-3, prepare=prepare)
     folder = tmp_path_factory.mktemp("q")
-    calib_x, _ = _numpy_inputs(digits.train, prepare, 200)
-    test_x, test_y = _numpy_inputs(digits.test, prepare)
+    calib_x, _ = numpy_inputs(digits.train, prepare, 200)
+    test_x, test_y = numpy_inputs(digits.test, prepare)
     path = export_onnx(model, torch.from_numpy(calib_x[:2]), folder / "model.onnx")
     return path, calib_x, test_x, test_y
 
@@ -85,7 +86,7 @@ def test_head_after_global_pooling_stays_fp32_or_gets_int16_activations(tmp_path
     import onnx
     import timm
 
-    from edgeslice.quantize import head_nodes
+    from edgeslice.deploy.quantize import head_nodes
 
     torch.manual_seed(0)
     model = timm.create_model("mobilenetv3_small_050", in_chans=1, num_classes=10).eval()

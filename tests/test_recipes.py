@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from edgeslice.cli import app
 from edgeslice.pipeline import CompressConfig
-from edgeslice.recipes import (
+from edgeslice.pipeline.recipes import (
     apply_overrides,
     config_from_dict,
     config_to_toml,
@@ -43,7 +43,7 @@ def test_shipped_recipes_load():
 def test_one_recipe_per_device(device):
     cfg = load_recipe(f"mobilenetv3-fashion-mnist-{device}")
     assert cfg.device == device
-    devices = pytest.importorskip("edgeslice.devices")
+    devices = pytest.importorskip("edgeslice.deploy.devices")
     profile = devices.get_device(device)
     assert ("int8" if cfg.quantize == "int8" else "fp32") in profile.precisions
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from edgeslice.artifacts.manifest import read_manifest, write_manifest
+from edgeslice.artifacts.verify import verify
 from edgeslice.cli import app
 from edgeslice.index import CriticalIndex
-from edgeslice.manifest import read_manifest, write_manifest
-from edgeslice.verify import verify
 
 runner = CliRunner()
 
@@ -122,7 +122,7 @@ def test_no_manifest_is_a_one_line_error(tmp_path):
 
 
 def test_budgets_of_the_configured_device(folder, tmp_path):
-    pytest.importorskip("edgeslice.budget")
+    pytest.importorskip("edgeslice.deploy.budget")
     manifest = read_manifest(folder)
     write_manifest(folder, {**manifest["config"], "device": "rpi4"}, manifest["seed"])
     r, doc = _verify(folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -140,15 +141,26 @@ ImageSizeOpt = Annotated[int | None, typer.Option("--image-size", min=8, help="R
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Allow torchvision to download the data set.")]
 
 
+_claims: list[contextlib.ExitStack] = []  # the running command's held output folders (see claim_out)
+
+
 def handle_errors(fn):
-    """Turn edgeslice's errors into a one-line message on stderr and exit code 1 (no traceback)."""
+    """Turn edgeslice's errors into a one-line message on stderr and exit code 1 (no traceback).
+
+    Output folders claimed with :func:`claim_out` are released when the command ends, whichever way.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from edgeslice.errors import EdgesliceError
 
         try:
-            return fn(*args, **kwargs)
+            with contextlib.ExitStack() as stack:
+                _claims.append(stack)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _claims.pop()
         except (EdgesliceError, ValueError) as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
@@ -177,6 +189,18 @@ def setup(json_out: bool, device_type: DeviceType, seed: int):
     device = distributed.init_from_env(resolve_device(device_type.value))
     console.quiet = not distributed.is_main()
     return device
+
+
+def claim_out(out: Path) -> Path:
+    """Check and lock ``--out`` before any work (see :func:`edgeslice.artifacts.staging.claim_output`).
+
+    Raises:
+        OutputError: ``out`` is a file or not writable, another run holds it, or it holds a file edgeslice did not
+            write under one of its artifact names.
+    """
+    from edgeslice.artifacts.staging import claim_output
+
+    return _claims[-1].enter_context(claim_output(out))
 
 
 def emit_json(obj: Any) -> None:

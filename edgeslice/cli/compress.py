@@ -30,6 +30,7 @@ from ._common import (
     ThetaOpt,
     _positive,
     _unit_interval,
+    claim_out,
     console,
     emit_json,
     fmt_bytes,
@@ -112,6 +113,7 @@ def compress_command(
     from edgeslice.pruning import IterativePruneConfig
 
     timm_name = resolve_model_name(model)
+    out = claim_out(out or Path("edgeslice-out") / timm_name)
     if checkpoint is not None:
         from edgeslice.models import read_meta
 
@@ -148,7 +150,6 @@ def compress_command(
             finetune_steps=finetune_steps,
         ),
     )
-    out = out or Path("edgeslice-out") / timm_name
     report = compress(cfg, out, device_)
     report["out"] = str(out)
     if json_out:
@@ -214,7 +215,7 @@ def _int8_table(report: dict[str, Any]):
 
 
 def _budget_table(budget: dict[str, Any]):
-    from edgeslice.devices import BudgetCheck
+    from edgeslice.deploy.devices import BudgetCheck
 
     rows = []
     for d in budget["checks"]:

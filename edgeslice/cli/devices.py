@@ -15,7 +15,7 @@ app = typer.Typer(no_args_is_help=True, help="Device profiles: flash, RAM and la
 @handle_errors
 def list_command(json_out: JsonOpt = False) -> None:
     """List the bundled device profiles."""
-    from edgeslice.devices import get_device, list_devices
+    from edgeslice.deploy.devices import get_device, list_devices
 
     profiles = [get_device(name) for name in list_devices()]
     if json_out:
@@ -42,7 +42,7 @@ def show_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Show one device profile: budgets, throughput figures and where they come from."""
-    from edgeslice.devices import get_device
+    from edgeslice.deploy.devices import get_device
 
     p = get_device(name)
     if json_out:

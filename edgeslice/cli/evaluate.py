@@ -26,6 +26,7 @@ from ._common import (
     SolverName,
     SolverOpt,
     StrategyName,
+    claim_out,
     console,
     emit_json,
     handle_errors,
@@ -123,7 +124,9 @@ def evaluate_command(
         ratios=_floats(ratios, "--ratios"),
     )
     device = setup(json_out, device_type, seed)
-    from edgeslice._io import atomic_write_bytes, atomic_write_json, staging_dir
+    claim_out(out)
+    from edgeslice.artifacts.files import atomic_write_bytes, atomic_write_json
+    from edgeslice.artifacts.staging import staging_dir
     from edgeslice.data import load_data
     from edgeslice.models import load_checkpoint, resolve_model_name
     from edgeslice.pipeline import calibration_set, check_against_data, make_prepare

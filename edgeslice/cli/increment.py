@@ -21,6 +21,7 @@ from ._common import (
     SeedOpt,
     _positive,
     _unit_interval,
+    claim_out,
     console,
     emit_json,
     fmt_bytes,
@@ -104,12 +105,14 @@ def increment_command(
     bit-identical), slice the new classes, and write OUT/model.safetensors + model.json, critical_index, model.onnx
     (parity-checked with onnxruntime), report.json and manifest.json."""
     device = setup(json_out, device_type, seed)
-    from edgeslice._io import atomic_write_json, staging_dir
+    claim_out(out)
+    from edgeslice.artifacts.files import atomic_write_json
+    from edgeslice.artifacts.manifest import write_manifest
+    from edgeslice.artifacts.staging import staging_dir
     from edgeslice.data import load_data
+    from edgeslice.deploy.export import check_parity, export_onnx
     from edgeslice.errors import EdgesliceError
-    from edgeslice.export import check_parity, export_onnx
     from edgeslice.index import CriticalIndex
-    from edgeslice.manifest import write_manifest
     from edgeslice.models import load_checkpoint, save_checkpoint
     from edgeslice.ondevice import IncrementConfig, learn_increment, relabel, sample_fraction, stored_bytes
     from edgeslice.pipeline import make_prepare

@@ -17,6 +17,7 @@ from ._common import (
     PrunerName,
     SeedOpt,
     _positive,
+    claim_out,
     console,
     emit_json,
     err_console,
@@ -86,6 +87,7 @@ def prune_command(
     accuracy_vs_cr.png to --out (all or nothing). The state is saved after each iteration: --resume continues.
     """
     device = setup(json_out, device_type, seed)
+    claim_out(out)
     from edgeslice.data import load_data
     from edgeslice.models import count_parameters, load_checkpoint, resolve_model_name
     from edgeslice.pipeline import check_against_data

@@ -18,6 +18,7 @@ from ._common import (
     OptimizerName,
     SeedOpt,
     _positive,
+    claim_out,
     console,
     emit_json,
     handle_errors,
@@ -69,13 +70,15 @@ def readapt_command(
     accuracy before/after, attack settings) and manifest.json. Every other parameter stays bit-identical.
     """
     device = setup(json_out, device_type, seed)
+    claim_out(out)
     from dataclasses import replace
 
-    from edgeslice._io import atomic_write_json, staging_dir
+    from edgeslice.artifacts.files import atomic_write_json
+    from edgeslice.artifacts.manifest import write_manifest
+    from edgeslice.artifacts.staging import staging_dir
     from edgeslice.data import load_data
     from edgeslice.index import CriticalIndex
     from edgeslice.maintain import AttackConfig, ReadaptConfig, critical_plan, run_readapt
-    from edgeslice.manifest import write_manifest
     from edgeslice.models import fingerprint, load_checkpoint, resolve_model_name, save_checkpoint
     from edgeslice.ondevice import channel_groups
     from edgeslice.pipeline import check_against_data, make_prepare

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import DeviceOpt, DeviceType, JsonOpt, console, emit_json, handle_errors, setup, table
+from ._common import DeviceOpt, DeviceType, JsonOpt, claim_out, console, emit_json, handle_errors, setup, table
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +56,7 @@ def run_command(
 
     Same recipe and seed → byte-identical index, checkpoint, ONNX and manifest (see docs/artifacts.md).
     """
-    from edgeslice import recipes
+    from edgeslice.pipeline import recipes
 
     if list_recipes:
         _print_recipes(json_out)
@@ -70,7 +70,7 @@ def run_command(
         import torch
 
         torch.set_num_threads(threads)
-    out = out or Path("edgeslice-out") / path.stem
+    out = claim_out(out or Path("edgeslice-out") / path.stem)
     report = run_recipe(cfg, out, device, name=path.stem, overrides=overrides or [], emit_c_header=emit_c_header)
     report.update(out=str(out), recipe=str(path))
     if json_out:
@@ -103,10 +103,11 @@ def run_recipe(
     Returns:
         The compress report.
     """
-    from edgeslice._io import atomic_write_bytes, staging_dir
-    from edgeslice.manifest import read_manifest, write_manifest
+    from edgeslice.artifacts.files import atomic_write_bytes
+    from edgeslice.artifacts.manifest import read_manifest, write_manifest
+    from edgeslice.artifacts.staging import staging_dir
     from edgeslice.pipeline import compress
-    from edgeslice.recipes import EFFECTIVE_NAME, config_from_dict, config_to_toml
+    from edgeslice.pipeline.recipes import EFFECTIVE_NAME, config_from_dict, config_to_toml
 
     with staging_dir(out) as stage:
         report = compress(cfg, stage, device)
@@ -119,7 +120,7 @@ def run_recipe(
             header += f"\nθ and quantize as chosen by the budget search for device {cfg.device!r}."
         atomic_write_bytes(stage / EFFECTIVE_NAME, config_to_toml(effective, header=header).encode())
         if emit_c_header:
-            from edgeslice.cheader import write_c_header
+            from edgeslice.deploy.cheader import write_c_header
             from edgeslice.index import CriticalIndex
 
             write_c_header(CriticalIndex.load(stage / "critical_index"), stage / "critical_index.h")
@@ -128,7 +129,7 @@ def run_recipe(
 
 
 def _print_recipes(json_out: bool) -> None:
-    from edgeslice.recipes import find_recipe, list_recipes, load_recipe, read_recipe
+    from edgeslice.pipeline.recipes import find_recipe, list_recipes, load_recipe, read_recipe
 
     rows = []
     for name in list_recipes():

@@ -29,6 +29,7 @@ from ._common import (
     StrategyName,
     StrategyOpt,
     ThetaOpt,
+    claim_out,
     console,
     emit_json,
     handle_errors,
@@ -73,7 +74,9 @@ def slice_command(
 ) -> None:
     """Slice MODEL: score channels per class on a calibration sample; write OUT/critical_index and a chart."""
     device = setup(json_out, device_type, seed)
-    from edgeslice._io import atomic_write_json, staging_dir
+    claim_out(out)
+    from edgeslice.artifacts.files import atomic_write_json
+    from edgeslice.artifacts.staging import staging_dir
     from edgeslice.data import load_data
     from edgeslice.models import load_checkpoint, resolve_model_name
     from edgeslice.pipeline import SliceConfig, check_against_data, layer_table, plot_layer_ratios, slice_model
@@ -97,7 +100,7 @@ def slice_command(
     with staging_dir(out) as stage:
         index.save(stage / "critical_index")
         if emit_c_header:
-            from edgeslice.cheader import write_c_header
+            from edgeslice.deploy.cheader import write_c_header
 
             write_c_header(index, stage / "critical_index.h")
         plot_layer_ratios(rows, stage / "critical_ratio.png", f"{meta.timm_name}: critical channels per layer")

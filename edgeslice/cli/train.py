@@ -17,6 +17,7 @@ from ._common import (
     ModelArg,
     SeedOpt,
     _positive,
+    claim_out,
     console,
     emit_json,
     handle_errors,
@@ -41,7 +42,8 @@ def train_command(
 ) -> None:
     """Train MODEL from scratch on --data; writes OUT/model.safetensors + OUT/model.json."""
     device = setup(json_out, device_type, seed)
-    from edgeslice._io import staging_dir
+    claim_out(out)
+    from edgeslice.artifacts.staging import staging_dir
     from edgeslice.data import load_data
     from edgeslice.models import save_checkpoint
     from edgeslice.pipeline import train_baseline

@@ -24,7 +24,7 @@ def verify_command(
     from rich.table import Table
 
     from edgeslice._progress import set_enabled
-    from edgeslice.verify import verify
+    from edgeslice.artifacts.verify import verify
 
     set_enabled(not json_out)
     result = verify(folder)

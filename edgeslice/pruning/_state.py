@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .._io import atomic_write_bytes, atomic_write_json, sha256_file
+from ..artifacts.files import atomic_write_bytes, atomic_write_json, sha256_file
 from ..errors import EdgesliceError
 
 STATE_VERSION = 1

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .._io import pyplot, save_figure
+from ..artifacts.files import pyplot, save_figure
 from ._state import clear_state
 from .masks import make_permanent_, sparsity_report
 from .run import PruneReport
@@ -134,11 +134,11 @@ def write_pruned_artifacts(
     Raises:
         ExportError: If ONNX export fails or onnxruntime disagrees with PyTorch.
     """
-    from .._io import atomic_write_json
+    from ..artifacts.files import atomic_write_json
     from ..data import normalize
-    from ..export import check_parity
+    from ..deploy.export import check_parity
+    from ..deploy.measure import export_and_measure
     from ..models import ModelMeta, save_checkpoint
-    from ..pipeline import _latency_and_size
     from ..train import iterate_batches
 
     make_permanent_(model)
@@ -170,7 +170,7 @@ def write_pruned_artifacts(
     )
     save_checkpoint(model, meta_out, folder / "model.safetensors")
     onnx_path = folder / "model.onnx"
-    sizes = _latency_and_size(model, x, onnx_path)
+    sizes = export_and_measure(model, x, onnx_path)
     parity = check_parity(model, onnx_path, x)
     report.onnx = {
         **sizes,
@@ -219,8 +219,8 @@ def export_pruned(
     Returns:
         ``report``, with ``onnx`` filled in.
     """
-    from .._io import staging_dir
-    from ..manifest import write_manifest
+    from ..artifacts.manifest import write_manifest
+    from ..artifacts.staging import staging_dir
 
     with staging_dir(out) as stage:
         write_pruned_artifacts(model, meta, bundle, report, stage, title=title)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .._io import pyplot, save_figure
+from ..artifacts.files import pyplot, save_figure
 
 _STYLE = {
     "semantic": ("#d62728", "o", "-"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgeslice._io import sha256_file
+from edgeslice.artifacts.files import sha256_file
 from edgeslice.cli import app
 from edgeslice.index import CriticalIndex
 from edgeslice.models import load_checkpoint
@@ -307,8 +307,8 @@ def _compress_mlp(ck: Path, out: Path, *extra: str):
 
 
 def test_compress_device_budget_search(trained_mlp, tmp_path):
-    from edgeslice.budget import measure_artifacts
-    from edgeslice.devices import get_device
+    from edgeslice.deploy.budget import measure_artifacts
+    from edgeslice.deploy.devices import get_device
 
     device = tmp_path / "toy.toml"
     device.write_text(TOY_DEVICE.format(flash="40 KiB"))  # the dense MLP is 2.6 MB: only a slice fits

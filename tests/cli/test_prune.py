@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import edgeslice.train
-from edgeslice._io import sha256_file
+from edgeslice.artifacts.files import sha256_file
 from edgeslice.cli import app
 from edgeslice.models import count_parameters, load_checkpoint, save_checkpoint
 from edgeslice.pruning import ARTIFACTS, prunable_weights, state_dir_for

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import edgeslice.train
-from edgeslice._io import sha256_file
+from edgeslice.artifacts.files import sha256_file
 from edgeslice.errors import EdgesliceError
 from edgeslice.models import ModelMeta, count_parameters, load_checkpoint, save_checkpoint
 from edgeslice.pruning import (

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgesliceError
+from ..errors import EdgesliceError
 from .manifest import check_files, read_manifest
 
 #: Random inputs used for the ONNX parity check (seeded, so a verification is repeatable).
@@ -63,7 +63,7 @@ def verify(folder: str | Path, *, samples: int = PARITY_SAMPLES) -> VerifyResult
 
     In order: every file against ``manifest.json`` (missing, extra or changed files fail), the checkpoint loads and
     matches its fingerprint, every ONNX file runs in onnxruntime (``model.onnx`` must match PyTorch within
-    :func:`edgeslice.export.check_parity`'s tolerance), the critical index reads and belongs to the model, the
+    :func:`edgeslice.deploy.export.check_parity`'s tolerance), the critical index reads and belongs to the model, the
     report's parameter count matches the checkpoint, and, when the configuration names a device, the artifacts meet
     its budgets. A step whose input is absent is skipped, never failed, except the manifest itself.
 
@@ -103,7 +103,7 @@ def verify(folder: str | Path, *, samples: int = PARITY_SAMPLES) -> VerifyResult
 
 
 def _check_checkpoint(folder: Path, add):
-    from .models import load_checkpoint
+    from ..models import load_checkpoint
 
     if not (folder / "model.safetensors").is_file() and not (folder / "model.json").is_file():
         add(Check("checkpoint", "skip", "no model.safetensors in the folder"))
@@ -121,7 +121,7 @@ def _check_checkpoint(folder: Path, add):
 def _check_onnx(folder: Path, model, meta, samples: int, add) -> None:
     import torch
 
-    from .export import check_parity
+    from ..deploy.export import check_parity
 
     paths = sorted(p for p in folder.glob("*.onnx") if p.is_file())
     if not paths:
@@ -131,7 +131,7 @@ def _check_onnx(folder: Path, model, meta, samples: int, add) -> None:
         for p in paths:
             add(Check(f"onnx {p.name}", "skip", "no checkpoint to compare with"))
         return
-    from .pipeline import make_prepare
+    from ..pipeline import make_prepare
 
     g = torch.Generator().manual_seed(0)
     size = meta.input_size
@@ -155,9 +155,9 @@ def _run_onnx(path: Path, model, x, name: str) -> Check:
     import numpy as np
     import torch
 
-    from .export import _session
+    from ..deploy.export import ort_session
 
-    sess = _session(path)
+    sess = ort_session(path)
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         ref = model(x).numpy()
@@ -170,9 +170,9 @@ def _run_onnx(path: Path, model, x, name: str) -> Check:
 def _check_index(folder: Path, model, meta, add) -> None:
     import torch
 
-    from .index import CriticalIndex
-    from .pipeline import make_prepare
-    from .slicing import find_layers
+    from ..index import CriticalIndex
+    from ..pipeline import make_prepare
+    from ..slicing import find_layers
 
     path = folder / "critical_index"
     if not path.is_file():
@@ -211,7 +211,7 @@ def _check_index(folder: Path, model, meta, add) -> None:
 
 def _check_restructured(index, timm_name: str, layers: list[dict[str, Any]]) -> None:
     """A restructured model keeps every layer of the index, with between its critical and its original channels."""
-    from .errors import IndexFileError
+    from ..errors import IndexFileError
 
     if timm_name != index.timm_name:
         raise IndexFileError(f"index is for {index.timm_name!r}, not {timm_name!r}")
@@ -255,8 +255,8 @@ def _check_budgets(folder: Path, config: dict[str, Any], precision: str, add) ->
         add(Check("budgets", "skip", "not checked (no device)"))
         return
     try:
-        from .budget import measure_artifacts
-        from .devices import get_device
+        from ..deploy.budget import measure_artifacts
+        from ..deploy.devices import get_device
     except ImportError as e:  # pragma: no cover - devices ship with edgeslice
         add(Check("budgets", "fail", f"device {device!r} named, but device profiles are unavailable: {e}"))
         return

@@ -14,10 +14,10 @@ Measurements (batch 1, at the model's input size):
   (:func:`measure_onnx`, merged after it everywhere a file is measured).
 - ``model_bytes``: the real ONNX file size (only once a file exists; ``measure_onnx``).
 
-The latency estimate (MACs / the profile's MAC/s) is made by :meth:`edgeslice.devices.DeviceProfile.check`.
+The latency estimate (MACs / the profile's MAC/s) is made by :meth:`edgeslice.deploy.devices.DeviceProfile.check`.
 
 Example:
-    >>> from edgeslice.budget import measure_model
+    >>> from edgeslice.deploy.budget import measure_model
     >>> measure_model(model, (1, 28, 28), "int8")["macs"]
 """
 
@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import EdgesliceError
+from ..slicing.observe import eval_mode
 from .devices import BYTES_PER_ELEMENT, PRECISIONS, BudgetCheck, DeviceProfile
-from .errors import EdgesliceError
-from .slicing.observe import eval_mode
 
 #: θ values the budget search tries (ascending); kept channels never decrease with θ.
 DEFAULT_THETAS: tuple[float, ...] = (
@@ -181,12 +181,12 @@ def measure_artifacts(folder: str | Path, precision: str | None = None) -> dict[
 
     Returns:
         :func:`measure_model`'s keys plus :func:`measure_onnx`'s for the ONNX file of that precision — the input
-        :meth:`edgeslice.devices.DeviceProfile.check` takes.
+        :meth:`edgeslice.deploy.devices.DeviceProfile.check` takes.
 
     Raises:
         ModelError: missing or corrupt checkpoint; EdgesliceError: the ONNX file of that precision is missing.
     """
-    from .models import load_checkpoint
+    from ..models import load_checkpoint
 
     folder = Path(folder)
     precision = precision or _recorded_precision(folder) or "fp32"
@@ -354,8 +354,8 @@ class StructureProbe:
         if theta not in self._fp32:
             import copy
 
+            from ..restructure import restructure_
             from .export import export_onnx
-            from .restructure import restructure_
 
             result = self.slicer.slice(theta=theta, strategy="semantic", solver=self.solver, interval=self.interval)
             model = copy.deepcopy(self.original).eval()

@@ -10,7 +10,7 @@ least :data:`MIN_TOP1_AGREEMENT` of the samples; the largest |Δlogit| is report
 is not a pass/fail criterion).
 
 Example:
-    >>> from edgeslice.quantize import quantize_int8, int8_parity
+    >>> from edgeslice.deploy.quantize import quantize_int8, int8_parity
     >>> quantize_int8("out/model.onnx", "out/model.int8.onnx", calib_batches)
     >>> int8_parity("out/model.onnx", "out/model.int8.onnx", test_inputs)["top1_agreement"]
 """
@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ExportError
+from ..errors import ExportError
+from .export import ort_session
 
 #: The int8 model's top-1 must agree with the fp32 ONNX model's on at least this share of the test subset.
 MIN_TOP1_AGREEMENT = 0.97
@@ -35,14 +36,6 @@ EVAL_SUBSET = 2000
 #: Calibration samples fed to onnxruntime's min/max calibrator at most (it holds every intermediate output of all of
 #: them in memory: about 100 MB for MobileNetV3-small at 28 px).
 MAX_CALIBRATION_SAMPLES = 512
-
-
-def _session(path: str | Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 #: Precisions for the classifier head after the global pooling (see :func:`quantize_int8`).
@@ -62,7 +55,7 @@ def quantize_int8(
     """Write a QDQ int8 copy of ``fp32_path`` to ``out_path`` (atomically).
 
     Args:
-        fp32_path: the float ONNX model (input named as exported by :func:`edgeslice.export.export_onnx`).
+        fp32_path: the float ONNX model (input named as exported by :func:`edgeslice.deploy.export.export_onnx`).
         out_path: where the int8 model goes (e.g. ``model.int8.onnx``).
         calibration: float32 input batches, already normalised the way the model expects, ``(N, C, H, W)``.
         per_channel: per-output-channel weight scales (much better on depthwise convolutions).
@@ -90,7 +83,7 @@ def quantize_int8(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    input_name = _session(fp32_path).get_inputs()[0].name
+    input_name = ort_session(fp32_path).get_inputs()[0].name
     batches: list[np.ndarray] = []
     n = 0
     for b in calibration:
@@ -182,7 +175,7 @@ def head_nodes(path: str | Path) -> list[str]:
 
 def onnx_logits(path: str | Path, inputs: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     """Logits of an ONNX model on ``inputs`` ``(N, C, H, W)``, batch by batch (CPU)."""
-    sess = _session(path)
+    sess = ort_session(path)
     name = sess.get_inputs()[0].name
     out = [sess.run(None, {name: np.ascontiguousarray(inputs[i : i + batch_size], dtype=np.float32)})[0]
            for i in range(0, len(inputs), batch_size)]  # fmt: skip

@@ -20,7 +20,7 @@ Estimated latency = MACs / ``macs_per_s[precision]``: a first-order number for c
 on the device.
 
 Example:
-    >>> from edgeslice.devices import get_device
+    >>> from edgeslice.deploy.devices import get_device
     >>> profile = get_device("rpi4")
     >>> [c.ok for c in profile.check({"model_bytes": 2_000_000, "ram_bytes": 9_000_000, "macs": 60_000_000,
     ...                              "precision": "fp32", "opset": 17})]
@@ -38,7 +38,7 @@ from typing import Any
 
 import tomllib
 
-from .errors import EdgesliceError
+from ..errors import EdgesliceError
 
 PROFILE_VERSION = 1
 PRECISIONS = ("fp32", "int8")
@@ -297,8 +297,8 @@ class DeviceProfile:
         """Compare a measurement with every budget of this profile.
 
         Args:
-            measured: as returned by :func:`edgeslice.budget.measure_model` or
-                :func:`edgeslice.budget.measure_artifacts`: ``precision``, ``model_bytes`` (the model file),
+            measured: as returned by :func:`edgeslice.deploy.budget.measure_model` or
+                :func:`edgeslice.deploy.budget.measure_artifacts`: ``precision``, ``model_bytes`` (the model file),
                 ``weight_bytes`` and ``peak_activation_bytes`` (RAM = their sum, or activations alone when
                 ``ram_counts_weights`` is false; a precomputed ``ram_bytes`` is used when the parts are absent),
                 ``macs`` (latency = MACs / macs_per_s[precision]) and optionally ``opset``.
@@ -362,7 +362,7 @@ def profile_dirs() -> list[Path]:
     ``pyproject.toml``), so the repository keeps a single ``devices/`` folder at its root.
     """
     here = Path(__file__).resolve().parent
-    candidates = [here.parent / "devices", Path(sys.prefix) / "share" / "edgeslice" / "devices"]
+    candidates = [here.parents[1] / "devices", Path(sys.prefix) / "share" / "edgeslice" / "devices"]
     return [d for d in candidates if d.is_dir()]
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from ._io import atomic_write_json, sha256_file
-from .errors import EdgesliceError
+from .. import __version__
+from ..errors import EdgesliceError
+from .files import atomic_write_json, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "edgeslice-manifest"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .pipeline import CompressConfig
+    from .config import CompressConfig
 
 import tomllib
 
@@ -45,7 +45,7 @@ def recipe_dirs() -> list[Path]:
     """Folders searched for recipes by name: ``$EDGESLICE_RECIPES`` (``os.pathsep``-separated), the source tree's
     ``recipes/`` and the installed ``share/edgeslice/recipes``, in that order (existing folders only)."""
     dirs = [Path(p) for p in os.environ.get("EDGESLICE_RECIPES", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parent.parent / "recipes")
+    dirs.append(Path(__file__).resolve().parents[2] / "recipes")
     dirs.append(Path(sys.prefix) / "share" / "edgeslice" / "recipes")
     seen, out = set(), []
     for d in dirs:
@@ -121,7 +121,7 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
     Raises:
         ValueError: a malformed override or an unknown key (the message names it and the valid keys).
     """
-    from .pipeline import CompressConfig
+    from .config import CompressConfig
 
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     for item in overrides:
@@ -199,7 +199,7 @@ def _type_name(hint: Any) -> str:
 
 def config_from_dict(values: dict[str, Any]) -> CompressConfig:
     """Type-check ``values`` and build a :class:`~edgeslice.pipeline.CompressConfig` (ValueError when invalid)."""
-    from .pipeline import CompressConfig
+    from .config import CompressConfig
 
     check_types(CompressConfig, values)
     values = dict(values)

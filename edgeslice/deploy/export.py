@@ -1,20 +1,17 @@
-"""ONNX export, onnxruntime parity check, and size/latency measurements."""
+"""ONNX export and the onnxruntime parity check (sizes and latency: :mod:`.measure`)."""
 
 from __future__ import annotations
 
-import gzip
 import os
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import ExportError
-from .slicing.observe import eval_mode
+from ..errors import ExportError
+from ..slicing.observe import eval_mode
 
 DEFAULT_OPSET = 17
 
@@ -68,7 +65,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, op
     return path
 
 
-def _session(path: str | Path, threads: int | None = None):
+def ort_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session of ``path`` (quiet; ``threads`` intra-op threads, or onnxruntime's default)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -85,7 +83,7 @@ def check_parity(model: nn.Module, path: str | Path, inputs: torch.Tensor, *, at
     then differs by a few ulps of the output's magnitude (measured: 7.4e-4 on MobileNetV3-small logits of about 30,
     5e-6 relative). For logits within ±1 this is the plain 1e-4.
     """
-    sess = _session(path)
+    sess = ort_session(path)
     with torch.no_grad(), eval_mode(model):
         ref = model.to("cpu")(inputs.to("cpu").float()).numpy()
     got = sess.run(None, {sess.get_inputs()[0].name: inputs.cpu().float().numpy()})[0]
@@ -96,28 +94,3 @@ def check_parity(model: nn.Module, path: str | Path, inputs: torch.Tensor, *, at
     if not diff <= tol:
         raise ExportError(f"ONNX parity failed: max |onnxruntime - PyTorch| = {diff:.3g} > {tol:.3g}")
     return diff
-
-
-def onnx_latency(
-    path: str | Path, input_shape: tuple[int, ...], *, runs: int = 50, warmup: int = 5, threads: int | None = None
-) -> dict[str, float]:
-    """onnxruntime CPU latency of one batch of ``input_shape`` (median and p90 over ``runs``, in ms)."""
-    import numpy as np
-
-    sess = _session(path, threads)
-    feed = {sess.get_inputs()[0].name: np.random.default_rng(0).random(input_shape, dtype=np.float32)}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))], "runs": runs}
-
-
-def file_sizes(path: str | Path) -> dict[str, int]:
-    """Raw and gzip-compressed size in bytes (firmware images are usually compressed)."""
-    raw = Path(path).read_bytes()
-    return {"raw_bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, compresslevel=9, mtime=0))}

@@ -1,10 +1,11 @@
-"""Atomic file writing, hashing and staging directories.
+"""Atomic file writing, canonical JSON, hashing and PNG figures.
 
 Every artifact edgeslice writes goes through here, so a crash or a bad input never leaves a half-written file.
 
 Under torch.distributed only rank 0 writes. The other ranks run the same code (so collectives stay matched and
-the code needs no rank checks), but :func:`staging_dir` hands them a throw-away folder in the system temp dir that
-is deleted afterwards, never ``out``, and :func:`atomic_write_bytes` drops their writes anywhere else.
+the code needs no rank checks), but :func:`rank_scratch` (used by :func:`edgeslice.artifacts.staging.staging_dir`)
+hands them a throw-away folder in the system temp dir that is deleted afterwards, and :func:`atomic_write_bytes`
+drops their writes anywhere else.
 """
 
 from __future__ import annotations
@@ -24,12 +25,26 @@ _scratch: list[Path] = []  # this rank's throw-away staging folders (ranks other
 
 def _discarded(path: Path) -> bool:
     """Whether this process must not write ``path``: it is not rank 0 and ``path`` is outside its scratch."""
-    from .distributed import is_main
+    from ..distributed import is_main
 
     if is_main():
         return False
     p = path.absolute()
     return not any(p.is_relative_to(root) for root in _scratch)
+
+
+@contextlib.contextmanager
+def rank_scratch() -> Iterator[Path]:
+    """A throw-away folder for a torch.distributed rank other than 0: writes inside it are kept, then deleted."""
+    from ..distributed import rank
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"edgeslice-rank{rank()}-")).absolute()
+    _scratch.append(scratch)
+    try:
+        yield scratch
+    finally:
+        _scratch.remove(scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -100,56 +115,3 @@ def save_figure(fig, path: str | Path) -> Path:
         pyplot().close(fig)
         tmp.unlink(missing_ok=True)
     return path
-
-
-def _remove_previous_artifacts(out: Path) -> None:
-    """Delete the files an earlier edgeslice run listed in ``out/manifest.json`` (never anything else).
-
-    A rerun into the same folder then leaves no stale artifact that the new manifest does not list, while files the
-    user put there stay.
-    """
-    from .manifest import MANIFEST_NAME, ManifestError, read_manifest
-
-    try:
-        doc = read_manifest(out)  # validates that every listed name is a plain file name in the folder
-    except ManifestError:
-        return
-    for name in (*doc["files"], *doc.get("volatile", {}), MANIFEST_NAME):
-        target = out / name
-        if target.is_file() and not target.is_symlink():
-            target.unlink()
-
-
-@contextlib.contextmanager
-def staging_dir(out: str | Path) -> Iterator[Path]:
-    """Yield an empty scratch folder beside ``out``; on success move its files into ``out``.
-
-    On any exception the scratch folder is removed and ``out`` is left as it was, so a failed command never leaves
-    partial artifacts behind. On a torch.distributed rank other than 0 the folder is a throw-away one in the
-    system temp dir: everything written there is deleted and ``out`` is never touched.
-    """
-    out = Path(out)
-    from .distributed import is_main, rank
-
-    if not is_main():
-        scratch = Path(tempfile.mkdtemp(prefix=f"edgeslice-rank{rank()}-")).absolute()
-        _scratch.append(scratch)
-        try:
-            yield scratch
-        finally:
-            _scratch.remove(scratch)
-            shutil.rmtree(scratch, ignore_errors=True)
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging.", dir=out.parent))
-    try:
-        yield stage
-        out.mkdir(parents=True, exist_ok=True)
-        _remove_previous_artifacts(out)
-        for item in sorted(stage.iterdir()):
-            target = out / item.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            os.replace(item, target)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from ._io import atomic_write_bytes
-from .index import CriticalIndex
+from .. import __version__
+from ..artifacts.files import atomic_write_bytes
+from ..index import CriticalIndex
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

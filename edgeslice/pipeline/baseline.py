@@ -1,0 +1,189 @@
+"""The model and data a pipeline starts from: the cached baseline, the normalisation, and the checks that refuse a
+checkpoint or a data set that cannot give a meaningful run — before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import DataBundle, DataError, normalize, targets_of
+from ..errors import ModelError
+from ..models import ModelMeta, create_model, load_checkpoint, resolve_model_name, save_checkpoint
+from ..train import evaluate, train_model
+
+
+def edgeslice_home() -> Path:
+    """``$EDGESLICE_HOME`` or ``~/.cache/edgeslice``: where trained baselines are cached."""
+    return Path(os.environ.get("EDGESLICE_HOME") or Path.home() / ".cache" / "edgeslice")
+
+
+def make_prepare(meta_or_bundle: ModelMeta | DataBundle) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The normalisation a model expects, as a batch function."""
+    mean, std = tuple(meta_or_bundle.mean), tuple(meta_or_bundle.std)
+    return lambda x: normalize(x, mean, std)
+
+
+def _data_key(bundle: DataBundle) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(bundle.name).name or "data")
+    digest = hashlib.sha256(f"{bundle.name}|{bundle.source}|{len(bundle.train)}".encode()).hexdigest()[:8]
+    return f"{name}-{bundle.image_size}px-{digest}"
+
+
+def meta_for(timm_name: str, bundle: DataBundle, **info: Any) -> ModelMeta:
+    return ModelMeta(
+        timm_name=timm_name,
+        classes=list(bundle.classes),
+        in_chans=bundle.in_chans,
+        input_size=bundle.image_size,
+        mean=list(bundle.mean),
+        std=list(bundle.std),
+        info=info,
+    )
+
+
+def train_baseline(
+    model_name: str,
+    bundle: DataBundle,
+    *,
+    epochs: float,
+    seed: int,
+    device: torch.device,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+) -> tuple[nn.Module, ModelMeta]:
+    """Train a model from scratch on ``bundle`` and measure its test accuracy."""
+    timm_name = resolve_model_name(model_name)
+    torch.manual_seed(seed)
+    model = create_model(
+        timm_name, num_classes=len(bundle.classes), in_chans=bundle.in_chans, input_size=bundle.image_size
+    ).to(device)
+    prepare = make_prepare(bundle)
+    t0 = time.perf_counter()
+    stats = train_model(
+        model,
+        bundle.train,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        prepare=prepare,
+        device=device,
+        description=f"train {timm_name}",
+    )
+    acc = evaluate(model, bundle.test, prepare=prepare, device=device, description="test accuracy")
+    meta = meta_for(
+        timm_name,
+        bundle,
+        data=bundle.describe(),
+        seed=seed,
+        epochs=epochs,
+        test_accuracy=acc,
+        train_seconds=round(time.perf_counter() - t0, 2),
+        final_loss=stats["final_loss"],
+    )
+    return model, meta
+
+
+def cached_baseline(
+    model_name: str,
+    bundle: DataBundle,
+    *,
+    epochs: float,
+    seed: int,
+    device: torch.device,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+) -> tuple[nn.Module, ModelMeta, Path, bool]:
+    """The baseline for (model, data, seed, epochs, batch size, lr): loaded from the cache, or trained and cached.
+
+    Returns:
+        (model on ``device``, meta, checkpoint path, whether it came from the cache).
+    """
+    timm_name = resolve_model_name(model_name)
+    path = (
+        edgeslice_home()
+        / "baselines"
+        / f"{timm_name}-{_data_key(bundle)}-seed{seed}-ep{epochs:g}-bs{batch_size}-lr{lr:g}"
+        / "model.safetensors"
+    )
+    if path.is_file():
+        try:
+            model, meta = load_checkpoint(path, expect_model=timm_name)
+            return model.to(device), meta, path, True
+        except ModelError:
+            pass  # a corrupt cache entry is retrained and overwritten
+    model, meta = train_baseline(
+        model_name, bundle, epochs=epochs, seed=seed, device=device, batch_size=batch_size, lr=lr
+    )
+    save_checkpoint(model, meta, path)
+    return model, meta, path, False
+
+
+def _preview(names: list[str], n: int = 4) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (", …" if len(names) > n else "")
+
+
+def check_against_data(meta: ModelMeta, bundle: DataBundle) -> None:
+    """Refuse a checkpoint whose classes (names and count), input channels or input size differ from the data's.
+
+    Raises:
+        ModelError: one line saying what differs, and how to re-head the model when that is what the user wants.
+    """
+    rehead = f"to re-head it for this data, train it on the data: edgeslice train {meta.timm_name} --data …"
+    if len(meta.classes) != len(bundle.classes):
+        raise ModelError(
+            f"checkpoint has {len(meta.classes)} classes, the data {bundle.name!r} has {len(bundle.classes)}; {rehead}"
+        )
+    if list(meta.classes) != list(bundle.classes):
+        raise ModelError(
+            f"checkpoint classes ({_preview(list(meta.classes))}) differ from the data's "
+            f"({_preview(list(bundle.classes))}); {rehead}"
+        )
+    if meta.in_chans != bundle.in_chans:
+        raise ModelError(f"checkpoint takes {meta.in_chans}-channel images, the data has {bundle.in_chans} channels")
+    if meta.input_size != bundle.image_size:
+        raise ModelError(
+            f"checkpoint takes {meta.input_size}-px inputs, the data is loaded at {bundle.image_size} px "
+            f"(drop --image-size, or pass --image-size {meta.input_size})"
+        )
+
+
+def check_data(bundle: DataBundle) -> None:
+    """Refuse data that cannot be sliced: fewer than 2 classes, or a class without training (calibration) images.
+
+    Raises:
+        DataError: naming the problem (and the first empty class).
+    """
+    if len(bundle.classes) < 2:
+        raise DataError(
+            f"data {bundle.name!r} has {len(bundle.classes)} class(es); slicing and training need at least 2"
+        )
+    counts = torch.bincount(targets_of(bundle.train).long(), minlength=len(bundle.classes))
+    empty = [bundle.classes[i] for i in range(len(bundle.classes)) if int(counts[i]) == 0]
+    if empty:
+        raise DataError(f"class {empty[0]!r} of {bundle.name!r} has no training images (nothing to calibrate on)")
+
+
+#: A baseline within this share of the way from chance to perfect accuracy is reported as "near chance".
+NEAR_CHANCE_MARGIN = 0.1
+
+
+def near_chance_warning(accuracy: float, num_classes: int) -> str | None:
+    """A warning when ``accuracy`` is within :data:`NEAR_CHANCE_MARGIN` of chance (1 / classes), else None."""
+    chance = 1.0 / max(1, num_classes)
+    if accuracy <= chance + NEAR_CHANCE_MARGIN * (1.0 - chance):
+        return (
+            f"the baseline's test accuracy {accuracy:.2%} is near chance ({chance:.2%} for {num_classes} classes): "
+            "slicing a model that has not learned its classes gives meaningless critical neurons"
+        )
+    return None

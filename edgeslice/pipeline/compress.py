@@ -1,0 +1,411 @@
+"""``edgeslice compress``, read top to bottom as its stages.
+
+load model and data → calibrate + slice → (device search) → restructure → fine-tune → (iterative prune) → export →
+measure → report. Each stage is one function returning a small dataclass; :func:`build_report` assembles
+``report.json`` from those results. With a device profile the search stage picks θ and the restructure … export
+stages run once per θ, stepping down while the measured artifacts miss a budget. Every artifact is written to a
+staging folder and moved into ``--out`` only when the whole run succeeded (:mod:`edgeslice.artifacts.staging`).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..artifacts.files import atomic_write_json
+from ..artifacts.manifest import write_manifest
+from ..artifacts.staging import claim_output, staging_dir
+from ..data import DataBundle, load_data
+from ..errors import EdgesliceError
+from ..index import CriticalIndex
+from ..models import ModelMeta, count_parameters, load_checkpoint, resolve_model_name, save_checkpoint
+from ..restructure import RestructureReport
+from ..slicing import SemanticSlicer, SliceResult, channel_masks
+from ..train import evaluate, iterate_batches, train_model
+from .baseline import (
+    cached_baseline,
+    check_against_data,
+    check_data,
+    edgeslice_home,
+    make_prepare,
+    meta_for,
+    near_chance_warning,
+)
+from .calibrate import calibration_set, describe_slice, layer_table, plot_layer_ratios, slice_model
+from .config import CompressConfig
+from .device_search import DoesNotFit, Search, budget_stage, resolve_target, search_stage
+
+
+class Timer:
+    """Wall-clock seconds per stage, under the keys ``report.json`` has always used (``slice_s``, …)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def span(self, key: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.seconds[key] = time.perf_counter() - t
+
+    def finish(self) -> None:
+        self.seconds["total_s"] = time.perf_counter() - self.start
+
+
+@dataclass
+class Loaded:
+    """Stage 1: the model to compress, its data and its accuracy."""
+
+    timm_name: str
+    bundle: DataBundle
+    model: nn.Module
+    meta: ModelMeta
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+    baseline_source: str
+    from_cache: bool
+    accuracy: float
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Sliced:
+    """Stage 2: the calibrated slicer, one θ's result and index, and what the later stages compare against."""
+
+    slicer: SemanticSlicer
+    result: SliceResult
+    index: CriticalIndex
+    original: nn.Module  # an unpruned copy: masked equivalence, the "before" ONNX, every budget candidate
+    example: torch.Tensor  # the first 64 test images, normalised, on the device
+    input_shape: tuple[int, int, int]
+
+
+@dataclass
+class Restructured:
+    """Stage 3: the non-critical channels physically removed, proven equal to masking them."""
+
+    report: RestructureReport
+    equivalence: float
+    accuracy: float
+
+
+@dataclass
+class Tuned:
+    """Stages 4–5: accuracy after fine-tuning and, when enabled, after iterative pruning."""
+
+    accuracy_finetuned: float
+    accuracy: float
+    prune_report: Any = None
+
+
+@dataclass
+class Exported:
+    """Stages 6–7: the files written to the staging folder and what they measure."""
+
+    index_bytes: int
+    after: dict[str, Any]
+    before: dict[str, Any]
+    parity: float
+    int8: dict[str, Any] | None
+    budget: dict[str, Any] | None
+    layers: list[dict[str, Any]]
+
+
+def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, Any]:
+    """Run the whole compression pipeline and write the artifacts to ``out``; returns the report.
+
+    With ``cfg.device`` the θ of ``cfg.slicing`` is replaced by the largest θ of
+    :data:`edgeslice.deploy.budget.DEFAULT_THETAS` whose model meets every budget of that device profile, in fp32 or
+    int8, whichever admits the larger θ (fp32 on a tie; int8 only with ``cfg.quantize == "int8"``); the measured
+    artifacts are checked again and the search steps down a θ if they miss a budget.
+
+    Raises:
+        BudgetError: no candidate meets the device's budgets (nothing is written).
+        OutputError: ``out`` cannot be written, or another run holds it (checked before any work).
+    """
+    with claim_output(out):
+        target = resolve_target(cfg)
+        timer = Timer()
+        loaded = load_stage(cfg, device, timer)
+        sliced = slice_stage(cfg, loaded, device, timer)
+        search = search_stage(cfg, target, sliced, timer)
+        for theta in search.attempts:
+            candidate, model = sliced, loaded.model
+            if search.profile is not None:
+                candidate = rethreshold(cfg, sliced, theta)
+                sliced.original.to(device)  # a previous attempt's export moved it to the CPU
+                model = copy.deepcopy(sliced.original)
+            try:
+                return ship(cfg, out, device, timer, search, loaded, candidate, model)
+            except DoesNotFit as e:
+                search.failures.append(e)
+        raise search.exhausted()
+
+
+def load_stage(cfg: CompressConfig, device: torch.device, timer: Timer) -> Loaded:
+    """Stage 1: the checkpoint (checked against the data) or the cached baseline, and its test accuracy."""
+    with timer.span("baseline_s"):
+        timm_name = resolve_model_name(cfg.model)
+        if cfg.checkpoint:
+            model, meta = load_checkpoint(cfg.checkpoint, expect_model=timm_name)
+            size = cfg.image_size if cfg.image_size is not None else meta.input_size
+            bundle = load_data(cfg.data, image_size=size, seed=cfg.seed, download=cfg.download)
+            check_data(bundle)
+            check_against_data(meta, bundle)
+            model.to(device)
+            source, cached = str(cfg.checkpoint), True
+        else:
+            bundle = load_data(cfg.data, image_size=cfg.image_size, seed=cfg.seed, download=cfg.download)
+            check_data(bundle)
+            model, meta, path, cached = cached_baseline(
+                cfg.model, bundle, epochs=cfg.train_epochs, seed=cfg.seed, device=device,
+                batch_size=cfg.batch_size, lr=cfg.lr,
+            )  # fmt: skip
+            source = _cache_relative(path)
+    prepare = make_prepare(meta)
+    with timer.span("evaluate_s"):
+        acc = evaluate(model, bundle.test, prepare=prepare, device=device, description="baseline accuracy")
+    warnings = [w for w in [near_chance_warning(acc, len(meta.classes))] if w]
+    for w in warnings:
+        sys.stderr.write(f"warning: {w}\n")
+    return Loaded(timm_name, bundle, model, meta, prepare, source, cached, acc, warnings)
+
+
+def _cache_relative(path: Path) -> str:
+    """The cached baseline's path relative to the cache, so artifacts do not depend on where it is."""
+    try:
+        return f"$EDGESLICE_HOME/{Path(path).resolve().relative_to(edgeslice_home().resolve())}"
+    except ValueError:
+        return str(path)
+
+
+def slice_stage(cfg: CompressConfig, loaded: Loaded, device: torch.device, timer: Timer) -> Sliced:
+    """Stage 2: one calibration pass, the slice at ``cfg.slicing``, and an unpruned copy of the model."""
+    with timer.span("slice_s"):
+        slicer, result, index = slice_model(
+            loaded.model, loaded.meta, loaded.bundle, cfg.slicing, seed=cfg.seed, device=device
+        )
+    original = copy.deepcopy(loaded.model).eval()
+    example, _ = next(iterate_batches(loaded.bundle.test, 64))
+    meta = loaded.meta
+    return Sliced(
+        slicer, result, index, original, loaded.prepare(example.to(device)),
+        (meta.in_chans, meta.input_size, meta.input_size),
+    )  # fmt: skip
+
+
+def rethreshold(cfg: CompressConfig, sliced: Sliced, theta: float) -> Sliced:
+    """The same calibration sliced at another θ (the device search's candidates)."""
+    s = cfg.slicing
+    result = sliced.slicer.slice(theta=theta, strategy="semantic", solver=s.solver, interval=s.interval)
+    index = replace(sliced.index, critical=result.critical, per_class=result.per_class, params=result.params)
+    return replace(sliced, result=result, index=index)
+
+
+def restructure_stage(
+    cfg: CompressConfig, model: nn.Module, sliced: Sliced, loaded: Loaded, device: torch.device, timer: Timer
+) -> Restructured:
+    """Stage 3: remove the non-critical channels from ``model`` in place; refuse a model that differs from masking.
+
+    Raises:
+        EdgesliceError: the restructured model's logits differ from the masked original's (a bug, never shipped).
+    """
+    from ..restructure import restructure_
+
+    x = sliced.example
+    with timer.span("restructure_s"):
+        report = restructure_(
+            model, sliced.slicer.layers, sliced.result.critical, x[:2], scores=sliced.result.scores,
+            round_to=cfg.round_to,
+        )  # fmt: skip
+        with torch.no_grad(), channel_masks(sliced.original, sliced.slicer.layers, report.effective_keep):
+            masked = sliced.original(x)
+        with torch.no_grad():
+            pruned = model.eval()(x)
+        equivalence = float((masked - pruned).abs().max())
+        if equivalence > 1e-3 * max(1.0, float(masked.abs().max())):
+            raise EdgesliceError(f"restructured model differs from the masked model by {equivalence:.3g} (a bug)")
+        acc = evaluate(model, loaded.bundle.test, prepare=loaded.prepare, device=device,
+                       description="restructured accuracy")  # fmt: skip
+    return Restructured(report, equivalence, acc)
+
+
+def finetune_stage(
+    cfg: CompressConfig, model: nn.Module, loaded: Loaded, rs: Restructured, device: torch.device, timer: Timer
+) -> Tuned:
+    """Stages 4–5: fine-tune the restructured model, then (``cfg.pruning``) prune it iteratively."""
+    bundle, prepare = loaded.bundle, loaded.prepare
+    with timer.span("finetune_s"):
+        if cfg.finetune_epochs > 0:
+            train_model(
+                model, bundle.train, epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr,
+                seed=cfg.seed + 1, prepare=prepare, device=device, description="fine-tune",
+            )  # fmt: skip
+        acc = evaluate(model, bundle.test, prepare=prepare, device=device, description="fine-tuned accuracy")
+    if not cfg.pruning.enabled:
+        return Tuned(acc, acc)
+    from ..pruning import prune_pipeline_
+
+    with timer.span("prune_s"):
+        report = prune_pipeline_(
+            model, loaded.meta, bundle, cfg.pruning, device=device, dense_params=rs.report.params_before,
+            baseline_accuracy=loaded.accuracy, batch_size=cfg.batch_size, seed=cfg.seed,
+        )  # fmt: skip
+    return Tuned(acc, report.accuracy, report)
+
+
+def effective_config(cfg: CompressConfig, result: SliceResult, precision: str) -> CompressConfig:
+    """The configuration that reproduces these artifacts: the θ the device search chose, the precision shipped."""
+    theta = float(result.params.get("theta", cfg.slicing.theta))
+    quantize = "int8" if precision == "int8" else cfg.quantize
+    return replace(cfg, slicing=replace(cfg.slicing, theta=theta), quantize=quantize)
+
+
+def ship(
+    cfg: CompressConfig,
+    out: Path,
+    device: torch.device,
+    timer: Timer,
+    search: Search,
+    loaded: Loaded,
+    sliced: Sliced,
+    model: nn.Module,
+) -> dict[str, Any]:
+    """Stages 3–8 for one slice result: restructure, fine-tune, export, measure, report — all or nothing into ``out``.
+
+    Raises:
+        DoesNotFit: with a device profile, the measured artifacts miss a budget (nothing is written).
+    """
+    rs = restructure_stage(cfg, model, sliced, loaded, device, timer)
+    tuned = finetune_stage(cfg, model, loaded, rs, device, timer)
+    effective = effective_config(cfg, sliced.result, search.precision)
+    with staging_dir(out) as stage:
+        with timer.span("export_s"):
+            exported = export_stage(cfg, effective, stage, search, loaded, sliced, model, rs, tuned)
+        timer.finish()
+        report = build_report(effective, device, timer, search, loaded, sliced, model, rs, tuned, exported)
+        atomic_write_json(stage / "report.json", report)
+        write_manifest(stage, effective.to_dict(), cfg.seed)
+    return report
+
+
+def export_stage(
+    cfg: CompressConfig,
+    effective: CompressConfig,
+    stage: Path,
+    search: Search,
+    loaded: Loaded,
+    sliced: Sliced,
+    model: nn.Module,
+    rs: Restructured,
+    tuned: Tuned,
+) -> Exported:
+    """Stages 6–7: index, checkpoint, ONNX (+ int8) into ``stage``, parity, budgets, the "before" model, figures.
+
+    Raises:
+        DoesNotFit: with a device profile, the measured artifacts miss a budget.
+    """
+    from ..deploy.export import check_parity
+    from ..deploy.int8 import int8_artifact
+    from ..deploy.measure import export_and_measure
+
+    meta, bundle, result, index = loaded.meta, loaded.bundle, sliced.result, sliced.index
+    index_path = index.save(stage / "critical_index")
+    pruning = (
+        None
+        if tuned.prune_report is None
+        else {"pruner": cfg.pruning.pruner, "cr": tuned.prune_report.compression_rate}
+    )
+    meta_out = meta_for(
+        loaded.timm_name, bundle, source_fingerprint=index.model_fingerprint, baseline=loaded.baseline_source,
+        slicing=result.params, test_accuracy=tuned.accuracy, baseline_accuracy=loaded.accuracy,
+        dense_params=rs.report.params_before, pruning=pruning,
+    )  # fmt: skip
+    meta_out.restructured = True
+    model.cpu()
+    save_checkpoint(model, meta_out, stage / "model.safetensors")
+    x_cpu = sliced.example.cpu()
+    after = export_and_measure(model, x_cpu, stage / "model.onnx", search.opset)
+    parity = check_parity(model, stage / "model.onnx", x_cpu)
+    int8 = None
+    if effective.quantize == "int8":
+        calib = calibration_set(bundle, cfg.slicing.calib_per_class, cfg.seed)
+        int8 = int8_artifact(stage / "model.onnx", stage / "model.int8.onnx", calib, bundle.test, loaded.prepare)
+    budget = budget_stage(cfg, effective, search, model, meta, stage, tuned.prune_report)
+    before = export_and_measure(sliced.original.cpu(), x_cpu, stage / "baseline.onnx", search.opset)
+    (stage / "baseline.onnx").unlink()
+    if tuned.prune_report is not None:
+        from ..pruning import curve_points, plot_prune_curves
+
+        plot_prune_curves(
+            {f"NeuSemSlice + {cfg.pruning.pruner}": curve_points(tuned.prune_report)},
+            stage / "accuracy_vs_cr.png",
+            f"{loaded.timm_name} on {bundle.name}: iterative {cfg.pruning.pruner} after semantic restructure",
+            baseline_accuracy=loaded.accuracy,
+            max_acc_drop=cfg.pruning.max_acc_drop,
+        )
+    rows = layer_table(result, rs.report.effective_keep)
+    title = f"{loaded.timm_name} on {bundle.name}: critical channels per layer ({describe_slice(result)})"
+    plot_layer_ratios(rows, stage / "critical_ratio.png", title)
+    return Exported(index_path.stat().st_size, after, before, parity, int8, budget, rows)
+
+
+def build_report(
+    effective: CompressConfig,
+    device: torch.device,
+    timer: Timer,
+    search: Search,
+    loaded: Loaded,
+    sliced: Sliced,
+    model: nn.Module,
+    rs: Restructured,
+    tuned: Tuned,
+    exported: Exported,
+) -> dict[str, Any]:
+    """``report.json``, assembled from the stage results."""
+    result, prune = sliced.result, tuned.prune_report
+    return {
+        "model": loaded.timm_name,
+        "data": loaded.bundle.describe(),
+        "config": effective.to_dict(),
+        "device": str(device),
+        "precision": search.precision,
+        "opset": search.opset,
+        "baseline": {"source": loaded.baseline_source, "from_cache": loaded.from_cache},
+        "warnings": list(loaded.warnings),
+        "slicing": {
+            **result.params,
+            "critical_channels": result.kept_channels,
+            "total_channels": result.total_channels,
+            "calibration": sliced.index.calibration,
+        },
+        "params_before": rs.report.params_before,
+        "params_after": rs.report.params_after,
+        "nonzero_params_after": count_parameters(model, nonzero=True),
+        "compression_rate": rs.report.removed_share if prune is None else prune.compression_rate,
+        "restructure_compression_rate": rs.report.removed_share,
+        "accuracy_finetuned": tuned.accuracy_finetuned,
+        "pruning": None if prune is None else prune.to_dict(),
+        "accuracy_before": loaded.accuracy,
+        "accuracy_restructured": rs.accuracy,
+        "accuracy_after": tuned.accuracy,
+        "restructure_equivalence_max_abs": rs.equivalence,
+        "onnx_parity_max_abs": exported.parity,
+        "onnx_before": exported.before,
+        "onnx_after": exported.after,
+        "int8": exported.int8,
+        "budget": exported.budget,
+        "index_bytes": exported.index_bytes,
+        "layers": exported.layers,
+        "groups": rs.report.to_dict()["groups"],
+        "timings_s": {k: round(v, 2) for k, v in timer.seconds.items()},
+    }
