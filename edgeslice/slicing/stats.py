@@ -364,42 +364,53 @@ def _finish(
     if sharded:
         _exchange(store, sends, y, owner, target, chunk_of, chunk_start, sizes, fields, world, me)
     offsets = _offsets(torch.where(held, count, torch.zeros_like(count)))
-    # Per-class vector sums from the rows, in a fixed order (class-major rows, blocks of REDUCE_ROWS).
-    vectors = torch.zeros(len(VECTOR_FIELDS), C, width, dtype=torch.float64)
-    for c in held.nonzero().squeeze(1).tolist():
-        lo, hi = int(offsets[c]), int(offsets[c + 1])
-        for start in range(lo, hi, REDUCE_ROWS):
-            stop = min(start + REDUCE_ROWS, hi)
-            f = store["f"][start:stop].to(torch.float64)
-            vectors[0, c] += f.sum(0)
-            vectors[1, c] += (f * f).sum(0)
-            if "t" in store:
-                vectors[2, c] += store["t"][start:stop].to(torch.float64).sum(0)
-            if "d" in store:
-                vectors[3, c] += store["d"][start:stop].to(torch.float64).sum(0)
-    vectors.add_(0.0)  # -0.0 → +0.0, so that the exact all-reduce below (x + 0 + …) returns the same bits
+    # Per-class vector sums from the rows, in a fixed order: per layer, class c's rows in blocks of REDUCE_ROWS,
+    # each block a contiguous (rows, N) float64 copy (the shapes do not depend on batch or world size).
+    source = {
+        "total": "f",
+        "sumsq": "f",
+        **({"taylor": "t"} if "t" in store else {}),
+        **({"deeplift": "d"} if "d" in store else {}),
+    }
+    vec = {la.name: {name: torch.zeros(C, la.channels, dtype=torch.float64) for name in source} for la in layers}
+    mine_classes = held.nonzero().squeeze(1).tolist()
+    first = 0
+    for la, n in zip(layers, widths, strict=True):
+        cols, v = slice(first, first + n), vec[la.name]
+        for c in mine_classes:
+            lo, hi = int(offsets[c]), int(offsets[c + 1])
+            for start in range(lo, hi, REDUCE_ROWS):
+                rows = slice(start, min(start + REDUCE_ROWS, hi))
+                f = store["f"][rows, cols].to(torch.float64).contiguous()
+                v["total"][c] += f.sum(0)
+                v["sumsq"][c] += (f * f).sum(0)
+                for name in ("taylor", "deeplift"):
+                    if name in source:
+                        v[name][c] += store[source[name]][rows, cols].to(torch.float64).contiguous().sum(0)
+        for t in v.values():
+            t.add_(0.0)  # -0.0 → +0.0, so that the exact all-reduce below (x + 0 + …) returns the same bits
+        first += n
     store.pop("t", None)
     store.pop("d", None)
     if sharded:
-        present = [0, 1, *([2] if stats.with_gradients else []), *([3] if stats.deeplift_baseline else [])]
-        packed = vectors[present].contiguous()
+        packed = torch.cat([t for la in layers for t in vec[la.name].values()], 1)
         distributed.all_reduce_sum_(packed)  # each entry is non-zero on its owner only: exact
-        vectors[present] = packed
+        first = 0
+        for la in layers:
+            for name in source:
+                vec[la.name][name] = packed[:, first : first + la.channels].clone()
+                first += la.channels
         del packed
-    start = 0
     countf = count.to(torch.float64)
+    first = 0
     for la, n in zip(layers, widths, strict=True):
-        cols = slice(start, start + n)
-        vec = {f: vectors[j, :, cols].clone() for j, f in enumerate(VECTOR_FIELDS)}
-        if not stats.with_gradients:
-            vec["taylor"] = torch.zeros((), dtype=torch.float64).expand(C, n)
-        if stats.deeplift_baseline is None:
-            vec["deeplift"] = torch.zeros((), dtype=torch.float64).expand(C, n)
+        v = vec.pop(la.name)
+        for name in ("taylor", "deeplift"):
+            v.setdefault(name, torch.zeros((), dtype=torch.float64).expand(C, n))  # not collected: zeros, no memory
         stats.per_layer[la.name] = LayerStats(
-            count=countf.clone(), features=store["f"][:, cols], offsets=offsets, held=held, **vec
+            count=countf.clone(), features=store["f"][:, first : first + n], offsets=offsets, held=held, **v
         )
-        start += n
-    del vectors
+        first += n
 
 
 def _exchange(store, sends, y, owner, target, chunk_of, chunk_start, sizes, fields, world, me) -> None:
