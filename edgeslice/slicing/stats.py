@@ -1,9 +1,10 @@
 """One streaming calibration pass: every calibration sample's pooled channel features, and per-class sums.
 
 Layout (memory grows with the samples, not with classes × N²). Per sample, every observed channel's feature (its
-spatial mean, float32 as the model computes it) is kept: one row of Σ_layers N values per sample, rows stored
-*class-major* (the classes in ascending order, each class's rows in calibration order). The solver's per-class
-channel Gram matrix G_c = F_cᵀF_c (paper Eq. 4) is formed from those rows only while class c is solved
+spatial mean, float32 as the model computes it) is kept: one row of Σ_layers N values per sample, in the blocks
+the calibration chunks produced (:class:`RowStore`; each class's rows are indexed as runs, in calibration order).
+The solver's per-class channel Gram matrix G_c = F_cᵀF_c (paper Eq. 4) is formed from those rows only while class c
+is solved
 (:meth:`LayerStats.class_gram`), so the pass holds samples × Σ N × 4 bytes plus one class's Σ N² × 8 at a time.
 The per-class vector sums (count, Σf, Σf², Σ attributions) are small, (C, N) float64, and kept for every class.
 The per-sample attribution rows (Taylor, DeepLIFT) are kept only until they are summed.
@@ -50,12 +51,44 @@ VECTOR_FIELDS = ("total", "sumsq", "taylor", "deeplift")
 STAT_FIELDS = ("count", *VECTOR_FIELDS)
 
 
+class RowStore:
+    """The pooled rows of the samples this process holds, as they were computed: blocks of (b, Σ N) float32 (one
+    per calibration chunk, or per chunk of rows received from another rank), per field (``f`` features, ``t``
+    Taylor, ``d`` DeepLIFT), and per class the runs of its rows, in calibration order. Nothing is copied into a
+    class-major matrix: a class's rows are gathered from its runs when it is solved."""
+
+    def __init__(self, blocks: dict[str, list[torch.Tensor]], runs: list[list[tuple[int, int, int]]]):
+        self.blocks = blocks
+        self.runs = runs  # per class: (block, start, stop)
+
+    def rows(self, c: int, cols: slice, field: str = "f") -> torch.Tensor:
+        """Class ``c``'s rows of columns ``cols`` in calibration order, (n_c, N) float32 (a view when one run)."""
+        blocks = self.blocks[field]
+        parts = [blocks[b][start:stop, cols] for b, start, stop in self.runs[c]]
+        if not parts:
+            return torch.zeros(0, cols.stop - cols.start, dtype=torch.float32)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def drop_(self, field: str) -> None:
+        self.blocks.pop(field, None)
+
+    def merged(self, other: RowStore) -> RowStore:
+        """This store's rows of each class followed by ``other``'s (fields both have)."""
+        shift = len(self.blocks["f"])
+        blocks = {k: v + other.blocks[k] for k, v in self.blocks.items() if k in other.blocks}
+        runs = [
+            mine + [(b + shift, lo, hi) for b, lo, hi in theirs]
+            for mine, theirs in zip(self.runs, other.runs, strict=True)
+        ]
+        return RowStore(blocks, runs)
+
+
 @dataclass
 class LayerStats:
     """One layer's statistics; the first axis of every (C, ...) field is the class.
 
-    ``features`` holds the pooled features of the samples of the classes this process holds, class-major:
-    class c's rows are ``features[offsets[c]:offsets[c + 1]]`` (empty for a class held elsewhere or absent).
+    The pooled features of the samples of the classes this process holds live in ``store`` (columns ``cols``):
+    :meth:`class_features` gathers one class's rows (empty for a class held elsewhere or absent).
     """
 
     count: torch.Tensor  # (C,) float64 samples per class
@@ -63,8 +96,8 @@ class LayerStats:
     taylor: torch.Tensor  # (C, N) Σ |mean_space(a · ∂L/∂a)| (zeros when not collected)
     deeplift: torch.Tensor  # (C, N) Σ Σ_space (a − a_ref) · m (zeros when not collected)
     sumsq: torch.Tensor  # (C, N) Σ f²
-    features: torch.Tensor | None = None  # (rows, N) float32, class-major; may be a column view of a wider store
-    offsets: torch.Tensor | None = None  # (C + 1,) int64 row offsets into ``features``
+    store: RowStore | None = None  # shared by every layer of one calibration
+    cols: slice | None = None  # this layer's columns in the store's rows
     held: torch.Tensor | None = None  # (C,) bool: classes whose rows this process holds
 
     @property
@@ -78,9 +111,14 @@ class LayerStats:
         Raises:
             ValueError: another process holds this class's rows (sharded solve).
         """
-        if self.features is None or self.held is None or not bool(self.held[c]):
+        if self.store is None or self.held is None or not bool(self.held[c]):
             raise ValueError(f"class {c}'s features are held by another process (the solve is sharded by class)")
-        return self.features[int(self.offsets[c]) : int(self.offsets[c + 1])]
+        return self.store.rows(c, self.cols)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """Every held sample's features, class-major, (rows, N) float32 — a copy: for small models and tests."""
+        return torch.cat([self.class_features(c) for c in range(len(self.count)) if bool(self.held[c])])
 
     def class_gram(self, c: int) -> torch.Tensor:
         """G_c = Σ f fᵀ over class ``c``'s samples, (N, N) float64: blocks of :data:`REDUCE_ROWS` rows, in order."""
@@ -138,15 +176,14 @@ class CalibrationStats:
             or other.sharded
         ):
             raise ValueError("cannot merge calibration shards collected for other layers, classes or metrics")
+        store = None
         for name, s in self.per_layer.items():
             o = other.per_layer[name]
             for attr in STAT_FIELDS:
                 setattr(s, attr, getattr(s, attr) + getattr(o, attr))
-            blocks = []
-            for c in range(self.num_classes):
-                blocks += [s.class_features(c), o.class_features(c)]
-            s.features = torch.cat(blocks)
-            s.offsets = _offsets(s.count)
+            if store is None:  # one store serves every layer
+                store = s.store.merged(o.store)
+            s.store = store
         return self
 
     @property
@@ -309,10 +346,6 @@ def _run_chunk(model, layers, modules, captured, hook_for, x, y, prepare, device
     return {k: v.float() for k, v in rows.items()}
 
 
-def _offsets(count: torch.Tensor) -> torch.Tensor:
-    return torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(count.to(torch.int64), 0)])
-
-
 @torch.no_grad()
 def _finish(
     stats: CalibrationStats,
@@ -325,26 +358,18 @@ def _finish(
     me: int,
     sharded: bool,
 ) -> None:
-    """Place every row class-major on its owner, sum the per-class vectors, and fill ``stats.per_layer``."""
+    """Send rows to their class's owner, index each held class's runs, sum the per-class vectors, fill
+    ``stats.per_layer``."""
     C = stats.num_classes
-    widths = [la.channels for la in layers]
-    width = sum(widths)
-    y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
-    y = y.to(torch.int64)
+    y = (torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)).to(torch.int64)
     sizes = [len(t) for t in labels]
-    chunk_start = dict(zip(chunk_of, torch.cumsum(torch.tensor([0, *sizes]), 0).tolist(), strict=False))
+    starts = torch.cumsum(torch.tensor([0, *sizes]), 0).tolist()
+    chunk_start = dict(zip(chunk_of, starts, strict=False))
     count = torch.bincount(y, minlength=C)  # every rank knows every label: no communication
     owner = torch.arange(C) % world
     held = owner == me
-    # Class-major order of this rank's samples: by class, then calibration position (stable sort).
-    mine_pos = (owner[y] == me).nonzero().squeeze(1)
-    order = mine_pos[torch.sort(y[mine_pos], stable=True).indices]
-    target = torch.full((len(y),), -1, dtype=torch.int64)  # global position → row in its owner's store
-    for r in range(world):
-        pos = (owner[y] == r).nonzero().squeeze(1)
-        target[pos[torch.sort(y[pos], stable=True).indices]] = torch.arange(len(pos))
-    store = {k: torch.empty(len(order), width, dtype=torch.float32) for k in fields}
-    # This rank's chunks: positions, and who owns each row.
+    blocks: dict[str, list[torch.Tensor]] = {k: [] for k in fields}
+    block_pos: list[torch.Tensor] = []  # per block: the calibration positions of its rows (ascending)
     sends: dict[int, list[tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {r: [] for r in range(world)}
     while mine:
         i, rows = mine.pop(0)
@@ -357,41 +382,44 @@ def _finish(
             part = {k: v if len(sel) == len(pos) else v.index_select(0, sel) for k, v in rows.items()}
             if r == me:
                 for k in fields:
-                    store[k].index_copy_(0, target[pos[sel]], part[k])
+                    blocks[k].append(part[k])
+                block_pos.append(pos[sel])
             else:
                 sends[r].append((pos[sel], part))
         del rows
     if sharded:
-        _exchange(store, sends, y, owner, target, chunk_of, chunk_start, sizes, fields, world, me)
-    offsets = _offsets(torch.where(held, count, torch.zeros_like(count)))
-    # Per-class vector sums from the rows, in a fixed order: per layer, class c's rows in blocks of REDUCE_ROWS,
-    # each block a contiguous (rows, N) float64 copy (the shapes do not depend on batch or world size).
-    source = {
-        "total": "f",
-        "sumsq": "f",
-        **({"taylor": "t"} if "t" in store else {}),
-        **({"deeplift": "d"} if "d" in store else {}),
-    }
+        for pos, part in _exchange(
+            sends, y, owner, chunk_of, chunk_start, sizes, fields, sum(la.channels for la in layers), world, me
+        ):
+            for k in fields:
+                blocks[k].append(part[k])
+            block_pos.append(pos)
+    store = RowStore(blocks, _runs(block_pos, y, C))
+    widths = [la.channels for la in layers]
+    # Per-class vector sums from the rows, in a fixed order: per layer, class c's rows in calibration order, in
+    # blocks of REDUCE_ROWS, each a contiguous (rows, N) float64 copy (shapes independent of batch or world size).
+    source = {"total": "f", "sumsq": "f", **({"taylor": "t"} if "t" in blocks else {}),
+              **({"deeplift": "d"} if "d" in blocks else {})}  # fmt: skip
     vec = {la.name: {name: torch.zeros(C, la.channels, dtype=torch.float64) for name in source} for la in layers}
-    mine_classes = held.nonzero().squeeze(1).tolist()
+    mine_classes = [c for c in held.nonzero().squeeze(1).tolist() if int(count[c]) > 0]
     first = 0
     for la, n in zip(layers, widths, strict=True):
         cols, v = slice(first, first + n), vec[la.name]
         for c in mine_classes:
-            lo, hi = int(offsets[c]), int(offsets[c + 1])
-            for start in range(lo, hi, REDUCE_ROWS):
-                rows = slice(start, min(start + REDUCE_ROWS, hi))
-                f = store["f"][rows, cols].to(torch.float64).contiguous()
+            rows = {k: store.rows(c, cols, k) for k in set(source.values())}
+            for start in range(0, len(rows["f"]), REDUCE_ROWS):
+                f = rows["f"][start : start + REDUCE_ROWS].to(torch.float64).contiguous()
                 v["total"][c] += f.sum(0)
                 v["sumsq"][c] += (f * f).sum(0)
                 for name in ("taylor", "deeplift"):
                     if name in source:
-                        v[name][c] += store[source[name]][rows, cols].to(torch.float64).contiguous().sum(0)
+                        block = rows[source[name]][start : start + REDUCE_ROWS]
+                        v[name][c] += block.to(torch.float64).contiguous().sum(0)
         for t in v.values():
             t.add_(0.0)  # -0.0 → +0.0, so that the exact all-reduce below (x + 0 + …) returns the same bits
         first += n
-    store.pop("t", None)
-    store.pop("d", None)
+    store.drop_("t")  # the attribution rows are summed: only the features stay
+    store.drop_("d")
     if sharded:
         packed = torch.cat([t for la in layers for t in vec[la.name].values()], 1)
         distributed.all_reduce_sum_(packed)  # each entry is non-zero on its owner only: exact
@@ -408,13 +436,35 @@ def _finish(
         for name in ("taylor", "deeplift"):
             v.setdefault(name, torch.zeros((), dtype=torch.float64).expand(C, n))  # not collected: zeros, no memory
         stats.per_layer[la.name] = LayerStats(
-            count=countf.clone(), features=store["f"][:, first : first + n], offsets=offsets, held=held, **v
+            count=countf.clone(), store=store, cols=slice(first, first + n), held=held, **v
         )
         first += n
 
 
-def _exchange(store, sends, y, owner, target, chunk_of, chunk_start, sizes, fields, world, me) -> None:
-    """Point-to-point: send every other rank the rows of its classes; receive the rows of ours."""
+def _runs(block_pos: list[torch.Tensor], y: torch.Tensor, classes: int) -> list[list[tuple[int, int, int]]]:
+    """Per class, the (block, start, stop) runs of its rows in calibration order."""
+    runs: list[list[tuple[int, int, int]]] = [[] for _ in range(classes)]
+    if not block_pos:
+        return runs
+    pos = torch.cat(block_pos)
+    block = torch.cat([torch.full((len(p),), b, dtype=torch.int64) for b, p in enumerate(block_pos)])
+    row = torch.cat([torch.arange(len(p)) for p in block_pos])
+    order = torch.argsort(pos, stable=True)
+    order = order[torch.sort(y[pos[order]], stable=True).indices]  # by class, then calibration position
+    lab, block, row = y[pos[order]], block[order], row[order]
+    if len(lab) == 0:
+        return runs
+    brk = torch.ones(len(lab), dtype=torch.bool)
+    brk[1:] = (lab[1:] != lab[:-1]) | (block[1:] != block[:-1]) | (row[1:] != row[:-1] + 1)
+    heads = brk.nonzero().squeeze(1).tolist() + [len(lab)]
+    for a, b in zip(heads[:-1], heads[1:], strict=True):
+        runs[int(lab[a])].append((int(block[a]), int(row[a]), int(row[b - 1]) + 1))
+    return runs
+
+
+def _exchange(sends, y, owner, chunk_of, chunk_start, sizes, fields, width, world, me):
+    """Point-to-point: send every other rank the rows of its classes; return the received (positions, rows) blocks,
+    one per source rank, rows in calibration order."""
     import torch.distributed as dist
 
     cuda = dist.get_backend() == "nccl"
@@ -426,31 +476,30 @@ def _exchange(store, sends, y, owner, target, chunk_of, chunk_start, sizes, fiel
         buf = torch.cat([torch.cat([p[k] for k in fields], 1) for _, p in sends[r]]).to(dev)
         ops.append(dist.P2POp(dist.isend, buf, r))
         keep.append(buf)
+    sends.clear()
     size_of = dict(zip(chunk_of, sizes, strict=True))
-    recvs = []
-    for i, start in chunk_start.items():
+    by_src: dict[int, list[torch.Tensor]] = {}
+    for i, start in chunk_start.items():  # chunk order: the order the sender packed its rows in
         src = i % world
         if src == me:
             continue
         pos = torch.arange(start, start + size_of[i])
         pos = pos[owner[y[pos]] == me]
         if len(pos):
-            recvs.append((src, pos))
-    by_src: dict[int, list[torch.Tensor]] = {}
-    for src, pos in recvs:
-        by_src.setdefault(src, []).append(pos)
+            by_src.setdefault(src, []).append(pos)
     incoming = []
     for src, parts in sorted(by_src.items()):
         pos = torch.cat(parts)
-        buf = torch.empty(len(pos), len(fields) * store["f"].shape[1], dtype=torch.float32, device=dev)
+        buf = torch.empty(len(pos), len(fields) * width, dtype=torch.float32, device=dev)
         ops.append(dist.P2POp(dist.irecv, buf, src))
         incoming.append((pos, buf))
     if ops:
         for req in dist.batch_isend_irecv(ops):
             req.wait()
-    width = store["f"].shape[1]
+    del keep
+    out = []
     for pos, buf in incoming:
         buf = buf.cpu()
-        for j, k in enumerate(fields):
-            store[k].index_copy_(0, target[pos], buf[:, j * width : (j + 1) * width])
-    sends.clear()
+        width = buf.shape[1] // len(fields)
+        out.append((pos, {k: buf[:, j * width : (j + 1) * width].clone() for j, k in enumerate(fields)}))
+    return out
