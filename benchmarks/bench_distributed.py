@@ -2,7 +2,9 @@
 
 Each configuration runs ``--repeat`` times; every run is a fresh set of processes that load the checkpoint and data,
 join the process group, and then time :func:`edgeslice.pipeline.slice_model` between two barriers (the calibration
-pass, the all-reduce and the solver) — process start-up is reported apart (``command_s``, whole-command wall time).
+pass sharded by samples, the row exchange, the solve sharded by classes and the all-reduces of the per-class
+vectors and curves; the time in those and the bytes rank 0 sends are recorded) — process start-up is reported
+apart (``command_s``, whole-command wall time).
 The single process uses the same per-process thread count as each rank (``--threads``, 1 by default) so the indexes
 must be byte-identical; the benchmark checks it. The load average is recorded: on a shared machine the figures say
 as much about the neighbours as about the code.
@@ -37,6 +39,7 @@ def _load() -> list[float]:
 def worker(args: argparse.Namespace) -> None:
     """One rank: load, barrier, time slice_model, barrier; rank 0 writes the timing and the index digest."""
     import torch
+    import torch.distributed as dist
 
     from edgeslice import distributed
     from edgeslice.data import load_data
@@ -44,15 +47,33 @@ def worker(args: argparse.Namespace) -> None:
     from edgeslice.pipeline import SliceConfig, slice_model
     from edgeslice.slicing import stats
 
-    reduce_s = [0.0]
-    original = stats._FixedSums.all_reduce_
+    comm = {"s": 0.0, "bytes": 0}  # time in the exchange + all-reduces, and the bytes this rank sends
 
-    def timed(self) -> None:  # how much of the time is the all-reduce of the exact sums
-        t = time.perf_counter()
-        original(self)
-        reduce_s[0] += time.perf_counter() - t
+    def timed(fn):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            out = fn(*a, **k)
+            comm["s"] += time.perf_counter() - t
+            return out
 
-    stats._FixedSums.all_reduce_ = timed
+        return wrapper
+
+    original_batch = dist.batch_isend_irecv
+
+    def counted_batch(ops):
+        comm["bytes"] += sum(op.tensor.numel() * op.tensor.element_size() for op in ops if op.op is dist.isend)
+        return original_batch(ops)
+
+    original_reduce = distributed.all_reduce_sum_
+
+    def counted_reduce(t):
+        if distributed.world_size() > 1:
+            comm["bytes"] += t.numel() * t.element_size()
+        return original_reduce(t)
+
+    dist.batch_isend_irecv = counted_batch
+    distributed.all_reduce_sum_ = timed(counted_reduce)
+    stats._exchange = timed(stats._exchange)
     torch.set_num_threads(args.threads)
     distributed.init_from_env(torch.device("cpu"))
     model, meta = load_checkpoint(args.checkpoint)
@@ -66,7 +87,8 @@ def worker(args: argparse.Namespace) -> None:
     if distributed.is_main():
         doc = {
             "slice_s": elapsed,
-            "all_reduce_s": reduce_s[0],
+            "communication_s": comm["s"],
+            "rank0_sent_bytes": comm["bytes"],
             "index_sha256": hashlib.sha256(index.to_bytes()).hexdigest(),
             "critical": result.kept_channels,
             "samples": index.calibration["samples"],
@@ -134,7 +156,8 @@ def main() -> None:
             for nproc in runs:
                 runs[nproc].append(_run(nproc, args, folder))
                 print(f"{nproc} process(es): slice {runs[nproc][-1]['slice_s']:.2f} s "
-                      f"(all-reduce {runs[nproc][-1]['all_reduce_s']:.2f} s), "
+                      f"(communication {runs[nproc][-1]['communication_s']:.2f} s, "
+                      f"rank 0 sent {runs[nproc][-1]['rank0_sent_bytes'] / 1e6:.2f} MB), "
                       f"command {runs[nproc][-1]['command_s']:.2f} s, load {_load()}", flush=True)  # fmt: skip
         load_after = _load()
     digests = {d["index_sha256"] for rs in runs.values() for d in rs}
@@ -153,7 +176,8 @@ def main() -> None:
         "slice_s": {str(n): [round(d["slice_s"], 3) for d in rs] for n, rs in runs.items()},
         "command_s": {str(n): [round(d["command_s"], 3) for d in rs] for n, rs in runs.items()},
         "best_slice_s": {str(n): round(v, 3) for n, v in best.items()},
-        "all_reduce_s": {str(n): [round(d["all_reduce_s"], 3) for d in rs] for n, rs in runs.items()},
+        "communication_s": {str(n): [round(d["communication_s"], 3) for d in rs] for n, rs in runs.items()},
+        "rank0_sent_bytes": runs[args.nproc][0]["rank0_sent_bytes"],
         "speedup_slice": round(best[1] / best[args.nproc], 3),
         "speedup_command": round(best_cmd[1] / best_cmd[args.nproc], 3),
         "index_identical": len(digests) == 1,

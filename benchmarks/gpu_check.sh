@@ -19,3 +19,25 @@ keys = ["device", "params_before", "params_after", "compression_rate", "accuracy
         "accuracy_after", "onnx_parity_max_abs", "restructure_equivalence_max_abs", "timings_s"]
 print({k: r[k] for k in keys})
 PY
+# Slicing at scale (issue 17) on CUDA: one process, then two nccl ranks (calibration sharded by samples, the solve by
+# classes, rows exchanged with isend/irecv); the two indexes must be byte-identical. With a single GPU both ranks share
+# it: recent NCCL may refuse that ("Duplicate GPU"), which the output then shows.
+mkdir -p /tmp/nccl-ck
+EDGESLICE_HOME=/tmp/esh python3 - <<'PY'
+import torch
+from edgeslice.data import load_data
+from edgeslice.models import create_model, save_checkpoint
+from edgeslice.pipeline import meta_for
+b = load_data("digits", seed=0)
+torch.manual_seed(0)
+m = create_model("mobilenetv3_small_100", num_classes=10, in_chans=1, input_size=b.image_size)
+save_checkpoint(m.eval(), meta_for("mobilenetv3_small_100", b), "/tmp/nccl-ck/model.safetensors")
+PY
+SL="slice mobilenetv3 --checkpoint /tmp/nccl-ck/model.safetensors --data digits --device-type cuda --json"
+EDGESLICE_HOME=/tmp/esh OMP_NUM_THREADS=1 python3 -m edgeslice.cli $SL --out /tmp/nccl-1 > "$OUT/slice_cuda_1.json"
+echo "slice cuda 1 process rc=$?"
+EDGESLICE_HOME=/tmp/esh timeout 300 python3 -m torch.distributed.run --nproc-per-node 2 -m edgeslice.cli $SL \
+  --out /tmp/nccl-2 > "$OUT/slice_cuda_2.json" 2> "$OUT/slice_cuda_2.err"
+echo "slice cuda 2 nccl ranks rc=$? (stderr tail:)"; tail -3 "$OUT/slice_cuda_2.err"
+cmp -s /tmp/nccl-1/critical_index /tmp/nccl-2/critical_index && echo "nccl index IDENTICAL to 1 process" \
+  || echo "nccl index DIFFERS or missing"

@@ -5,10 +5,13 @@ Every command calls :func:`init_from_env` (through the CLI's ``setup``): under `
 ``LOCAL_RANK`` — and is a no-op otherwise, so a single process never pays for it.
 
 What runs sharded:
-- calibration (:func:`edgeslice.slicing.stats.collect_stats`): the calibration batches are fixed chunks of the
-  calibration set (their size does not depend on the world size), rank r computes chunks r, r+W, r+2W, … and the
-  per-chunk sums are combined in fixed point (:func:`to_fixed` / :func:`from_fixed`), whose integer addition is
-  associative, so every world size gives the same bits as one process;
+- calibration (:func:`edgeslice.slicing.stats.collect_stats`): sharded by samples — the calibration batches are
+  fixed chunks (their size does not depend on the world size) and rank r computes chunks r, r+W, r+2W, … — then
+  each sample's feature rows go point-to-point to the rank that owns its class (c mod W);
+- the semantic solve (:class:`edgeslice.slicing.SemanticSlicer`): sharded by classes, each rank forms the Gram
+  matrices of its own classes from their rows; per-class sums and similarity curves are combined with
+  :func:`all_reduce_sum_` over tensors whose entries are non-zero on one rank only, which is exact, so every world
+  size gives the same bits as one process;
 - fine-tuning (:func:`edgeslice.train.train_model`, :func:`edgeslice.ondevice.loop.train_partial`):
   DistributedDataParallel over round-robin shards of the batch stream (:func:`shard_batches`).
 
@@ -30,18 +33,6 @@ import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
-
-#: Fixed-point layout of :func:`to_fixed`: a value is hi · 2^-8 + lo · 2^-56 with int64 limbs hi, lo (resolution
-#: 2^-56 ≈ 1.4e-17). Each conversion gives |hi| < 2^48 and 0 ≤ lo < 2^48, so 2^14 of them can be added before
-#: :func:`carry_` must renormalise.
-LIMB_BITS = 48
-LIMBS = 2
-FRACTION_BITS = 56
-#: Largest magnitude one :func:`to_fixed` call accepts. (A calibration chunk of 100 samples reaches it only with
-#: pooled activations around 10^5.)
-MAX_ABS = 2.0**40
-#: Additions of :func:`to_fixed` results that int64 limbs take safely between two :func:`carry_` calls.
-SAFE_ADDS = 1 << 14
 
 
 def is_initialized() -> bool:
@@ -152,9 +143,16 @@ def sharded_steps(n_batches: int, world: int | None = None) -> int:
 
 
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
-    """In-place sum over ranks (a no-op in one process). Exact for integer tensors, whatever the order."""
+    """In-place sum over ranks (a no-op in one process). Exact for integer tensors, whatever the order, and for
+    float tensors whose every entry is non-zero on at most one rank. A CPU tensor under nccl travels through this
+    rank's GPU."""
     if is_initialized() and world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+            staged = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(staged, op=dist.ReduceOp.SUM)
+            tensor.copy_(staged)
+        else:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
@@ -162,68 +160,6 @@ def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
     if is_initialized() and world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
-
-
-def to_fixed(x: torch.Tensor) -> torch.Tensor:
-    """float64 → exact fixed-point limbs (hi, lo), (2, *x.shape) int64.
-
-    ``x`` is truncated toward zero at 2^-56 (a fixed function of ``x``, so the same input always gives the same
-    limbs); every other bit is kept exactly. Sums of limbs are plain int64 additions — associative — so any order
-    or sharding of the additions gives the same integers, and :func:`from_fixed` the same float64. Elementwise: a
-    value's limbs do not depend on the rest of the tensor.
-
-    Raises:
-        ValueError: |x| ≥ 2^40 or not finite (the sums would no longer fit).
-    """
-    x = x.to(torch.float64)
-    check_fixed_range(x)
-    # All exact: scaling by powers of two; hi = floor(a / 2^48) is an integer below 2^53; a − hi·2^48 is an integer
-    # in [0, 2^48), representable, so the subtraction returns it exactly.
-    a = torch.mul(x, 2.0**FRACTION_BITS).trunc_()
-    hi = torch.mul(a, 2.0**-LIMB_BITS).floor_()
-    out = torch.empty((LIMBS, *x.shape), dtype=torch.int64, device=x.device)
-    out[1].copy_(hi)
-    out[0].copy_(a.sub_(hi.mul_(2.0**LIMB_BITS)))
-    return out
-
-
-def check_fixed_range(x: torch.Tensor) -> None:
-    """Raise ValueError unless every value of ``x`` is finite and below 2^40 in magnitude (see :func:`to_fixed`)."""
-    if x.numel():
-        lo, hi = torch.aminmax(x)
-        if not bool((hi < MAX_ABS) & (lo > -MAX_ABS)):  # NaN fails too
-            top = float(x.abs().max())
-            raise ValueError(f"a calibration sum is not finite or exceeds 2^40 (max |x| = {top:.3g})")
-
-
-def round_fixed(x: torch.Tensor) -> torch.Tensor:
-    """``from_fixed(to_fixed(x))`` without the integers: x truncated toward zero at 2^-56, as float64.
-
-    Exact: scaling by powers of two and ``trunc`` round nothing, and ``+ 0.0`` turns the -0.0 of a tiny negative
-    value into the +0.0 that the integer path gives.
-    """
-    check_fixed_range(x)
-    return torch.mul(x.to(torch.float64), 2.0**FRACTION_BITS).trunc_().mul_(2.0**-FRACTION_BITS).add_(0.0)
-
-
-@torch.no_grad()
-def carry_(limbs: torch.Tensor) -> torch.Tensor:
-    """Renormalise summed limbs in place (lo back into [0, 2^48)); the value is unchanged."""
-    limbs[1] += limbs[0] >> LIMB_BITS  # arithmetic shift: floor division, two's complement
-    limbs[0] &= (1 << LIMB_BITS) - 1
-    return limbs
-
-
-def from_fixed(limbs: torch.Tensor, *, consume: bool = False) -> torch.Tensor:
-    """Fixed-point limbs (from sums of :func:`to_fixed`) → float64, a fixed function of the integer value.
-
-    Args:
-        limbs: (2, ...) int64.
-        consume: renormalise ``limbs`` in place (saves a copy of the largest tensor; its contents change).
-    """
-    limbs = carry_(limbs if consume else limbs.clone())
-    v = limbs[1].to(torch.float64).mul_(2.0**LIMB_BITS)  # exact while |hi| < 2^53
-    return v.add_(limbs[0]).mul_(2.0**-FRACTION_BITS)  # one rounding
 
 
 def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:

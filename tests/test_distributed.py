@@ -1,4 +1,4 @@
-"""torch.distributed: exact sharded calibration (byte-identical index), rank-0-only output, DDP under exact freezing.
+"""torch.distributed: calibration sharded by samples, solve by classes (byte-identical index), rank-0 output, DDP.
 
 The multi-process tests launch this file as a script, once per rank, with torchrun's environment variables (gloo
 on CPU, one thread per process), and time out instead of hanging.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import socket
 import subprocess
@@ -27,30 +26,6 @@ TIMEOUT_S = 300
 
 
 # ---------------------------------------------------------------------------------------------- pure functions
-
-
-def test_fixed_point_sums_do_not_depend_on_order_or_grouping():
-    g = torch.Generator().manual_seed(0)
-    xs = [
-        torch.randn(500, dtype=torch.float64, generator=g) * 10.0 ** torch.randint(-9, 9, (500,), generator=g)
-        for _ in range(9)
-    ]
-    forward = sum(distributed.to_fixed(x) for x in xs)
-    backward = sum(distributed.to_fixed(x) for x in reversed(xs))
-    # two "ranks" (round robin), reduced afterwards
-    r0 = sum(distributed.to_fixed(x) for x in xs[0::2])
-    r1 = sum(distributed.to_fixed(x) for x in xs[1::2])
-    a, b, c = distributed.from_fixed(forward), distributed.from_fixed(backward), distributed.from_fixed(r1 + r0)
-    assert torch.equal(a, b) and torch.equal(a, c)
-    # ... whereas plain float64 sums do depend on the order (the problem this solves)
-    assert not torch.equal(sum(xs), sum(reversed(xs)))
-    exact = torch.tensor([math.fsum(col) for col in torch.stack(xs).T.tolist()], dtype=torch.float64)
-    # truncation at 2^-56 per term, one rounding at the end
-    assert bool(((a - exact).abs() <= len(xs) * 2.0**-56 + 2.0**-52 * exact.abs()).all())
-    t = torch.tensor([1.5, -2.25, 3e10, -(2.0**-50), 0.0], dtype=torch.float64)
-    assert torch.equal(distributed.from_fixed(distributed.to_fixed(t)), t)  # representable values round-trip
-    with pytest.raises(ValueError, match="exceeds"):
-        distributed.to_fixed(torch.tensor([float("inf")]))
 
 
 def test_shards_are_round_robin_and_padded_to_equal_length():
@@ -131,9 +106,13 @@ def _slice_args(checkpoint: Path, out: Path, *extra: str) -> list[str]:
 
 
 # The sharded runs; the single-process reference runs in the test process. Chunks of 100 (classes 0-6 | 6-9) go
-# round robin: rank 0 runs chunk 0, rank 1 chunk 1. With --class-batch 3 the groups {0,1,2} {3,4,5} {6,7,8} {9}
-# each re-run only the chunks holding their classes: rank 0 runs chunk 0 three times, rank 1 chunk 1 twice.
-RUNS = {"taylor": ([], [1, 1]), "taylor-class-batch": (["--class-batch", "3"], [3, 2])}
+# round robin: rank 0 runs chunk 0, rank 1 chunk 1; class 6 straddles both, so its rows travel between the ranks
+# (rank 0 owns the even classes, rank 1 the odd ones). --class-batch is a no-op now: still one chunk per rank.
+RUNS = {
+    "taylor": ([], [1, 1]),
+    "taylor-class-batch": (["--class-batch", "3"], [1, 1]),
+    "avg": (["--metric", "avg"], [1, 1]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +130,10 @@ def test_two_gloo_ranks_write_the_single_process_index_byte_for_byte(checkpoint,
     from edgeslice.cli import app
 
     docs, watched = two_ranks
-    single = tmp_path / "single"
-    r = CliRunner().invoke(app, _slice_args(checkpoint, single))
-    assert r.exit_code == 0, r.output
-    for name, (_, chunks) in RUNS.items():
+    for name, (extra, chunks) in RUNS.items():
+        single = tmp_path / f"single-{name}"
+        r = CliRunner().invoke(app, _slice_args(checkpoint, single, *extra))
+        assert r.exit_code == 0, r.output
         a, b = single / "critical_index", watched / name / "critical_index"
         assert a.read_bytes() == b.read_bytes(), f"{name}: sharded index differs from the single-process one"
         layers = json.loads((single / "slice.json").read_text())["layers"]
@@ -212,13 +191,13 @@ def _worker_slice(args: dict) -> dict:
 
     sys.addaudithook(audit)
     batches: dict[str, int] = {}
-    original = stats_mod._accumulate
+    original = stats_mod._run_chunk
 
-    def counting(sums, *rest):
+    def counting(*args):
         batches[name] += 1
-        return original(sums, *rest)
+        return original(*args)
 
-    stats_mod._accumulate = counting
+    stats_mod._run_chunk = counting
     stdout = {}
     for name, (extra, _) in RUNS.items():
         batches[name] = 0

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .. import distributed
 from .heuristics import magnitude_scores, random_scores
-from .metrics import class_scores, descending_order, get_metric, global_scores, list_metrics
+from .metrics import class_scores, descending_order, get_metric, global_scores
 from .observe import Layer, find_layers
 from .solver import SIMILARITIES, linear_scan, min_k, prefix_similarity, similarity_gram
-from .stats import CalibrationStats, LayerStats, collect_stats
+from .stats import CalibrationStats, collect_stats
 
 STRATEGIES = ("semantic", "category", "global", "random", "magnitude")
 SOLVERS = ("exact", "scan")
@@ -123,8 +124,8 @@ class SemanticSlicer:
         """One pass over the calibration batches (forward, plus backward for gradient metrics).
 
         Under torch.distributed (torchrun) every rank calls this with the same batches: each runs its round-robin
-        share and the exact sums are all-reduced, so every rank gets the statistics one process would, bit for bit
-        (see :mod:`.stats`).
+        share of the batches, then holds the features of its own classes (c mod W) and solves them; every rank
+        ends with the same statistics and similarity curves, bit for bit, as one process (see :mod:`.stats`).
 
         Args:
             batches: (inputs, labels) pairs. With the ``mean`` DeepLIFT baseline they are read twice (once for
@@ -136,31 +137,29 @@ class SemanticSlicer:
             on_batch: progress callback, called with each batch's size.
             metrics: collect the sums of these metrics too (default: only this slicer's), so that
                 :meth:`with_metric` can slice by any of them without another pass.
-            class_batch: hold the per-class Gram matrices of at most this many classes at once (None: all). The
-                classes are streamed in groups, one pass over their batches per group (batches holding none of a
-                group's classes are skipped); each group's similarity curves are computed for every available
-                metric and its Gram matrices dropped, so peak memory is about Σ_layers class_batch × N² × 16 bytes
-                (8 for the exact accumulators, 8 for the float64 result) instead of Σ_layers classes × N² × 16.
-                Results are identical; the ``scan`` solver, which needs the Gram matrices, is then unavailable.
-                Batches must be re-iterable (one-shot iterators are materialised).
+            class_batch: accepted for compatibility and validated (>= 1), otherwise a no-op: the statistics no
+                longer hold every class's Gram matrix (memory grows with the samples, and one class's Gram
+                matrices are formed at a time while it is solved), so there is nothing left to stream by class.
             shard: split the batches over the torch.distributed ranks when initialised.
         """
         from .deeplift import mean_input
 
-        wanted = {self.metric, *(metrics or ())}
+        wanted = [self.metric, *(get_metric(m).name for m in (metrics or ()) if get_metric(m).name != self.metric)]
         attributions = {get_metric(m).attribution for m in wanted}
         deeplift = "deeplift" in attributions
         if class_batch is not None and class_batch < 1:
             raise ValueError(f"class_batch must be >= 1, got {class_batch}")
-        streamed = class_batch is not None and class_batch < num_classes
         reference = None
-        if (deeplift and self.baseline == "mean") or streamed:
+        if deeplift and self.baseline == "mean":
             if iter(batches) is batches:  # a one-shot iterator: keep it to read it more than once
                 batches = list(batches)
-        if deeplift and self.baseline == "mean":
             # Every rank reads the whole set for the mean image (cheap, no model): identical on all of them.
             reference = mean_input(batches, prepare=prepare, device=device)
-        common = dict(
+        self._curves = {}
+        self.stats = collect_stats(
+            self.model,
+            self.layers,
+            batches,
             num_classes=num_classes,
             with_gradients="taylor" in attributions,
             deeplift=deeplift,
@@ -171,26 +170,9 @@ class SemanticSlicer:
             on_batch=on_batch,
             shard=shard,
         )
-        self._curves = {}
-        if not streamed:
-            self.stats = collect_stats(self.model, self.layers, batches, **common)
-            return self.stats
-        merged: CalibrationStats | None = None
-        for first in range(0, num_classes, class_batch):
-            group = list(range(first, min(first + class_batch, num_classes)))
-            part = collect_stats(self.model, self.layers, batches, classes=group, **common)
-            for metric in _available_metrics(part):
-                by_layer = self._curves.setdefault(metric, {la.name: [None] * num_classes for la in self.layers})
-                for layer in self.layers:
-                    s = part.per_layer[layer.name]
-                    scores = class_scores(s, metric)
-                    for row, c in enumerate(group):
-                        by_layer[layer.name][c] = self._class_curve(s, c, s.gram[row], scores[c])
-            for s in part.per_layer.values():
-                s.gram = None  # each class's fields come from its own group's pass: the rest are zeros
-            part.gram_classes = None
-            merged = part if merged is None else merged.merge_(part)
-        self.stats = merged
+        if self.stats.sharded:
+            # The solve is sharded by class and combined with a collective: run it now, while every rank is here.
+            self._compute_curves(wanted)
         return self.stats
 
     def with_metric(self, metric: str) -> SemanticSlicer:
@@ -216,30 +198,56 @@ class SemanticSlicer:
 
     def _class_gram(self, name: str, c: int) -> torch.Tensor:
         s = self._require_stats().per_layer[name]
-        if s.gram is None:
-            raise ValueError("the scan solver needs every class's Gram matrix: calibrate without class_batch")
-        return similarity_gram(s.gram[c], s.total[c], s.count[c], self.similarity)
+        return similarity_gram(s.class_gram(c), s.total[c], s.count[c], self.similarity)
 
-    def _class_curve(
-        self, s: LayerStats, c: int, gram: torch.Tensor, scores: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        order = descending_order(scores)
-        if float(s.count[c]) == 0:
-            return order, None
-        return order, prefix_similarity(similarity_gram(gram, s.total[c], s.count[c], self.similarity), order)
+    def _compute_curves(self, metrics: list[str]) -> None:
+        """Similarity curves of ``metrics`` for every layer and class: each class's Gram matrix is formed once
+        (from its feature rows) and serves every metric's order. Sharded: each rank solves its own classes and one
+        all-reduce per metric (C × Σ N float64, each entry non-zero on one rank only: exact) shares the curves."""
+        stats = self._require_stats()
+        todo = [m for m in metrics if m not in self._curves]
+        if not todo:
+            return
+        world = distributed.world_size() if stats.sharded else 1
+        sims = {m: {} for m in todo}
+        orders = {m: {} for m in todo}
+        for layer in self.layers:
+            s = stats.per_layer[layer.name]
+            for m in todo:
+                orders[m][layer.name] = descending_order(class_scores(s, m))
+                sims[m][layer.name] = torch.zeros(stats.num_classes, layer.channels, dtype=torch.float64)
+            for c in range(stats.num_classes):
+                if float(s.count[c]) == 0 or not bool(s.held[c]):
+                    continue
+                g = similarity_gram(s.class_gram(c), s.total[c], s.count[c], self.similarity)
+                for m in todo:
+                    sims[m][layer.name][c] = prefix_similarity(g, orders[m][layer.name][c])
+                del g
+        for m in todo:
+            if world > 1:
+                packed = torch.cat([sims[m][la.name] for la in self.layers], 1).add_(0.0)
+                distributed.all_reduce_sum_(packed)
+                start = 0
+                for la in self.layers:
+                    sims[m][la.name] = packed[:, start : start + la.channels].clone()
+                    start += la.channels
+                del packed
+            self._curves[m] = {
+                la.name: [
+                    (orders[m][la.name][c], sims[m][la.name][c] if float(stats.samples_per_class[c]) > 0 else None)
+                    for c in range(stats.num_classes)
+                ]
+                for la in self.layers
+            }
 
     def curves(self) -> dict[str, list[tuple[torch.Tensor, torch.Tensor | None]]]:
-        """layer → per class (order, prefix similarity): everything every θ needs, computed once."""
+        """layer → per class (order, prefix similarity): everything every θ needs, computed once.
+
+        After a sharded calibration, a metric not asked for at :meth:`calibrate` is solved here with a collective:
+        every rank must call this (as every rank runs the same program under torchrun).
+        """
         if self.metric not in self._curves:
-            stats = self._require_stats()
-            curves = {}
-            for layer in self.layers:
-                s = stats.per_layer[layer.name]
-                if s.gram is None:
-                    raise ValueError(f"no {self.metric!r} curves: the Gram matrices were streamed (class_batch)")
-                scores = class_scores(s, self.metric)
-                curves[layer.name] = [self._class_curve(s, c, s.gram[c], scores[c]) for c in range(stats.num_classes)]
-            self._curves[self.metric] = curves
+            self._compute_curves([self.metric])
         return self._curves[self.metric]
 
     def slice(
@@ -286,6 +294,7 @@ class SemanticSlicer:
             params["theta"] = float(theta)
             if solver == "scan":
                 params.update(solver="scan", interval=int(interval))
+                _check_scan(stats)
             for layer in self.layers:
                 sets = torch.zeros(stats.num_classes, layer.channels, dtype=torch.bool)
                 for c, (order, sim) in enumerate(self.curves()[layer.name]):
@@ -352,6 +361,8 @@ class SemanticSlicer:
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; valid: {', '.join(SOLVERS)}")
         th = list(thetas)
+        if solver == "scan":
+            _check_scan(self._require_stats())
         out = {}
         for name, per_class in self.curves().items():
             rows = []
@@ -367,14 +378,12 @@ class SemanticSlicer:
         return out
 
 
-def _available_metrics(stats: CalibrationStats) -> list[str]:
-    """The metrics whose sums ``stats`` holds."""
-    out = []
-    for name in list_metrics():
-        a = get_metric(name).attribution
-        if a is None or (a == "taylor" and stats.with_gradients) or (a == "deeplift" and stats.deeplift_baseline):
-            out.append(name)
-    return out
+def _check_scan(stats: CalibrationStats) -> None:
+    if stats.sharded:
+        raise ValueError(
+            "the scan solver reads every class's features on one process: use the exact solver "
+            "under torchrun (or run the scan in one process)"
+        )
 
 
 def _check_ratio(ratio: float | None) -> float:

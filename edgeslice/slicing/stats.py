@@ -1,26 +1,34 @@
-"""One streaming calibration pass: per-class, per-layer sufficient statistics of every channel.
+"""One streaming calibration pass: every calibration sample's pooled channel features, and per-class sums.
 
-Everything kept is a sum over samples (count, Σf, Σffᵀ and summed attributions). No activation is kept past its
-batch.
+Layout (memory grows with the samples, not with classes × N²). Per sample, every observed channel's feature (its
+spatial mean, float32 as the model computes it) is kept: one row of Σ_layers N values per sample, in the blocks
+the calibration chunks produced (:class:`RowStore`; each class's rows are indexed as runs, in calibration order).
+The solver's per-class channel Gram matrix G_c = F_cᵀF_c (paper Eq. 4) is formed from those rows only while class c
+is solved
+(:meth:`LayerStats.class_gram`), so the pass holds samples × Σ N × 4 bytes plus one class's Σ N² × 8 at a time.
+The per-class vector sums (count, Σf, Σf², Σ attributions) are small, (C, N) float64, and kept for every class.
+The per-sample attribution rows (Taylor, DeepLIFT) are kept only until they are summed.
 
-Exact sums, any number of processes. Each calibration batch is a *chunk*: its per-class contribution is computed in
-float64 from that batch alone, then converted to exact fixed point (:func:`edgeslice.distributed.to_fixed`, four
-int64 limbs, resolution 2^-64) and added as integers. Integer addition is associative, so the totals do not depend
-on the order in which chunks are added nor on which process added them: under torchrun each rank takes the chunks
-at positions r, r+W, … and one all-reduce of the limbs gives, bit for bit, what one process computes. The float64
-statistics are a fixed function of the integer totals (:func:`~edgeslice.distributed.from_fixed`). What the
-guarantee needs from the caller: the same chunks (batch size fixed, independent of the world size — the pipeline
-uses 100) and the same numerics per chunk (same device type and per-process thread count; torchrun sets
-``OMP_NUM_THREADS=1``).
+Exact and reproducible. A row is the model's own float32 output for one sample: it does not depend on how the
+samples were batched across processes, only on the chunk it was computed in (the caller's batches: keep their size
+independent of the number of processes; the pipeline uses 100) and the per-process numerics (device type and thread
+count; torchrun sets ``OMP_NUM_THREADS=1``). Every float reduction over rows has a fixed order and fixed shapes: a
+class's rows in calibration order, in blocks of :data:`REDUCE_ROWS` rows (float64), the blocks added in order. So
+any number of processes gives, bit for bit, the same statistics and Gram matrices. There is no range limit short of
+float32 overflow (a non-finite feature is a clear error before any solving).
 
-Per batch: a plain forward (plus a backward of the summed cross-entropy for Taylor), and for DeepLIFT one
-forward/backward of ``[x; x_ref]`` under captum's rescale rules (:mod:`.deeplift`). When only DeepLIFT is asked
-for, the forward statistics come from the input half of that pass, so no extra forward is run.
+Distributed (torch.distributed): calibration is sharded by samples — rank r runs the chunks at positions r, r+W, …
+(every rank reads every chunk's labels, so all know which sample is where); the solve is sharded by classes — class c
+belongs to rank c mod W. After the pass every rank sends each other rank the rows of that rank's classes
+(point-to-point, samples × Σ N × 4 bytes per kept field in all, over all ranks), each owner sums its classes' vectors
+and one all-reduce (C × Σ N × 8 bytes per vector field, each entry non-zero on one rank only, so the sum is exact)
+gives every rank every class's vectors. A rank then holds the feature rows of its own classes only
+(:attr:`LayerStats.held`).
 
-Memory: the fixed-point Gram accumulators take Σ_layers classes × N(N+1)/2 × 16 bytes (2 int64 limbs of the upper
-triangle, ≈ 8 bytes per Gram entry) while streaming, and the float64 result Σ_layers classes × N² × 8 bytes.
-``classes=`` restricts a pass to some classes (the slicer's ``class_batch`` streams class groups through several
-passes).
+Per batch: a plain forward (plus a backward of the summed cross-entropy for Taylor, gradients with respect to the
+observed activations only), and for DeepLIFT one forward/backward of ``[x; x_ref]`` under captum's rescale rules
+(:mod:`.deeplift`). When only DeepLIFT is asked for, the forward statistics come from the input half of that pass.
+``classes=`` restricts a pass to some classes (the others stay zero; batches without any of them are skipped).
 """
 
 from __future__ import annotations
@@ -35,49 +43,109 @@ from torch import nn
 from .. import distributed
 from .observe import Layer, eval_mode, pool
 
-STAT_FIELDS = ("count", "total", "sumsq", "gram", "taylor", "deeplift")
+#: Rows per float64 block in every per-class reduction (Gram matrices and vector sums): a constant, so the
+#: reduction order depends on a class's sample count only, never on batch size or world size.
+REDUCE_ROWS = 256
+#: The per-class vector sums, in their packed order.
+VECTOR_FIELDS = ("total", "sumsq", "taylor", "deeplift")
+STAT_FIELDS = ("count", *VECTOR_FIELDS)
+
+
+class RowStore:
+    """The pooled rows of the samples this process holds, as they were computed: blocks of (b, Σ N) float32 (one
+    per calibration chunk, or per chunk of rows received from another rank), per field (``f`` features, ``t``
+    Taylor, ``d`` DeepLIFT), and per class the runs of its rows, in calibration order. Nothing is copied into a
+    class-major matrix: a class's rows are gathered from its runs when it is solved."""
+
+    def __init__(self, blocks: dict[str, list[torch.Tensor]], runs: list[list[tuple[int, int, int]]]):
+        self.blocks = blocks
+        self.runs = runs  # per class: (block, start, stop)
+
+    def rows(self, c: int, cols: slice, field: str = "f") -> torch.Tensor:
+        """Class ``c``'s rows of columns ``cols`` in calibration order, (n_c, N) float32 (a view when one run)."""
+        blocks = self.blocks[field]
+        parts = [blocks[b][start:stop, cols] for b, start, stop in self.runs[c]]
+        if not parts:
+            return torch.zeros(0, cols.stop - cols.start, dtype=torch.float32)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def drop_(self, field: str) -> None:
+        self.blocks.pop(field, None)
+
+    def merged(self, other: RowStore) -> RowStore:
+        """This store's rows of each class followed by ``other``'s (fields both have)."""
+        shift = len(self.blocks["f"])
+        blocks = {k: v + other.blocks[k] for k, v in self.blocks.items() if k in other.blocks}
+        runs = [
+            mine + [(b + shift, lo, hi) for b, lo, hi in theirs]
+            for mine, theirs in zip(self.runs, other.runs, strict=True)
+        ]
+        return RowStore(blocks, runs)
 
 
 @dataclass
 class LayerStats:
-    """Sums for one layer; first axis is the class."""
+    """One layer's statistics; the first axis of every (C, ...) field is the class.
+
+    The pooled features of the samples of the classes this process holds live in ``store`` (columns ``cols``):
+    :meth:`class_features` gathers one class's rows (empty for a class held elsewhere or absent).
+    """
 
     count: torch.Tensor  # (C,) float64 samples per class
     total: torch.Tensor  # (C, N) Σ f
-    gram: torch.Tensor | None  # (C, N, N) Σ f fᵀ; None when the Gram matrices were consumed class group by group
-    taylor: torch.Tensor  # (C, N) Σ |mean_space(a · ∂L/∂a)|
-    deeplift: torch.Tensor  # (C, N) Σ Σ_space (a − a_ref) · m  (signed DeepLIFT attribution of the class logit)
-    sumsq: torch.Tensor | None = None  # (C, N) Σ f², bit-identical to the Gram diagonal
-
-    @classmethod
-    def zeros(cls, classes: int, channels: int) -> LayerStats:
-        z = dict(dtype=torch.float64)
-        return cls(
-            count=torch.zeros(classes, **z),
-            total=torch.zeros(classes, channels, **z),
-            gram=torch.zeros(classes, channels, channels, **z),
-            taylor=torch.zeros(classes, channels, **z),
-            deeplift=torch.zeros(classes, channels, **z),
-            sumsq=torch.zeros(classes, channels, **z),
-        )
+    taylor: torch.Tensor  # (C, N) Σ |mean_space(a · ∂L/∂a)| (zeros when not collected)
+    deeplift: torch.Tensor  # (C, N) Σ Σ_space (a − a_ref) · m (zeros when not collected)
+    sumsq: torch.Tensor  # (C, N) Σ f²
+    store: RowStore | None = None  # shared by every layer of one calibration
+    cols: slice | None = None  # this layer's columns in the store's rows
+    held: torch.Tensor | None = None  # (C,) bool: classes whose rows this process holds
 
     @property
     def sq(self) -> torch.Tensor:
-        """Σ f² per class and channel, (C, N) (the variance metrics need only this part of the Gram)."""
-        if self.sumsq is not None:
-            return self.sumsq
-        return torch.diagonal(self.gram, dim1=-2, dim2=-1)
+        """Σ f² per class and channel, (C, N) (what the variance metrics need)."""
+        return self.sumsq
+
+    def class_features(self, c: int) -> torch.Tensor:
+        """Class ``c``'s pooled features, (n_c, N) float32, in calibration order.
+
+        Raises:
+            ValueError: another process holds this class's rows (sharded solve).
+        """
+        if self.store is None or self.held is None or not bool(self.held[c]):
+            raise ValueError(f"class {c}'s features are held by another process (the solve is sharded by class)")
+        return self.store.rows(c, self.cols)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """Every held sample's features, class-major, (rows, N) float32 — a copy: for small models and tests."""
+        return torch.cat([self.class_features(c) for c in range(len(self.count)) if bool(self.held[c])])
+
+    def class_gram(self, c: int) -> torch.Tensor:
+        """G_c = Σ f fᵀ over class ``c``'s samples, (N, N) float64: blocks of :data:`REDUCE_ROWS` rows, in order."""
+        rows = self.class_features(c)
+        n = rows.shape[1]
+        gram = None
+        for start in range(0, len(rows), REDUCE_ROWS):
+            block = rows[start : start + REDUCE_ROWS].to(torch.float64).contiguous()
+            share = block.T @ block
+            gram = share if gram is None else gram.add_(share)
+        return torch.zeros(n, n, dtype=torch.float64) if gram is None else gram
+
+    @property
+    def gram(self) -> torch.Tensor:
+        """Every class's Gram matrix, (C, N, N) float64 — C × N² × 8 bytes: for small models and tests only."""
+        return torch.stack([self.class_gram(c) for c in range(len(self.count))])
 
 
 @dataclass
 class CalibrationStats:
-    """Sufficient statistics of a calibration set for every sliceable layer.
+    """Statistics of a calibration set for every sliceable layer.
 
     Attributes:
         with_gradients: Taylor sums were accumulated.
         deeplift_baseline: ``zero`` or ``mean`` when DeepLIFT sums were accumulated, else None.
         deeplift_reference: the reference input DeepLIFT used, (1, ...), or None.
-        gram_classes: the classes of the Gram matrices' rows when a pass collected only some classes, else None.
+        sharded: the rows are spread over the torch.distributed ranks (class c on rank c mod W).
     """
 
     layers: list[Layer]
@@ -86,14 +154,14 @@ class CalibrationStats:
     with_gradients: bool = False
     deeplift_baseline: str | None = None
     deeplift_reference: torch.Tensor | None = None
-    gram_classes: list[int] | None = None  # the classes the Gram rows belong to when not all of them
+    sharded: bool = False
 
     def merge_(self, other: CalibrationStats) -> CalibrationStats:
-        """Add another shard's float64 sums into this one (rounded once per value; for bit-exact sharding use
-        torch.distributed, which reduces the fixed-point sums before rounding).
+        """Add another shard's samples (collected over other batches, in one process): vector sums are added in
+        float64 (rounded once per value), and each class's rows become this shard's followed by the other's.
 
         Raises:
-            ValueError: the shards were collected for other layers, classes or metrics.
+            ValueError: the shards were collected for other layers, classes or metrics, or are sharded.
         """
         same_ref = (self.deeplift_reference is None) == (other.deeplift_reference is None) and (
             self.deeplift_reference is None or torch.equal(self.deeplift_reference, other.deeplift_reference)
@@ -104,22 +172,28 @@ class CalibrationStats:
             or self.with_gradients != other.with_gradients
             or self.deeplift_baseline != other.deeplift_baseline
             or not same_ref
-            or self.gram_classes != other.gram_classes
+            or self.sharded
+            or other.sharded
         ):
             raise ValueError("cannot merge calibration shards collected for other layers, classes or metrics")
+        store = None
         for name, s in self.per_layer.items():
             o = other.per_layer[name]
             for attr in STAT_FIELDS:
-                mine, theirs = getattr(s, attr), getattr(o, attr)
-                if (mine is None) != (theirs is None):
-                    raise ValueError(f"cannot merge calibration shards: only one has {attr!r}")
-                if mine is not None:
-                    mine.add_(theirs)
+                setattr(s, attr, getattr(s, attr) + getattr(o, attr))
+            if store is None:  # one store serves every layer
+                store = s.store.merged(o.store)
+            s.store = store
         return self
 
     @property
     def samples_per_class(self) -> torch.Tensor:
         return next(iter(self.per_layer.values())).count
+
+
+def owner_of(c: int, world: int) -> int:
+    """The rank that holds and solves class ``c`` in a sharded solve."""
+    return c % world
 
 
 def collect_stats(
@@ -138,17 +212,17 @@ def collect_stats(
     classes: Sequence[int] | None = None,
     shard: bool = True,
 ) -> CalibrationStats:
-    """Stream ``batches`` through ``model`` once and accumulate per-class statistics at every layer.
+    """Stream ``batches`` through ``model`` once; keep every sample's pooled features and per-class sums.
 
     Under torch.distributed every rank must call this with the same batches (the same chunks, in the same order);
-    each computes its round-robin share and the exact sums are all-reduced, so all ranks return the same bits as a
-    single process would.
+    each runs its round-robin share of the chunks and ends with the rows of its own classes (c mod W) and every
+    class's vector sums — the same bits one process computes.
 
     Args:
         model: the model (put in eval mode for the pass; its mode is restored).
         layers: from :func:`~edgeslice.slicing.observe.find_layers`.
         batches: (inputs, labels) pairs; inputs as the model expects them after ``prepare``. Each batch is one
-            chunk of the exact sums: keep their size independent of the number of processes.
+            chunk of computation: keep their size independent of the number of processes.
         num_classes: number of classes (labels are 0..C-1).
         with_gradients: also run a backward pass of the summed cross-entropy for the Taylor scores.
         deeplift: also accumulate DeepLIFT attributions of each sample's own class logit.
@@ -158,11 +232,13 @@ def collect_stats(
         prepare: applied to each input batch on the device (normalisation).
         device: where to run.
         on_batch: called with the batch size after each batch this process ran (progress).
-        classes: accumulate only these classes (the others stay zero, and batches without any of them are
-            skipped); the Gram matrices then have one row per listed class, in ascending order
-            (``CalibrationStats.gram_classes``). None: every class.
+        classes: keep only these classes' samples (the others count zero; batches without any are skipped).
+            None: every class.
         shard: split the batches over the ranks when torch.distributed is initialised (False: this process runs
-            every batch and nothing is reduced).
+            every batch and nothing is exchanged).
+
+    Raises:
+        ValueError: a label outside 0..C-1, or a non-finite feature or attribution.
     """
     from .deeplift import BASELINES, channel_attributions
 
@@ -172,15 +248,11 @@ def collect_stats(
     wanted = list(range(num_classes)) if classes is None else sorted({int(c) for c in classes})
     if any(not 0 <= c < num_classes for c in wanted):
         raise ValueError(f"classes must be in 0..{num_classes - 1}")
-    stats = CalibrationStats(
-        layers=layers,
-        num_classes=num_classes,
-        with_gradients=with_gradients,
-        deeplift_baseline=baseline if deeplift else None,
-        deeplift_reference=(reference.detach().cpu().clone() if reference is not None else None) if deeplift else None,
-        gram_classes=None if classes is None else wanted,
-    )
-    sums = {la.name: _FixedSums(num_classes, wanted, la.channels, device) for la in layers}
+    keep_class = torch.zeros(num_classes, dtype=torch.bool)
+    keep_class[wanted] = True
+    sharded = shard and distributed.world_size() > 1
+    world, me = (distributed.world_size(), distributed.rank()) if sharded else (1, 0)
+    fields = ["f", *(["t"] if with_gradients else []), *(["d"] if deeplift else [])]
     modules = dict(model.named_modules())
     captured: dict[str, torch.Tensor] = {}
 
@@ -197,175 +269,237 @@ def collect_stats(
 
         return hook
 
-    distributed_ = shard and distributed.world_size() > 1
-    owned = distributed.shard_stream(batches) if distributed_ else batches
+    labels: list[torch.Tensor] = []  # every chunk's kept labels (all ranks read all chunks)
+    chunk_of: list[int] = []  # per kept-label block: the chunk index
+    mine: list[tuple[int, dict[str, torch.Tensor]]] = []  # (chunk, field → (b, ΣN) float32) chunks this rank ran
     ref = reference.to(device) if (deeplift and reference is not None) else None
     with eval_mode(model):
-        for x, y in owned:
-            if classes is not None and not bool(torch.isin(y, torch.tensor(wanted, dtype=y.dtype)).any()):
-                continue  # nothing of these classes in this chunk: no forward needed
-            x = x.to(device)
-            y = y.to(device)
-            if prepare is not None:
-                x = prepare(x)
-            acts: dict[str, torch.Tensor] = {}
-            grads: dict[str, torch.Tensor] = {}
-            dl: dict[str, torch.Tensor] = {}
-            if deeplift:
-                dl, acts = channel_attributions(model, layers, x, y, ref)
-            if with_gradients or not deeplift:
-                captured.clear()
-                handles = [modules[la.observe].register_forward_hook(hook_for(la.name)) for la in layers]
-                try:
-                    with torch.set_grad_enabled(with_gradients):
-                        logits = model(x)
-                        if with_gradients:
-                            loss = F.cross_entropy(logits, y, reduction="sum")
-                            outs = [captured[la.name] for la in layers]
-                            for la, g in zip(layers, torch.autograd.grad(loss, outs), strict=True):
-                                grads[la.name] = g
-                finally:
-                    for h in handles:
-                        h.remove()
-                acts = dict(captured)
-            _accumulate(sums, acts, grads, dl, y)
+        for i, (x, y) in enumerate(batches):
+            y = torch.as_tensor(y).reshape(-1)
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+                raise ValueError(f"a calibration label is outside 0..{num_classes - 1}")
+            keep = keep_class[y.cpu()]
+            if not bool(keep.any()):
+                continue  # nothing of the wanted classes in this chunk: no forward needed
+            labels.append(y.cpu()[keep])
+            chunk_of.append(i)
+            if i % world != me:
+                continue
+            rows = _run_chunk(model, layers, modules, captured, hook_for, x, y, prepare, device, with_gradients,
+                              deeplift, ref, channel_attributions)  # fmt: skip
+            mine.append((i, {k: v[keep.to(v.device)].cpu() if not bool(keep.all()) else v.cpu()
+                             for k, v in rows.items()}))  # fmt: skip
             if on_batch is not None:
                 on_batch(len(y))
-    for layer in layers:
-        s = sums.pop(layer.name)
-        if distributed_:
-            s.all_reduce_()
-        stats.per_layer[layer.name] = s.finish()
+    stats = CalibrationStats(
+        layers=layers,
+        num_classes=num_classes,
+        with_gradients=with_gradients,
+        deeplift_baseline=baseline if deeplift else None,
+        deeplift_reference=(reference.detach().cpu().clone() if reference is not None else None) if deeplift else None,
+        sharded=sharded,
+    )
+    _finish(stats, layers, labels, chunk_of, mine, fields, world, me, sharded)
     return stats
 
 
-class _FixedSums:
-    """One layer's sums as exact fixed-point limbs (see :func:`edgeslice.distributed.to_fixed`).
-
-    The Gram matrices are symmetric: only their upper triangles (diagonal included) are kept, packed row by row
-    ((M,) with M = N(N+1)/2 per class).
-
-    A class's Gram share is converted lazily: its first chunk is kept as float64 (``pending``) and only a second
-    chunk turns it into limbs. A class that only ever had one chunk — the common case, calibration samples being
-    sorted by class — finishes as ``trunc(x·2^56)·2^-56``, which is exactly ``from_fixed(to_fixed(x))``, without
-    any integer work. Before an all-reduce every pending share is converted, so all ranks sum the same integers.
-    """
-
-    VECTORS = ("total", "sumsq", "taylor", "deeplift")
-
-    def __init__(self, classes: int, wanted: list[int], channels: int, device: torch.device) -> None:
-        limbs = distributed.LIMBS
-        z = dict(dtype=torch.int64, device=device)
-        self.channels = channels
-        self.device = device
-        self.slot = {c: i for i, c in enumerate(wanted)}
-        self.count = torch.zeros(classes, **z)
-        self.vectors = {f: torch.zeros(limbs, classes, channels, **z) for f in self.VECTORS}
-        rows, cols = torch.triu_indices(channels, channels, device=device)
-        self.upper = rows * channels + cols  # (M,) flat positions of the packed entries, row by row
-        self.lower = cols * channels + rows  # their mirror images
-        self.diagonal = (rows == cols).nonzero().squeeze(1)  # (N,) where the diagonal sits in the packed vector
-        self.pending: dict[int, torch.Tensor] = {}  # slot → (M,) float64, a class's only chunk so far
-        self.gram: dict[int, torch.Tensor] = {}  # slot → (LIMBS, M) int64, a class seen in several chunks
-        self.gram_adds: dict[int, int] = {}
-        self.adds = 0  # additions to ``vectors`` since the last carry
-
-    def add_gram_(self, slot: int, share: torch.Tensor) -> None:
-        """Add one chunk's packed Gram share (M,) float64 of one class."""
-        if slot not in self.pending and slot not in self.gram:
-            distributed.check_fixed_range(share)
-            self.pending[slot] = share
-            return
-        if slot in self.pending:
-            self.gram[slot] = distributed.to_fixed(self.pending.pop(slot))
-            self.gram_adds[slot] = 1
-        self.gram[slot] += distributed.to_fixed(share)
-        self.gram_adds[slot] += 1
-        if self.gram_adds[slot] >= distributed.SAFE_ADDS:
-            distributed.carry_(self.gram[slot])
-            self.gram_adds[slot] = 1
-
-    def carry_if_due_(self) -> None:
-        self.adds += 1
-        if self.adds >= distributed.SAFE_ADDS:
-            for t in self.vectors.values():
-                distributed.carry_(t)
-            self.adds = 0
-
-    def _all_limbs(self) -> torch.Tensor:
-        """(LIMBS, G, M) limbs of every class, pending shares converted."""
-        out = torch.zeros(distributed.LIMBS, len(self.slot), len(self.upper), dtype=torch.int64, device=self.device)
-        for slot, share in self.pending.items():
-            out[:, slot] = distributed.to_fixed(share)
-        for slot, limbs in self.gram.items():
-            out[:, slot] = distributed.carry_(limbs)
-        self.pending, self.gram = {}, {}
-        return out
-
-    def all_reduce_(self) -> None:
-        for t in self.vectors.values():
-            distributed.all_reduce_sum_(distributed.carry_(t))  # each rank's share normalised: W of them fit
-        reduced = self._all_limbs()
-        distributed.all_reduce_sum_(reduced)
-        self.gram = {slot: reduced[:, slot] for slot in range(len(self.slot))}
-        distributed.all_reduce_sum_(self.count)
-
-    def finish(self) -> LayerStats:
-        """The float64 statistics (on the CPU), a fixed function of the integer sums."""
-        vec = {f: distributed.from_fixed(t, consume=True).cpu() for f, t in self.vectors.items()}
-        n = self.channels
-        packed = torch.zeros(len(self.slot), len(self.upper), dtype=torch.float64, device=self.device)  # (G, M)
-        for slot, share in self.pending.items():
-            packed[slot] = distributed.round_fixed(share)
-        for slot, limbs in self.gram.items():
-            packed[slot] = distributed.from_fixed(limbs, consume=True)
-        gram = torch.empty(len(packed), n * n, dtype=torch.float64, device=packed.device)
-        gram.index_copy_(1, self.lower, packed)  # the mirror image first: the diagonal is in both
-        gram.index_copy_(1, self.upper, packed)
-        gram = gram.view(-1, n, n).cpu()  # exactly symmetric
-        self.pending = self.gram = self.vectors = None  # free memory before the caller converts the next layer
-        return LayerStats(count=self.count.to(torch.float64).cpu(), gram=gram, **vec)
+def _run_chunk(model, layers, modules, captured, hook_for, x, y, prepare, device, with_gradients, deeplift, ref,
+               channel_attributions) -> dict[str, torch.Tensor]:  # fmt: skip
+    """One chunk's per-sample rows: field → (B, Σ N) float32 (features, Taylor, DeepLIFT)."""
+    x = x.to(device)
+    y = y.to(device)
+    if prepare is not None:
+        x = prepare(x)
+    acts: dict[str, torch.Tensor] = {}
+    dl: dict[str, torch.Tensor] = {}
+    taylor: list[torch.Tensor] = []
+    if deeplift:
+        dl, acts = channel_attributions(model, layers, x, y, ref)
+    if with_gradients or not deeplift:
+        captured.clear()
+        handles = [modules[la.observe].register_forward_hook(hook_for(la.name)) for la in layers]
+        try:
+            with torch.set_grad_enabled(with_gradients):
+                logits = model(x)
+                if with_gradients:
+                    loss = F.cross_entropy(logits, y, reduction="sum")
+                    outs = [captured[la.name] for la in layers]
+                    grads = torch.autograd.grad(loss, outs)
+                    with torch.no_grad():
+                        taylor = [pool(a * g).abs_() for a, g in zip(outs, grads, strict=True)]
+                    del grads, outs
+        finally:
+            for h in handles:
+                h.remove()
+        acts = dict(captured)
+        captured.clear()
+    with torch.no_grad():
+        rows = {"f": torch.cat([pool(acts[la.name].detach()) for la in layers], 1)}
+        if with_gradients:
+            rows["t"] = torch.cat(taylor, 1)
+        if deeplift:
+            rows["d"] = torch.cat([dl[la.name].detach() for la in layers], 1)
+    for k, v in rows.items():
+        if not bool(torch.isfinite(v).all()):
+            what = {"f": "feature", "t": "Taylor attribution", "d": "DeepLIFT attribution"}[k]
+            raise ValueError(f"a calibration {what} is not finite (the model overflows on the calibration data)")
+    return {k: v.float() for k, v in rows.items()}
 
 
 @torch.no_grad()
-def _accumulate(
-    sums: dict[str, _FixedSums],
-    captured: dict[str, torch.Tensor],
-    grads: dict[str, torch.Tensor],
-    deeplift: dict[str, torch.Tensor],
-    y: torch.Tensor,
+def _finish(
+    stats: CalibrationStats,
+    layers: list[Layer],
+    labels: list[torch.Tensor],
+    chunk_of: list[int],
+    mine: list[tuple[int, dict[str, torch.Tensor]]],
+    fields: list[str],
+    world: int,
+    me: int,
+    sharded: bool,
 ) -> None:
-    y_cpu = y.cpu()
-    present = torch.unique(y_cpu).tolist()
-    for name, s in sums.items():
-        classes = [c for c in present if c in s.slot]
-        if not classes:
+    """Send rows to their class's owner, index each held class's runs, sum the per-class vectors, fill
+    ``stats.per_layer``."""
+    C = stats.num_classes
+    y = (torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)).to(torch.int64)
+    sizes = [len(t) for t in labels]
+    starts = torch.cumsum(torch.tensor([0, *sizes]), 0).tolist()
+    chunk_start = dict(zip(chunk_of, starts, strict=False))
+    count = torch.bincount(y, minlength=C)  # every rank knows every label: no communication
+    owner = torch.arange(C) % world
+    held = owner == me
+    blocks: dict[str, list[torch.Tensor]] = {k: [] for k in fields}
+    block_pos: list[torch.Tensor] = []  # per block: the calibration positions of its rows (ascending)
+    sends: dict[int, list[tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {r: [] for r in range(world)}
+    while mine:
+        i, rows = mine.pop(0)
+        pos = torch.arange(chunk_start[i], chunk_start[i] + len(rows["f"]))
+        dest = owner[y[pos]]
+        for r in range(world):
+            sel = (dest == r).nonzero().squeeze(1)
+            if not len(sel):
+                continue
+            part = {k: v if len(sel) == len(pos) else v.index_select(0, sel) for k, v in rows.items()}
+            if r == me:
+                for k in fields:
+                    blocks[k].append(part[k])
+                block_pos.append(pos[sel])
+            else:
+                sends[r].append((pos[sel], part))
+        del rows
+    if sharded:
+        for pos, part in _exchange(
+            sends, y, owner, chunk_of, chunk_start, sizes, fields, sum(la.channels for la in layers), world, me
+        ):
+            for k in fields:
+                blocks[k].append(part[k])
+            block_pos.append(pos)
+    store = RowStore(blocks, _runs(block_pos, y, C))
+    widths = [la.channels for la in layers]
+    # Per-class vector sums from the rows, in a fixed order: per layer, class c's rows in calibration order, in
+    # blocks of REDUCE_ROWS, each a contiguous (rows, N) float64 copy (shapes independent of batch or world size).
+    source = {"total": "f", "sumsq": "f", **({"taylor": "t"} if "t" in blocks else {}),
+              **({"deeplift": "d"} if "d" in blocks else {})}  # fmt: skip
+    vec = {la.name: {name: torch.zeros(C, la.channels, dtype=torch.float64) for name in source} for la in layers}
+    mine_classes = [c for c in held.nonzero().squeeze(1).tolist() if int(count[c]) > 0]
+    first = 0
+    for la, n in zip(layers, widths, strict=True):
+        cols, v = slice(first, first + n), vec[la.name]
+        for c in mine_classes:
+            rows = {k: store.rows(c, cols, k) for k in set(source.values())}
+            for start in range(0, len(rows["f"]), REDUCE_ROWS):
+                f = rows["f"][start : start + REDUCE_ROWS].to(torch.float64).contiguous()
+                v["total"][c] += f.sum(0)
+                v["sumsq"][c] += (f * f).sum(0)
+                for name in ("taylor", "deeplift"):
+                    if name in source:
+                        block = rows[source[name]][start : start + REDUCE_ROWS]
+                        v[name][c] += block.to(torch.float64).contiguous().sum(0)
+        for t in v.values():
+            t.add_(0.0)  # -0.0 → +0.0, so that the exact all-reduce below (x + 0 + …) returns the same bits
+        first += n
+    store.drop_("t")  # the attribution rows are summed: only the features stay
+    store.drop_("d")
+    if sharded:
+        packed = torch.cat([t for la in layers for t in vec[la.name].values()], 1)
+        distributed.all_reduce_sum_(packed)  # each entry is non-zero on its owner only: exact
+        first = 0
+        for la in layers:
+            for name in source:
+                vec[la.name][name] = packed[:, first : first + la.channels].clone()
+                first += la.channels
+        del packed
+    countf = count.to(torch.float64)
+    first = 0
+    for la, n in zip(layers, widths, strict=True):
+        v = vec.pop(la.name)
+        for name in ("taylor", "deeplift"):
+            v.setdefault(name, torch.zeros((), dtype=torch.float64).expand(C, n))  # not collected: zeros, no memory
+        stats.per_layer[la.name] = LayerStats(
+            count=countf.clone(), store=store, cols=slice(first, first + n), held=held, **v
+        )
+        first += n
+
+
+def _runs(block_pos: list[torch.Tensor], y: torch.Tensor, classes: int) -> list[list[tuple[int, int, int]]]:
+    """Per class, the (block, start, stop) runs of its rows in calibration order."""
+    runs: list[list[tuple[int, int, int]]] = [[] for _ in range(classes)]
+    if not block_pos:
+        return runs
+    pos = torch.cat(block_pos)
+    block = torch.cat([torch.full((len(p),), b, dtype=torch.int64) for b, p in enumerate(block_pos)])
+    row = torch.cat([torch.arange(len(p)) for p in block_pos])
+    order = torch.argsort(pos, stable=True)
+    order = order[torch.sort(y[pos[order]], stable=True).indices]  # by class, then calibration position
+    lab, block, row = y[pos[order]], block[order], row[order]
+    if len(lab) == 0:
+        return runs
+    brk = torch.ones(len(lab), dtype=torch.bool)
+    brk[1:] = (lab[1:] != lab[:-1]) | (block[1:] != block[:-1]) | (row[1:] != row[:-1] + 1)
+    heads = brk.nonzero().squeeze(1).tolist() + [len(lab)]
+    for a, b in zip(heads[:-1], heads[1:], strict=True):
+        runs[int(lab[a])].append((int(block[a]), int(row[a]), int(row[b - 1]) + 1))
+    return runs
+
+
+def _exchange(sends, y, owner, chunk_of, chunk_start, sizes, fields, width, world, me):
+    """Point-to-point: send every other rank the rows of its classes; return the received (positions, rows) blocks,
+    one per source rank, rows in calibration order."""
+    import torch.distributed as dist
+
+    cuda = dist.get_backend() == "nccl"
+    dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    ops, keep = [], []
+    for r in range(world):
+        if r == me or not sends[r]:
             continue
-        a = captured[name].detach()
-        f = pool(a).to(torch.float64)  # (B, N)
-        t = pool(a * grads[name]).abs().to(torch.float64) if name in grads else None  # (B, N)
-        d = deeplift[name].detach().to(torch.float64) if name in deeplift else None  # (B, N)
-        fields = ["total", *(["taylor"] if t is not None else []), *(["deeplift"] if d is not None else [])]
-        grams, vectors = [], []
-        for c in classes:
-            # Calibration batches are usually one class (the sample is sorted by class): skip the gather then.
-            sel = None if len(present) == 1 else (y == c).nonzero().squeeze(1)
-            fc = f if sel is None else f.index_select(0, sel)
-            s.count[c] += len(fc)
-            grams.append((fc.T @ fc).flatten().index_select(0, s.upper))  # (M,) upper triangle of the (N, N) share
-            rows = [fc.sum(0)]
-            if t is not None:
-                rows.append((t if sel is None else t.index_select(0, sel)).sum(0))
-            if d is not None:
-                rows.append((d if sel is None else d.index_select(0, sel)).sum(0))
-            vectors.append(torch.stack(rows))
-        for c, share in zip(classes, grams, strict=True):
-            s.add_gram_(s.slot[c], share)
-        # One elementwise conversion for all of them: a value's limbs depend on that value only.
-        diag_limbs = distributed.to_fixed(torch.stack([g.index_select(0, s.diagonal) for g in grams]))  # (L, P, N)
-        vector_limbs = distributed.to_fixed(torch.stack(vectors))  # (LIMBS, P, fields, N)
-        idx = torch.tensor(classes, device=vector_limbs.device)
-        s.vectors["sumsq"].index_add_(1, idx, diag_limbs)  # = the Gram diagonal, bit for bit
-        for i, name_ in enumerate(fields):
-            s.vectors[name_].index_add_(1, idx, vector_limbs[:, :, i])
-        s.carry_if_due_()
+        buf = torch.cat([torch.cat([p[k] for k in fields], 1) for _, p in sends[r]]).to(dev)
+        ops.append(dist.P2POp(dist.isend, buf, r))
+        keep.append(buf)
+    sends.clear()
+    size_of = dict(zip(chunk_of, sizes, strict=True))
+    by_src: dict[int, list[torch.Tensor]] = {}
+    for i, start in chunk_start.items():  # chunk order: the order the sender packed its rows in
+        src = i % world
+        if src == me:
+            continue
+        pos = torch.arange(start, start + size_of[i])
+        pos = pos[owner[y[pos]] == me]
+        if len(pos):
+            by_src.setdefault(src, []).append(pos)
+    incoming = []
+    for src, parts in sorted(by_src.items()):
+        pos = torch.cat(parts)
+        buf = torch.empty(len(pos), len(fields) * width, dtype=torch.float32, device=dev)
+        ops.append(dist.P2POp(dist.irecv, buf, src))
+        incoming.append((pos, buf))
+    if ops:
+        for req in dist.batch_isend_irecv(ops):
+            req.wait()
+    del keep
+    out = []
+    for pos, buf in incoming:
+        buf = buf.cpu()
+        width = buf.shape[1] // len(fields)
+        out.append((pos, {k: buf[:, j * width : (j + 1) * width].clone() for j, k in enumerate(fields)}))
+    return out
