@@ -492,6 +492,12 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, 
         model.to(device)
         baseline_source, cached = str(cfg.checkpoint), True
     else:
+        from .restructure import check_restructurable  # refuse in one line before minutes of training
+
+        check_restructurable(
+            create_model(timm_name, num_classes=len(bundle.classes), in_chans=bundle.in_chans).eval(),
+            torch.randn(2, bundle.in_chans, bundle.image_size, bundle.image_size),
+        )
         model, meta, path, cached = cached_baseline(
             cfg.model,
             bundle,
