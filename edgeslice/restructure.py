@@ -171,7 +171,7 @@ def plan_restructure(
             needed.index_put_((ri % size,), keep[name].to(torch.bool)[ci], accumulate=True)
             covered[ri] = True
             if scores is not None and name in scores:
-                best.index_reduce_(0, ri % size, scores[name].to(torch.float64)[ci], "amax")
+                best.scatter_reduce_(0, ri % size, scores[name].to(torch.float64)[ci], "amax")
         remove_pos = covered.view(chunks, size).all(0) & ~needed
         banned = ~remove_pos
         step = round_to // math.gcd(round_to, chunks) if round_to > 1 else 1
