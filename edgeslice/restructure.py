@@ -25,6 +25,8 @@ class GroupPlan:
     members: list[str]
     channels: int
     remove: list[int]
+    #: why the group keeps all its channels whatever the slice says (None: it may lose some)
+    kept_whole: str | None = None
 
 
 @dataclass
@@ -46,9 +48,15 @@ class RestructureReport:
             "removed_share": self.removed_share,
             "groups": [
                 {"root": g.root, "members": g.members, "channels": g.channels, "removed": len(g.remove)}
+                | ({"kept_whole": g.kept_whole} if g.kept_whole else {})
                 for g in self.groups
             ],
         }
+
+
+#: Normalisations that mix channels: removing a channel changes every other channel's output, so no masked model
+#: equals the pruned one; groups that pass through them keep all their channels.
+_CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
 def _out_channel_items(dg, group, names: dict[nn.Module, str], sliced: set[str]):
@@ -57,6 +65,41 @@ def _out_channel_items(dg, group, names: dict[nn.Module, str], sliced: set[str])
         name = names.get(module)
         if name in sliced and dg.is_out_channel_pruning_fn(item.dep.handler):
             yield name, list(item.idxs), list(item.root_idxs)
+
+
+def _unremovable(dg, group, names: dict[nn.Module, str], sliced: set[str]) -> str | None:
+    """Why a whole group must keep its channels (None when it may lose some)."""
+    for item in group:
+        module = item.dep.target.module
+        if isinstance(module, _CROSS_CHANNEL_NORMS) and not (
+            isinstance(module, nn.GroupNorm) and module.num_groups == module.num_channels
+        ):
+            return f"its channels are normalised together by {names.get(module, '?')} ({type(module).__name__})"
+        if isinstance(module, nn.Module) and dg.is_out_channel_pruning_fn(item.dep.handler):
+            n = dg.get_out_channels(module)
+            if n is not None and item.idxs and max(item.idxs) >= n:
+                return f"torch-pruning maps channels of {names.get(module, '?')} out of range (reshape/attention)"
+    return None
+
+
+def _channel_groups(dg, group) -> int:
+    """Channel grouping of a group (grouped convs): removals repeat in every chunk, as in torch-pruning's MetaPruner."""
+    best = 1
+    for item in group:
+        module = item.dep.target.module
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups != module.out_channels:
+            best = max(best, module.groups)
+    return best
+
+
+def _round(remove_pos: torch.Tensor, best: torch.Tensor, step: int) -> None:
+    """Give back the best-scored removed positions until the kept count is a multiple of ``step`` (in place)."""
+    kept = len(remove_pos) - int(remove_pos.sum())
+    extra = min(-kept % step, int(remove_pos.sum()))
+    if extra:
+        candidates = torch.nonzero(remove_pos).flatten()
+        rank = torch.sort(-best[candidates], stable=True).indices[:extra]
+        remove_pos[candidates[rank]] = False
 
 
 def plan_restructure(
@@ -70,6 +113,13 @@ def plan_restructure(
 ) -> tuple[object, list[GroupPlan], dict[str, torch.Tensor]]:
     """Decide which channels go, group by group, without changing the model.
 
+    A group's channels are decided per *position*: with grouped convolutions (``G`` groups) torch-pruning removes
+    the same positions from every chunk of ``N / G`` channels, as its MetaPruner does. The removal is then checked
+    against what torch-pruning's own traversal removes for it (concatenation, splitting and depthwise convs can tie
+    several root channels together, e.g. a GhostNet module's primary and cheap halves): a root channel whose removal
+    would take a critical channel, or a channel of a prunable layer that is not sliced, is kept, until the planned
+    removal is closed under the traversal. Groups whose channels pass a cross-channel normalisation are kept whole.
+
     Args:
         model: the model (unchanged).
         layers: its sliceable layers.
@@ -77,11 +127,14 @@ def plan_restructure(
         example: an input batch for tracing.
         scores: layer → (N,) scores; when a whole group is non-critical its best-scored channel is kept (else 0).
         round_to: keep a multiple of this many channels per group (adding back the best-scored removed ones), so
-            runtimes whose fast convolution kernels work on channel blocks (onnxruntime's NCHWc: 8 or 16) use them.
+            runtimes whose fast convolution kernels work on channel blocks (onnxruntime's NCHWc: 8 or 16) use them;
+            with grouped convolutions the kept count is a multiple of both ``round_to`` and the group count.
 
     Returns:
         (dependency graph, group plans, effective keep masks per sliced layer).
     """
+    import math
+
     import torch_pruning as tp
 
     names = {m: n for n, m in model.named_modules()}
@@ -100,32 +153,71 @@ def plan_restructure(
         if not items:
             continue
         n_root = dg.get_out_channels(root_module)
-        needed = torch.zeros(n_root, dtype=torch.bool)
+        members = sorted({name for name, _, _ in items})
+        reason = _unremovable(dg, group, names, sliced)
+        chunks = _channel_groups(dg, group)
+        if reason is None and n_root % chunks:
+            reason = f"{n_root} channels do not split into {chunks} convolution groups"
+        if reason is not None:
+            plans.append(GroupPlan(root=root, members=members, channels=n_root, remove=[], kept_whole=reason))
+            continue
+        size = n_root // chunks
+        needed = torch.zeros(size, dtype=torch.bool)
         covered = torch.zeros(n_root, dtype=torch.bool)
-        best = torch.full((n_root,), float("-inf"), dtype=torch.float64)
+        best = torch.full((size,), float("-inf"), dtype=torch.float64)
         for name, idxs, root_idxs in items:
             ri = torch.as_tensor(root_idxs, dtype=torch.long)
             ci = torch.as_tensor(idxs, dtype=torch.long)
-            needed[ri] |= keep[name].to(torch.bool)[ci]
+            needed.index_put_((ri % size,), keep[name].to(torch.bool)[ci], accumulate=True)
             covered[ri] = True
             if scores is not None and name in scores:
-                best[ri] = torch.maximum(best[ri], scores[name].to(torch.float64)[ci])
-        remove_mask = covered & ~needed
-        if bool(remove_mask.all()):  # a group may not vanish: keep its best channel
-            remove_mask[int(torch.argmax(best)) if scores is not None else 0] = False
-        if round_to > 1:  # give back the best-scored removed channels until the kept count is a multiple
-            kept = n_root - int(remove_mask.sum())
-            extra = min(-kept % round_to, int(remove_mask.sum()))
-            if extra:
-                candidates = torch.nonzero(remove_mask).flatten()
-                rank = torch.sort(-best[candidates], stable=True).indices[:extra]
-                remove_mask[candidates[rank]] = False
-        remove = sorted(int(i) for i in torch.nonzero(remove_mask).flatten())
-        members = sorted({name for name, _, _ in items})
-        plans.append(GroupPlan(root=root, members=members, channels=n_root, remove=remove))
-        for name, idxs, root_idxs in items:
-            ri = torch.as_tensor(root_idxs, dtype=torch.long)
-            effective[name][torch.as_tensor(idxs, dtype=torch.long)] = ~remove_mask[ri]
+                best.scatter_reduce_(0, ri % size, scores[name].to(torch.float64)[ci], "amax")
+        remove_pos = covered.view(chunks, size).all(0) & ~needed
+        banned = ~remove_pos
+        step = round_to // math.gcd(round_to, chunks) if round_to > 1 else 1
+        handler = dg.get_pruner_of_module(root_module).prune_out_channels
+        removed: dict[str, list[int]] = {}
+        for _ in range(4 * size + 4):
+            if bool(remove_pos.all()):  # a group may not vanish: keep its best position
+                remove_pos[int(torch.argmax(best)) if scores is not None else 0] = False
+            if step > 1:
+                _round(remove_pos, best, step)
+            positions = torch.nonzero(remove_pos).flatten()
+            if not len(positions):
+                removed = {}
+                break
+            remove = sorted(int(p + c * size) for c in range(chunks) for p in positions)
+            actual = dg.get_pruning_group(root_module, handler, idxs=remove)
+            bad = torch.zeros(size, dtype=torch.bool)
+            removed = {}
+            for item in actual:
+                module = item.dep.target.module
+                if not isinstance(module, nn.Module) or not dg.is_out_channel_pruning_fn(item.dep.handler):
+                    continue
+                name = names.get(module)
+                ri = torch.as_tensor(list(item.root_idxs), dtype=torch.long) % size
+                if name in sliced:
+                    ci = torch.as_tensor(list(item.idxs), dtype=torch.long)
+                    bad[ri[keep[name].to(torch.bool)[ci]]] = True
+                    removed[name] = sorted(set(removed.get(name, [])) | set(item.idxs))
+                elif isinstance(module, (nn.Conv2d, nn.Linear)):
+                    bad[ri] = True  # a prunable layer that is not observed: nothing masks it
+            closure = torch.zeros(size, dtype=torch.bool)
+            closure[torch.as_tensor(list(actual[0].idxs), dtype=torch.long) % size] = True
+            if not bool(bad.any()) and bool((closure == remove_pos).all()):
+                break
+            banned |= bad
+            remove_pos = (remove_pos | closure) & ~banned
+        else:
+            removed = {}
+        remove_mask = torch.zeros(n_root, dtype=torch.bool)
+        if removed:
+            remove_mask.view(chunks, size)[:, remove_pos] = True
+        plans.append(
+            GroupPlan(root=root, members=members, channels=n_root, remove=torch.nonzero(remove_mask).flatten().tolist())
+        )
+        for name, idxs in removed.items():
+            effective[name][torch.as_tensor(idxs, dtype=torch.long)] = False
     return dg, plans, effective
 
 
@@ -150,7 +242,6 @@ def restructure_(
     Returns:
         Parameter counts, the per-group plan, and the effective (coupled) keep masks.
     """
-    import torch_pruning as tp
 
     before = count_parameters(model)
     dg, plans, effective = plan_restructure(model, layers, keep, example, scores=scores, round_to=round_to)
@@ -159,11 +250,96 @@ def restructure_(
         if not plan.remove:
             continue
         root = modules[plan.root]
-        handler = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
-        group = dg.get_pruning_group(root, handler, idxs=plan.remove)
+        group = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs=plan.remove)
         if not dg.check_pruning_group(group):
             raise RuntimeError(f"torch-pruning refused to prune group rooted at {plan.root}")
         group.prune()
     return RestructureReport(
         params_before=before, params_after=count_parameters(model), groups=plans, effective_keep=effective
     )
+
+
+def _perturbed_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A copy whose BatchNorm statistics, biases and scalar/per-channel parameters are random.
+
+    Untrained defaults (zero biases, unit variances, identity affines) map zero to zero almost everywhere, which
+    would hide an observation point placed before a norm or an affine; trained models do not.
+    """
+    import copy
+
+    twin = copy.deepcopy(model).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in twin.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+        for p in twin.parameters():
+            if p.dim() <= 1:
+                p.add_(torch.rand(p.shape, generator=g).to(p) * 0.2 - 0.1)
+    return twin
+
+
+def check_restructurable(model: nn.Module, example_inputs: torch.Tensor, *, seed: int = 0) -> None:
+    """Refuse, in one line, a model whose restructured form would not equal its masked form.
+
+    Slices a perturbed copy at random (half the channels critical), restructures it and compares it with the
+    masked copy, as the pipeline's guard does after slicing; on a mismatch the groups are tried one at a time to
+    name the first that breaks. Cheap (one trace and one prune of the untrained model), so run it before training.
+
+    Raises:
+        ModelError: naming the layer (root of the failing torch-pruning group) and the reason.
+    """
+    import copy
+
+    from .errors import ModelError
+    from .slicing.observe import channel_masks, find_layers
+
+    x = example_inputs[:2]
+    try:
+        twin = _perturbed_copy(model, seed)
+        layers = find_layers(twin, x[:1])
+        if not layers:
+            raise ModelError(f"{type(model).__name__}: no Conv2d/Linear layer whose output channels can be observed")
+        g = torch.Generator().manual_seed(seed)
+        keep = {la.name: torch.rand(la.channels, generator=g) < 0.5 for la in layers}
+        _, plans, effective = plan_restructure(twin, layers, keep, x)
+    except ModelError:
+        raise
+    except Exception as e:  # torch-pruning's tracer on an unsupported operator
+        raise ModelError(f"cannot trace {type(model).__name__} for restructuring: {type(e).__name__}: {e}") from None
+
+    def attempt(selected: list[GroupPlan]) -> float:
+        pruned = copy.deepcopy(twin)
+        members = {m for p in selected for m in p.members}
+        masks = {k: (v if k in members else torch.ones_like(v)) for k, v in effective.items()}
+        import torch_pruning as tp
+
+        with eval_mode(pruned):
+            dg = tp.DependencyGraph().build_dependency(pruned, example_inputs=x, verbose=False)
+        mods = dict(pruned.named_modules())
+        for p in selected:
+            root = mods[p.root]
+            dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs=p.remove).prune()
+        with torch.no_grad(), channel_masks(twin, layers, masks):
+            a = twin(x)
+        with torch.no_grad():
+            b = pruned.eval()(x)
+        return float((a - b).abs().max()) / max(1.0, float(a.abs().max()))
+
+    todo = [p for p in plans if p.remove]
+    try:
+        if attempt(todo) <= 1e-4:
+            return
+    except Exception:
+        pass
+    for p in todo:
+        try:
+            d = attempt([p])
+        except Exception as e:
+            raise ModelError(f"cannot restructure {p.root}: torch-pruning fails ({type(e).__name__}: {e})") from None
+        if d > 1e-4:
+            raise ModelError(
+                f"cannot restructure {p.root}: removing its channels differs from zeroing them (relative {d:.2g})"
+            )
+    raise ModelError(f"cannot restructure {type(model).__name__}: its groups are fine alone but not together")

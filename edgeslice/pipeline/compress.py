@@ -28,7 +28,14 @@ from ..classes import select_classes
 from ..data import DataBundle
 from ..errors import EdgesliceError
 from ..index import CriticalIndex
-from ..models import ModelMeta, count_parameters, load_checkpoint, resolve_model_name, save_checkpoint
+from ..models import (
+    ModelMeta,
+    count_parameters,
+    create_model,
+    load_checkpoint,
+    resolve_model_name,
+    save_checkpoint,
+)
 from ..restructure import RestructureReport
 from ..slicing import SemanticSlicer, SliceResult, channel_masks
 from ..train import evaluate, iterate_batches, train_model
@@ -166,11 +173,14 @@ def load_stage(cfg: CompressConfig, device: torch.device, timer: Timer) -> Loade
             data_cfg = replace(cfg, image_size=cfg.image_size if cfg.image_size is not None else meta.input_size)
             bundle = select_classes(load_compress_data(data_cfg, timm_name), cfg.classes, min_classes=2)
             check_against_data(meta, bundle)
+            preflight(model, bundle)
             model.to(device)
             source, cached = str(cfg.checkpoint), True
         else:
             bundle = select_classes(load_compress_data(cfg, timm_name), cfg.classes, min_classes=2)
             check_data(bundle)
+            preflight(create_model(timm_name, num_classes=len(bundle.classes), in_chans=bundle.in_chans,
+                                   input_size=bundle.image_size), bundle)  # fmt: skip
             model, meta, path, cached = cached_baseline(
                 cfg.model, bundle, epochs=cfg.train_epochs, seed=cfg.seed, device=device,
                 batch_size=cfg.batch_size, lr=cfg.lr, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
@@ -184,6 +194,24 @@ def load_stage(cfg: CompressConfig, device: torch.device, timer: Timer) -> Loade
     for w in warnings:
         sys.stderr.write(f"warning: {w}\n")
     return Loaded(timm_name, bundle, model, meta, prepare, source, cached, acc, warnings)
+
+
+def preflight(model: nn.Module, bundle: DataBundle) -> None:
+    """Refuse, in one line and before any training, a model family that restructuring cannot handle.
+
+    Runs on a perturbed copy (:func:`edgeslice.restructure.check_restructurable`) with the global RNG forked, so the
+    run's artifacts are the same with or without it.
+
+    Raises:
+        ModelError: naming the layer and the reason.
+    """
+    from ..restructure import check_restructurable
+
+    with torch.random.fork_rng(devices=[]):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, bundle.in_chans, bundle.image_size, bundle.image_size, generator=g)
+        p = next(model.parameters(), None)
+        check_restructurable(copy.deepcopy(model).cpu().eval() if p is not None else model, x)
 
 
 def _cache_relative(path: Path) -> str:

@@ -59,83 +59,159 @@ def classifier_names(model: nn.Module) -> set[str]:
     return names
 
 
-def _is_unary_follower(module: nn.Module, channels: int) -> bool:
+#: Parameter-free element-wise modules a neuron may pass through before it is observed (timm's own activation
+#: classes are matched by module path below, so new timm activations need no entry here).
+_NOT_ELEMENTWISE = (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.GLU, nn.MultiheadAttention)
+
+
+def _is_channelwise(module: nn.Module, channels: int) -> bool:
+    """Whether ``module`` maps each channel on its own (BatchNorm, activations, scalar or per-channel affines).
+
+    Cross-channel normalisations (LayerNorm, GroupNorm, RMSNorm) are not: they mix the channels a restructure
+    would separate.
+    """
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return module.num_features == channels
-    return isinstance(module, _ACTIVATIONS)
+    if list(module.children()) or isinstance(module, _NOT_ELEMENTWISE + (nn.Conv2d, nn.Linear)):
+        return False
+    if "norm" in type(module).__name__.lower():
+        return False
+    params = list(module.parameters(recurse=False))
+    if not params:
+        path = type(module).__module__
+        return isinstance(module, _ACTIVATIONS) or path.startswith(("torch.nn.modules.activation", "timm.layers.activ"))
+    # e.g. timm's LearnableAffineBlock (scalar scale and bias), LayerScale2d (one gain per channel)
+    return all(p.numel() in (1, channels) for p in params)
+
+
+def _autograd_consumers(output: torch.Tensor) -> dict[object, list[object]]:
+    """Forward edges of the autograd graph that produced ``output``: node → the nodes that consume its result."""
+    consumers: dict[object, list[object]] = {}
+    stack, seen = [output.grad_fn], {output.grad_fn}
+    while stack:
+        node = stack.pop()
+        for nxt, _ in node.next_functions:
+            if nxt is None or type(nxt).__name__ == "AccumulateGrad":
+                continue
+            consumers.setdefault(nxt, []).append(node)
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return consumers
+
+
+def _single_path(end: object, start: object, consumers: dict[object, list[object]], limit: int = 12) -> bool:
+    """Whether ``end`` is reached from ``start`` through one chain of single-input, single-consumer nodes."""
+    node = end
+    for _ in range(limit):
+        if node is start:
+            return True
+        preds = [n for n, _ in node.next_functions if n is not None and type(n).__name__ != "AccumulateGrad"]
+        if len(preds) != 1 or len(consumers.get(preds[0], [])) != 1:
+            return False
+        node = preds[0]
+    return False
+
+
+def _next_step(node, shape, channels, by_input, calls, modules, consumers) -> str | None:
+    """The channel-wise module that alone consumes ``node`` (same shape), if any."""
+    for cand in by_input.get(node, []):
+        _, cand_out, cand_shape = calls[cand][0]
+        if (
+            cand_out is not node
+            and cand_shape == shape
+            and _is_channelwise(modules[cand], channels)
+            and _single_path(cand_out, node, consumers)
+        ):
+            return cand
+    return None
 
 
 def find_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     """List the sliceable layers of ``model`` in forward order, with their observation points.
 
-    The observation point is found from registration order (timm registers ``conv, bn, act`` in forward order) and
-    then checked with one forward pass: the candidate must run exactly once and produce ``channels`` channels,
-    otherwise the layer's own output is used.
+    The observation point is found on the traced graph (autograd, one forward pass): from the layer's output,
+    follow modules that map each channel on its own (BatchNorm, activations, learnable affines, layer scales) as
+    long as each step is the only consumer of the previous one, wherever those modules are registered (a deep
+    stem's last conv is followed by the model's ``bn1``/``act1``). Zeroing a channel there is what removing it
+    does to every consumer. A layer that does not run exactly once, or whose channels are not on dimension 1
+    (channels-last Linear layers inside blocks), is not sliced.
 
     Args:
         model: the model.
-        example: one input batch, used to check the observation points.
+        example: one input batch, used to trace the graph.
     """
     heads = classifier_names(model)
-    named = [
-        (n, m)
-        for n, m in model.named_modules()
-        if not isinstance(m, nn.Identity) and not list(m.children()) or isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
-    candidates: list[tuple[str, str, int]] = []
-    for i, (name, module) in enumerate(named):
-        if not isinstance(module, (nn.Conv2d, nn.Linear)) or name in heads:
-            continue
-        channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-        observe = name
-        j = i + 1
-        # Follow norm → activation chains that belong to the same parent block.
-        while j < len(named):
-            nxt_name, nxt = named[j]
-            if nxt_name.startswith(name + "."):  # children of a BatchNormAct2d, e.g. bn1.act
-                j += 1
-                continue
-            same_parent = nxt_name.rpartition(".")[0] == name.rpartition(".")[0] or nxt_name.startswith(observe + ".")
-            if same_parent and _is_unary_follower(nxt, channels):
-                observe = nxt_name
-                j += 1
-                if isinstance(nxt, nn.modules.batchnorm._BatchNorm) and _has_fused_act(nxt):
-                    break
-                continue
-            break
-        candidates.append((name, observe, channels))
-
     modules = dict(model.named_modules())
-    calls: dict[str, list[int]] = {}
+    calls: dict[str, list[tuple[object, object, tuple[int, ...]]]] = {}
+    inputs: dict[str, list[object]] = {}
+    keep_alive: list[torch.Tensor] = []  # node identity must not be recycled during the pass
 
-    def hook_for(key: str):
-        def hook(_m, _i, out):
-            if isinstance(out, torch.Tensor):
-                calls.setdefault(key, []).append(out.shape[1] if out.dim() > 1 else -1)
+    def pre_hook(key: str):
+        def hook(_m, args):
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            inputs.setdefault(key, []).append(x.grad_fn if x is not None else None)
 
         return hook
 
-    watched = sorted({o for _, o, _ in candidates} | {n for n, _, _ in candidates})
-    handles = [modules[k].register_forward_hook(hook_for(k)) for k in watched]
+    def hook(key: str):
+        def hook(_m, _i, out):
+            if isinstance(out, torch.Tensor):
+                keep_alive.append(out)
+                calls.setdefault(key, []).append((inputs[key][len(calls.get(key, []))], out.grad_fn, tuple(out.shape)))
+
+        return hook
+
+    handles = []
+    for name, module in modules.items():
+        if name:
+            handles.append(module.register_forward_pre_hook(pre_hook(name)))
+            handles.append(module.register_forward_hook(hook(name)))
     try:
-        with torch.no_grad(), eval_mode(model):
-            model(example)
+        with torch.enable_grad(), eval_mode(model):
+            out = model(example.detach().clone().requires_grad_(True))
     finally:
         for h in handles:
             h.remove()
-    layers = []
-    for name, observe, channels in candidates:
-        if calls.get(observe) != [channels]:
-            observe = name
-        if calls.get(name) != [channels]:
-            continue  # not on the forward path (or reused): cannot be observed unambiguously
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    consumers = _autograd_consumers(out) if out.grad_fn is not None else {}
+    by_input: dict[object, list[str]] = {}
+    for name, rec in calls.items():
+        if len(rec) == 1 and rec[0][0] is not None:
+            by_input.setdefault(rec[0][0], []).append(name)
+
+    layers: list[Layer] = []
+    used: set[str] = set()
+    for name, module in modules.items():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or name in heads:
+            continue
+        channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+        rec = calls.get(name, [])
+        # not on the forward path, reused, or channels-last: cannot be observed unambiguously
+        if len(rec) != 1 or len(rec[0][2]) < 2 or rec[0][2][1] != channels:
+            continue
+        if isinstance(module, nn.Linear) and len(rec[0][2]) != 2:
+            continue
+        observe, node, shape = name, rec[0][1], rec[0][2]
+        before_add = None
+        while node is not None and len(consumers.get(node, [])) == 1:
+            step = _next_step(node, shape, channels, by_input, calls, modules, consumers)
+            if step is None:
+                # A residual sum followed by its activation (ResNet's ``x += shortcut; x = act2(x)``): the
+                # activation is what the next layers read; every addend is a member of the same coupled group.
+                (add,) = consumers[node]
+                if type(add).__name__ != "AddBackward0" or len(consumers.get(add, [])) != 1:
+                    break
+                step = _next_step(add, shape, channels, by_input, calls, modules, consumers)
+                if step is None:
+                    break
+                before_add = observe
+            observe, node = step, calls[step][0][1]
+        if before_add is not None and observe in used:  # a shortcut projection: its own output, not the sum
+            observe = before_add
+        used.add(observe)
         layers.append(Layer(name=name, observe=observe, channels=channels))
     return layers
-
-
-def _has_fused_act(bn: nn.Module) -> bool:
-    act = getattr(bn, "act", None)
-    return act is not None and not isinstance(act, nn.Identity)
 
 
 @contextlib.contextmanager

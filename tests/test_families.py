@@ -1,0 +1,81 @@
+"""Every timm CNN family torch-pruning handles: slice, restructure, masked equivalence and ONNX parity.
+
+Untrained weights with randomised BatchNorm statistics, biases and affines (trained-like: zero must not map to zero
+for free), 32 px, half the channels critical at random, ``round_to=8``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from edgeslice.restructure import _perturbed_copy, check_restructurable, restructure_
+from edgeslice.slicing import channel_masks, find_layers
+
+FAST = [
+    "mobilenetv3_small_050",  # inverted residual + squeeze-excite
+    "resnet10t",  # deep stem, avg-down shortcut
+    "regnetx_002",  # grouped convolutions
+    "ghostnet_050",  # concatenated primary + cheap halves
+    "convnext_atto",  # LayerNorm2d over channels, layer scale
+]
+SLOW = [
+    "hgnetv2_b0",  # concatenated aggregation, learnable affine after the activation
+    "lcnet_050",
+    "mobilenetv2_050",
+    "mobilenetv4_conv_small",
+    "efficientnet_b0",
+    "mnasnet_small",
+    "resnext26ts",
+    pytest.param(
+        "densenet121",
+        marks=pytest.mark.xfail(
+            reason="refused: dense-block conv2 channels (pre-norm concat) differ when removed vs zeroed", strict=False
+        ),
+    ),
+    "repvgg_a0",
+    "fbnetc_100",
+    "efficientvit_b0",
+]
+
+
+def _check(name: str, tmp_path) -> None:
+    import timm
+
+    from edgeslice.deploy.export import check_parity, export_onnx
+
+    torch.manual_seed(0)
+    model = _perturbed_copy(timm.create_model(name, in_chans=1, num_classes=10), seed=0)
+    x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    check_restructurable(model, x[:2])
+    layers = find_layers(model, x[:1])
+    g = torch.Generator().manual_seed(2)
+    keep = {la.name: torch.rand(la.channels, generator=g) < 0.5 for la in layers}
+    original = copy.deepcopy(model)
+    report = restructure_(model, layers, keep, x[:2], round_to=8)
+    assert report.params_after < report.params_before
+    for name_, k in keep.items():  # coupling only adds channels back
+        assert bool(report.effective_keep[name_][k].all())
+    for plan in report.groups:  # kept counts honour round_to (and the group count) unless nothing is removed
+        assert plan.remove == [] or (plan.channels - len(plan.remove)) % 8 == 0
+    with torch.no_grad(), channel_masks(original, layers, report.effective_keep):
+        masked = original(x)
+    with torch.no_grad():
+        pruned = model(x)
+    # Same model up to float rounding of differently shaped kernels, not bit-equality.
+    assert float((masked - pruned).abs().max()) <= 1e-4 * max(1.0, float(masked.abs().max()))
+    path = export_onnx(model, x[:1], tmp_path / "model.onnx")
+    check_parity(model, path, x)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_family(name, tmp_path):
+    _check(name, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW)
+def test_family_slow(name, tmp_path):
+    _check(name, tmp_path)
