@@ -119,7 +119,7 @@ def main() -> None:
     slicer = calibrate(["taylor"])
 
     def slice_10():
-        slicer._curves = None
+        slicer._curves = {}
         for theta in THETAS:
             slicer.slice(theta=theta)
 
@@ -144,7 +144,7 @@ def main() -> None:
 
     # (a) exact solver vs linear scan -------------------------------------------------------------------------
     def exact():
-        slicer._curves = None
+        slicer._curves = {}
         return slicer.k_table(THETAS)
 
     t_exact = best_of(args.repeat, exact)

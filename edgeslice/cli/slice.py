@@ -70,8 +70,8 @@ def slice_command(
         typer.Option(
             "--class-batch",
             min=1,
-            help="Hold the Gram matrices of at most N classes at once (more passes, same index). Memory while "
-            "calibrating: about sum over layers of classes x channels^2 x 16 bytes (N instead of classes with this).",
+            help="Accepted for compatibility; no longer needed: calibration keeps one feature row per sample "
+            "(samples x channels x 4 bytes) and forms each class's Gram matrix only while solving it.",
         ),
     ] = None,
     workers: WorkersOpt = None,
