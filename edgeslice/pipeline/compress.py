@@ -287,11 +287,8 @@ def finetune_stage(
     bundle, prepare = loaded.bundle, loaded.prepare
     with timer.span("finetune_s"):
         if cfg.finetune_epochs > 0:
-            train_model(
-                model, bundle.train, epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr,
-                seed=cfg.seed + 1, prepare=prepare, device=device, description="fine-tune",
-                **finetune_options(cfg, original),
-            )  # fmt: skip
+            train_model(model, bundle.train, prepare=prepare, device=device, description="fine-tune",
+                        **finetune_options(cfg, original))  # fmt: skip
         acc = evaluate(model, bundle.test, prepare=prepare, device=device, description="fine-tuned accuracy")
     control = None
     if cfg.dense_control and not cfg.checkpoint and cfg.finetune_epochs > 0:
@@ -459,9 +456,13 @@ def build_report(
 
 
 def finetune_options(cfg: CompressConfig, dense: nn.Module) -> dict[str, Any]:
-    """The ``train_model`` options of the post-restructure fine-tune beyond epochs/lr/seed (the same for the dense
-    control): augmentation, mixed precision, and distillation from ``dense``."""
+    """The ``train_model`` options of the post-restructure fine-tune, the same for the dense control: epochs, batch
+    size, learning rate, seed, augmentation, mixed precision, and distillation from ``dense``."""
     return {
+        "epochs": cfg.finetune_epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.finetune_lr,
+        "seed": cfg.seed + 1,
         "augment": cfg.augment != "none",
         "amp": cfg.amp,
         "teacher": dense if cfg.distill else None,
@@ -482,22 +483,10 @@ def dense_control_accuracy(
     An undertrained baseline gains from one more epoch whatever is removed; this control separates that gain from
     the effect of slicing. The global RNG is forked, so the artifacts are the same with or without the control.
     """
-    import copy
-
     control = copy.deepcopy(dense)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        train_model(
-            control,
-            bundle.train,
-            epochs=cfg.finetune_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.finetune_lr,
-            seed=cfg.seed + 1,
-            prepare=prepare,
-            device=device,
-            description="dense control fine-tune",
-            **finetune_options(cfg, dense),
-        )
+        train_model(control, bundle.train, prepare=prepare, device=device, description="dense control fine-tune",
+                    **finetune_options(cfg, dense))  # fmt: skip
     acc = evaluate(control, bundle.test, prepare=prepare, device=device, description="dense control accuracy")
     return {"accuracy": acc, "finetune_epochs": cfg.finetune_epochs, "distill": cfg.distill}
