@@ -32,7 +32,8 @@ from torch.utils.data import Subset
 
 from edgeslice.data import load_data
 from edgeslice.deploy.budget import count_macs
-from edgeslice.deploy.export import export_onnx, onnx_latency
+from edgeslice.deploy.export import export_onnx
+from edgeslice.deploy.measure import onnx_latency
 from edgeslice.models import count_parameters, data_config
 from edgeslice.pipeline import SliceConfig, cached_baseline, calibration_set, make_prepare, slice_model
 from edgeslice.restructure import restructure_
