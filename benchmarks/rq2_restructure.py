@@ -40,7 +40,6 @@ from edgeslice.models import count_parameters, resolve_model_name
 from edgeslice.pipeline import CompressConfig, SliceConfig, cached_baseline, make_prepare, slice_model
 from edgeslice.pruning import IterativePruneConfig, plot_prune_curves, prune_pipeline_
 from edgeslice.restructure import restructure_
-from edgeslice.slicing import channel_masks
 from edgeslice.train import evaluate, iterate_batches, train_model
 
 METHODS = ("none", "global", "category", "semantic")
@@ -158,7 +157,7 @@ def run_model(name: str, args: argparse.Namespace, results: dict[str, Any], save
         if method != "none":
             ratio, result = slices[method]
             rep = restructure_(start, slicer.layers, result.critical, x[:2], scores=result.scores)
-            with torch.no_grad(), channel_masks(model, slicer.layers, rep.effective_keep):
+            with torch.no_grad(), rep.masked(model, slicer.layers):
                 masked = model.eval()(x)
             with torch.no_grad():
                 equivalence = float((start.eval()(x) - masked).abs().max())

@@ -27,6 +27,8 @@ class GroupPlan:
     remove: list[int]
     #: why the group keeps all its channels whatever the slice says (None: it may lose some)
     kept_whole: str | None = None
+    #: per-channel norm → its channels this plan removes (torch-pruning's indices in that norm)
+    norms: dict[str, list[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -36,6 +38,17 @@ class RestructureReport:
     groups: list[GroupPlan] = field(default_factory=list)
     #: layer → (N,) bool: channels that survive, after coupling (what a masked model must zero to match).
     effective_keep: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: per-channel norm → (C,) bool: its channels that survive. A removed channel is gone from every norm that
+    #: reads it, including norms after a concatenation (DenseNet's pre-activation layers), where zeroing the
+    #: producer is not enough: the norm would map that zero to its shift. The masked model zeros these too.
+    norm_keep: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def masked(self, model: nn.Module, layers: list[Layer]):
+        """The masked form of ``model`` that the restructured one equals: a context manager (see
+        :func:`~edgeslice.slicing.observe.channel_masks`)."""
+        from .slicing.observe import channel_masks
+
+        return channel_masks(model, layers, self.effective_keep, extra=self.norm_keep)
 
     @property
     def removed_share(self) -> float:
@@ -190,11 +203,14 @@ def plan_restructure(
             actual = dg.get_pruning_group(root_module, handler, idxs=remove)
             bad = torch.zeros(size, dtype=torch.bool)
             removed = {}
+            norms: dict[str, list[int]] = {}
             for item in actual:
                 module = item.dep.target.module
                 if not isinstance(module, nn.Module) or not dg.is_out_channel_pruning_fn(item.dep.handler):
                     continue
                 name = names.get(module)
+                if _is_channel_norm(module) and name is not None:
+                    norms[name] = sorted(set(norms.get(name, [])) | set(item.idxs))
                 ri = torch.as_tensor(list(item.root_idxs), dtype=torch.long) % size
                 if name in sliced:
                     ci = torch.as_tensor(list(item.idxs), dtype=torch.long)
@@ -214,11 +230,37 @@ def plan_restructure(
         if removed:
             remove_mask.view(chunks, size)[:, remove_pos] = True
         plans.append(
-            GroupPlan(root=root, members=members, channels=n_root, remove=torch.nonzero(remove_mask).flatten().tolist())
+            GroupPlan(
+                root=root,
+                members=members,
+                channels=n_root,
+                remove=torch.nonzero(remove_mask).flatten().tolist(),
+                norms=norms if removed else {},
+            )
         )
         for name, idxs in removed.items():
             effective[name][torch.as_tensor(idxs, dtype=torch.long)] = False
     return dg, plans, effective
+
+
+def _is_channel_norm(module: nn.Module) -> bool:
+    """A normalisation that maps each channel on its own (BatchNorm, or GroupNorm with one channel per group)."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) or (
+        isinstance(module, nn.GroupNorm) and module.num_groups == module.num_channels
+    )
+
+
+def norm_keep_masks(model: nn.Module, plans: list[GroupPlan]) -> dict[str, torch.Tensor]:
+    """Per-channel norm → (C,) bool, the channels that survive the plans (norms that lose none are left out)."""
+    modules = dict(model.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    for plan in plans:
+        for name, idxs in plan.norms.items():
+            if name not in out:
+                norm = modules[name]
+                out[name] = torch.ones(getattr(norm, "num_features", None) or norm.num_channels, dtype=torch.bool)
+            out[name][torch.as_tensor(idxs, dtype=torch.long)] = False
+    return out
 
 
 def restructure_(
@@ -245,6 +287,7 @@ def restructure_(
 
     before = count_parameters(model)
     dg, plans, effective = plan_restructure(model, layers, keep, example, scores=scores, round_to=round_to)
+    norm_keep = norm_keep_masks(model, plans)
     modules = dict(model.named_modules())
     for plan in plans:
         if not plan.remove:
@@ -255,7 +298,11 @@ def restructure_(
             raise RuntimeError(f"torch-pruning refused to prune group rooted at {plan.root}")
         group.prune()
     return RestructureReport(
-        params_before=before, params_after=count_parameters(model), groups=plans, effective_keep=effective
+        params_before=before,
+        params_after=count_parameters(model),
+        groups=plans,
+        effective_keep=effective,
+        norm_keep=norm_keep,
     )
 
 
@@ -313,6 +360,7 @@ def check_restructurable(model: nn.Module, example_inputs: torch.Tensor, *, seed
         pruned = copy.deepcopy(twin)
         members = {m for p in selected for m in p.members}
         masks = {k: (v if k in members else torch.ones_like(v)) for k, v in effective.items()}
+        norms = norm_keep_masks(twin, selected)
         import torch_pruning as tp
 
         with eval_mode(pruned):
@@ -321,7 +369,7 @@ def check_restructurable(model: nn.Module, example_inputs: torch.Tensor, *, seed
         for p in selected:
             root = mods[p.root]
             dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs=p.remove).prune()
-        with torch.no_grad(), channel_masks(twin, layers, masks):
+        with torch.no_grad(), channel_masks(twin, layers, masks, extra=norms):
             a = twin(x)
         with torch.no_grad():
             b = pruned.eval()(x)

@@ -11,7 +11,7 @@ from edgeslice.errors import ModelError
 from edgeslice.mlp import EdgesliceMLP
 from edgeslice.models import ModelMeta, count_parameters, create_model, load_checkpoint, save_checkpoint
 from edgeslice.restructure import restructure_
-from edgeslice.slicing import channel_masks, find_layers
+from edgeslice.slicing import find_layers
 from edgeslice.slicing.observe import classifier_names
 
 # 784*512+512 + 512*256+256 + 256*10+10
@@ -76,7 +76,7 @@ def test_slicing_sees_hidden_layers_and_restructure_matches_masking(tmp_path):
     report = restructure_(model, layers, keep, x[:2])
     assert (model.fc1.out_features, model.fc2.in_features, model.fc2.out_features) == (384, 384, 128)
     assert report.params_after == 784 * 384 + 384 + 384 * 128 + 128 + 128 * 10 + 10
-    with torch.no_grad(), channel_masks(original, layers, report.effective_keep):
+    with torch.no_grad(), report.masked(original, layers):
         expected = original(x)
     with torch.no_grad():
         assert torch.allclose(model(x), expected, atol=1e-5)

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from edgeslice.models import count_parameters
 from edgeslice.restructure import plan_restructure, restructure_
@@ -26,7 +27,7 @@ def test_restructured_equals_masked(tiny_mnv3, share):
     report = restructure_(tiny_mnv3, layers, keep, x[:2])
     assert report.params_after < report.params_before == count_parameters(original)
     assert count_parameters(tiny_mnv3) == report.params_after
-    with torch.no_grad(), channel_masks(original, layers, report.effective_keep):
+    with torch.no_grad(), report.masked(original, layers):
         masked = original(x)
     with torch.no_grad():
         pruned = tiny_mnv3(x)
@@ -79,7 +80,50 @@ def test_round_to_keeps_multiples_and_stays_equivalent(tiny_mnv3):
     exact = {p.root: set(p.remove) for p in exact_plans}
     assert all(set(p.remove) <= exact[p.root] for p in report.groups)
     assert any(len(set(p.remove)) < len(exact[p.root]) for p in report.groups)
-    with torch.no_grad(), channel_masks(original, layers, report.effective_keep):
+    with torch.no_grad(), report.masked(original, layers):
         masked = original(x)
     with torch.no_grad():
         assert torch.allclose(masked, tiny_mnv3(x), atol=1e-5)
+
+
+class _DenseConcat(nn.Module):
+    """DenseNet's pattern in miniature: two convs concatenated, read by a BatchNorm before the next conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv_b = nn.Conv2d(1, 8, 3, padding=1)
+        self.norm = nn.BatchNorm2d(16)
+        self.act = nn.ReLU()
+        self.conv_c = nn.Conv2d(16, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.act(self.norm(torch.cat([self.conv_a(x), self.conv_b(x)], 1)))
+        return self.head(self.conv_c(y).mean((2, 3)))
+
+
+def test_concat_read_by_a_norm_masks_the_norm_too():
+    """Removing a concatenated channel removes it from the norm that reads the concat: the masked model must zero it
+    there too (zeroing the producer alone leaves the norm's shift), and the restructured model equals that."""
+    from edgeslice.restructure import _perturbed_copy, check_restructurable
+
+    torch.manual_seed(0)
+    model = _perturbed_copy(_DenseConcat(), seed=0)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    check_restructurable(model, x[:2])
+    layers = find_layers(model, x[:1])
+    assert {la.name: la.observe for la in layers}["conv_a"] == "conv_a"  # the concat stops the walk
+    keep = {la.name: torch.arange(la.channels) % 2 == 0 for la in layers}
+    original = copy.deepcopy(model)
+    report = restructure_(model, layers, keep, x[:2])
+    assert model.norm.num_features < 16 and model.conv_c.in_channels == model.norm.num_features
+    assert not bool(report.norm_keep["norm"].all())
+    with torch.no_grad():
+        pruned = model(x)
+        with report.masked(original, layers):
+            masked = original(x)
+        with channel_masks(original, layers, report.effective_keep):
+            producers_only = original(x)
+    assert float((masked - pruned).abs().max()) <= 1e-5 * max(1.0, float(masked.abs().max()))
+    assert float((producers_only - pruned).abs().max()) > 1e-3  # the norm's shift: why the norm mask is needed

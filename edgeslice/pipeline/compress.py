@@ -37,7 +37,7 @@ from ..models import (
     save_checkpoint,
 )
 from ..restructure import RestructureReport
-from ..slicing import SemanticSlicer, SliceResult, channel_masks
+from ..slicing import SemanticSlicer, SliceResult
 from ..train import evaluate, iterate_batches, train_model
 from .baseline import (
     cached_baseline,
@@ -260,7 +260,7 @@ def restructure_stage(
             model, sliced.slicer.layers, sliced.result.critical, x[:2], scores=sliced.result.scores,
             round_to=cfg.round_to,
         )  # fmt: skip
-        with torch.no_grad(), channel_masks(sliced.original, sliced.slicer.layers, report.effective_keep):
+        with torch.no_grad(), report.masked(sliced.original, sliced.slicer.layers):
             masked = sliced.original(x)
         with torch.no_grad():
             pruned = model.eval()(x)

@@ -95,6 +95,7 @@ class MaskedEvaluator:
         self.model, self.layers, self.test_set = model, layers, test_set
         self.example, self.prepare, self.device, self.mask = example, prepare, device, mask
         self._restructured: dict[str, tuple[float, int, int, dict[str, torch.Tensor]]] = {}
+        self._norm_keep: dict[str, dict[str, torch.Tensor]] = {}
         self._accuracy: dict[str, float] = {}
 
     def compression(
@@ -113,14 +114,22 @@ class MaskedEvaluator:
                 report.params_after,
                 report.effective_keep,
             )
+            self._norm_keep[key] = report.norm_keep
         return self._restructured[key]
 
-    def masked_accuracy(self, keep: dict[str, torch.Tensor], dataset: Dataset | None = None) -> float:
-        """Accuracy with the channels ``keep`` marks False zeroed at their observation points."""
+    def masked_accuracy(
+        self,
+        keep: dict[str, torch.Tensor],
+        dataset: Dataset | None = None,
+        *,
+        norm_keep: dict[str, torch.Tensor] | None = None,
+    ) -> float:
+        """Accuracy with the channels ``keep`` marks False zeroed at their observation points (and the channels
+        ``norm_keep`` marks False at those norms' outputs: what a restructure removes after a concatenation)."""
         data = self.test_set if dataset is None else dataset
-        key = _mask_key(keep) + (f"/{id(dataset)}" if dataset is not None else "")
+        key = _mask_key(keep) + (f"/{id(dataset)}" if dataset is not None else "") + ("/norms" if norm_keep else "")
         if key not in self._accuracy:
-            with channel_masks(self.model, self.layers, keep):
+            with channel_masks(self.model, self.layers, keep, extra=norm_keep):
                 self._accuracy[key] = accuracy(self.model, data, prepare=self.prepare, device=self.device)
         return self._accuracy[key]
 
@@ -128,6 +137,7 @@ class MaskedEvaluator:
         """Measure one slice: channels, compression rate and accuracy."""
         rate, before, after, effective = self.compression(result.critical, result.scores or None)
         masks = effective if self.mask == "coupled" else result.critical
+        norms = self._norm_keep.get(_mask_key(result.critical)) if self.mask == "coupled" else None
         return {
             "critical_channels": result.kept_channels,
             "kept_channels": int(sum(int(m.sum()) for m in effective.values())),
@@ -135,7 +145,7 @@ class MaskedEvaluator:
             "params_before": before,
             "params_after": after,
             "compression_rate": rate,
-            "accuracy": self.masked_accuracy(masks),
+            "accuracy": self.masked_accuracy(masks, norm_keep=norms),
         }
 
 

@@ -231,17 +231,31 @@ def pool(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def channel_masks(model: nn.Module, layers: list[Layer], keep: dict[str, torch.Tensor]) -> Iterator[None]:
+def channel_masks(
+    model: nn.Module,
+    layers: list[Layer],
+    keep: dict[str, torch.Tensor],
+    *,
+    extra: dict[str, torch.Tensor] | None = None,
+) -> Iterator[None]:
     """Zero the outputs of the channels that ``keep`` marks False, at each layer's observation point.
 
     This is the "masked model" of the paper's RQ1 and the reference a physically restructured model must equal.
+
+    Args:
+        model: the model (its modules get forward hooks while the context is open).
+        layers: its sliceable layers.
+        keep: layer name → (N,) bool, the channels to keep.
+        extra: module name → (C,) bool: also zero these modules' output channels (the per-channel norms a
+            restructure removes channels from after a concatenation, see
+            :attr:`~edgeslice.restructure.RestructureReport.norm_keep`).
     """
     modules = dict(model.named_modules())
     handles = []
-    for layer in layers:
-        if layer.name not in keep:
-            continue
-        mask = keep[layer.name].to(torch.bool)
+    points = [(layer.observe, keep[layer.name]) for layer in layers if layer.name in keep]
+    points += list((extra or {}).items())
+    for observe, mask in points:
+        mask = mask.to(torch.bool)
         if bool(mask.all()):
             continue
 
@@ -249,7 +263,7 @@ def channel_masks(model: nn.Module, layers: list[Layer], keep: dict[str, torch.T
             shape = (1, -1) + (1,) * (out.dim() - 2)
             return out * mask.to(device=out.device, dtype=out.dtype).view(shape)
 
-        handles.append(modules[layer.observe].register_forward_hook(hook))
+        handles.append(modules[observe].register_forward_hook(hook))
     try:
         yield
     finally:
