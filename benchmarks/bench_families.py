@@ -1,0 +1,172 @@
+"""Generality across timm CNN families: edgeslice compress vs Torch-Pruning's MetaPruner alone (issue 15's table).
+
+Per model, as a new user would run it, in a fresh process (peak RSS and wall time from ``/usr/bin/time``):
+
+    edgeslice compress NAME --theta 0.95 --data digits --train-epochs 1 --out DIR --json
+
+and read its ``report.json``: parameters removed, the restructured-vs-masked equivalence (max |Δ| of the logits,
+the pipeline's guard), the ONNX parity (max |Δ| between PyTorch and onnxruntime), and the stage times. A refused
+model's one-line message is recorded instead. Beside it, Torch-Pruning alone on the same untrained timm model
+(``MetaPruner``, L2 magnitude, ratio 0.5, ``round_to=8``, classifier ignored, 32 px): whether it prunes, the
+parameters it removes and its time. The two are not the same compression (edgeslice's θ decides its own ratio);
+the columns say whether each tool handles the family at all, and what edgeslice's guarantees measure.
+
+    python benchmarks/bench_families.py --out benchmarks/results/bench_families.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODELS = [  # (timm name, kind)
+    ("mobilenetv3_small_100", "inverted residual + SE"),
+    ("mobilenetv3_large_100", "inverted residual + SE"),
+    ("mobilenetv2_100", "inverted residual"),
+    ("mobilenetv4_conv_small", "inverted residual (UIB)"),
+    ("efficientnet_b0", "inverted residual + SE"),
+    ("mnasnet_small", "inverted residual"),
+    ("tinynet_a", "inverted residual + SE"),
+    ("fbnetc_100", "NAS inverted residual"),
+    ("lcnet_100", "depthwise-separable"),
+    ("repghostnet_100", "re-parameterisable ghost"),
+    ("resnet18", "plain residual"),
+    ("resnet10t", "residual, deep stem, avg-down shortcut"),
+    ("resnext26ts", "grouped convolutions"),
+    ("regnetx_002", "grouped convolutions"),
+    ("ghostnet_050", "concatenation (primary + cheap)"),
+    ("hgnetv2_b0", "concatenated aggregation"),
+    ("densenet121", "dense concatenation"),
+    ("convnext_atto", "LayerNorm, Linear MLP, layer scale"),
+    ("repvgg_a0", "re-parameterisable branches"),
+    ("rexnet_100", "deep, wide inverted residual"),
+    ("efficientvit_b0", "attention"),
+]
+
+
+def run_edgeslice(name: str, out: Path, home: Path, train_epochs: float, threads: int) -> dict:
+    """One ``edgeslice compress`` run in a fresh process; its report's figures, or its refusal."""
+    cmd = [
+        sys.executable, "-m", "edgeslice", "compress", name, "--theta", "0.95", "--data", "digits",
+        "--train-epochs", f"{train_epochs:g}", "--out", str(out), "--json",
+    ]  # fmt: skip
+    env = {**os.environ, "EDGESLICE_HOME": str(home), "OMP_NUM_THREADS": str(threads)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stats = out.parent / f"{name}.time"
+    t = time.perf_counter()
+    proc = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", "-o", str(stats), *cmd], env=env, capture_output=True, text=True, check=False
+    )
+    row: dict = {
+        "command": " ".join(["edgeslice", *cmd[3:]]),
+        "rc": proc.returncode,
+        "wall_s": round(time.perf_counter() - t, 1),
+        "peak_rss_mb": round(int(stats.read_text().split()[-1]) / 1024) if stats.exists() else None,
+    }
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        row["error"] = lines[-1] if lines else f"exit {proc.returncode}"
+        row["traceback"] = "Traceback" in proc.stderr
+        return row
+    rep = json.loads((out / "report.json").read_text())
+    row.update(
+        params_before=rep["params_before"],
+        params_after=rep["params_after"],
+        removed=1 - rep["params_after"] / rep["params_before"],
+        equivalence_max_abs=rep["restructure_equivalence_max_abs"],
+        onnx_parity_max_abs=rep["onnx_parity_max_abs"],
+        accuracy_before=rep["accuracy_before"],
+        accuracy_after=rep["accuracy_after"],
+        timings_s=rep["timings_s"],
+    )
+    return row
+
+
+def run_torch_pruning(name: str) -> dict:
+    """Torch-Pruning alone: MetaPruner, L2, ratio 0.5, round_to=8, on the untrained model at 32 px."""
+    import timm
+    import torch
+    import torch_pruning as tp
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, in_chans=1, num_classes=10).eval()
+    x = torch.randn(2, 1, 32, 32)
+    before = sum(p.numel() for p in model.parameters())
+    head = model.get_classifier()
+    ignored = [m for m in ([head] if isinstance(head, nn.Module) else []) if isinstance(m, (nn.Linear, nn.Conv2d))]
+    t = time.perf_counter()
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model,
+            x,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=0.5,
+            round_to=8,
+            ignored_layers=ignored,
+        )
+        pruner.step()
+        with torch.no_grad():
+            model(x)
+    except Exception as e:  # the tool's own failure is what this column reports
+        return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}",
+                "time_s": round(time.perf_counter() - t, 1)}  # fmt: skip
+    after = sum(p.numel() for p in model.parameters())
+    spent = round(time.perf_counter() - t, 1)
+    return {"ok": True, "removed": 1 - after / before, "params_after": after, "time_s": spent}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | kind | edgeslice: params removed | equivalence max abs | ONNX parity max abs | wall s | peak RSS MB "
+        "| Torch-Pruning alone (L2, 0.5, round_to=8) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        e, t = r["edgeslice"], r["torch_pruning"]
+        if e["rc"] == 0:
+            ours = (
+                f"{e['removed']:.1%} ({e['params_before']:,} → {e['params_after']:,}) | {e['equivalence_max_abs']:.2g} "
+                f"| {e['onnx_parity_max_abs']:.2g}"
+            )
+        else:
+            ours = f"refused: {e['error']}{' (traceback!)' if e.get('traceback') else ''} | – | –"
+        theirs = f"prunes, {t['removed']:.1%} removed ({t['time_s']} s)" if t["ok"] else f"fails: {t['error']}"
+        lines.append(f"| {r['model']} | {r['kind']} | {ours} | {e['wall_s']} | {e['peak_rss_mb']} | {theirs} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=[m for m, _ in MODELS])
+    ap.add_argument("--train-epochs", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_families.json"))
+    args = ap.parse_args()
+    kinds = dict(MODELS)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for name in args.models:
+            import torch
+
+            torch.set_num_threads(args.threads)
+            row = {"model": name, "kind": kinds.get(name, "")}
+            row["edgeslice"] = run_edgeslice(name, tmp / "runs" / name, tmp / "home", args.train_epochs, args.threads)
+            row["torch_pruning"] = run_torch_pruning(name)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"threads": args.threads, "rows": rows}, indent=1))
+    args.out.with_suffix(".md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
