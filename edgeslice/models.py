@@ -236,6 +236,14 @@ def data_config(
     return dc
 
 
+def preprocess_of(meta: ModelMeta) -> dict[str, Any]:
+    """The data config a checkpoint's model reads images with: timm's config of ``meta.timm_name`` (interpolation,
+    crop) at the checkpoint's input size, channels and normalisation. Every command that opens an image folder for
+    an existing checkpoint uses it, so slice, evaluate, prune, readapt and increment read a folder exactly as the
+    train and compress runs that made the checkpoint did."""
+    return data_config(meta.timm_name, in_chans=meta.in_chans, image_size=meta.input_size, mean=meta.mean, std=meta.std)
+
+
 def load_plain_checkpoint(
     path: str | Path,
     *,

@@ -157,3 +157,24 @@ def test_compress_on_a_streamed_folder_is_reproducible(tmp_path: Path) -> None:
     assert (tmp_path / "out0" / "critical_index").read_bytes() == (tmp_path / "out1" / "critical_index").read_bytes()
     assert runs[0]["dense_control"]["accuracy"] >= 0 and runs[0]["data"]["in_chans"] == 3
     assert runs[1]["baseline"]["from_cache"]
+
+
+def test_slice_reads_a_folder_with_the_checkpoints_data_config(tmp_path: Path) -> None:
+    """slice on a plain state dict reads the folder as compress does: the model's timm config (fbnetc_100: bilinear,
+    not timm's bicubic default), at the checkpoint's input size."""
+    import timm
+    from typer.testing import CliRunner
+
+    from edgeslice.cli import app
+
+    for c in ("a", "b"):
+        for i in range(3):
+            _save(tmp_path / "data" / "train" / c / f"{i}.png", _pattern((40, 36), i + (10 if c == "b" else 0)))
+    torch.manual_seed(0)
+    torch.save(timm.create_model("fbnetc_100", num_classes=2).state_dict(), tmp_path / "user.pth")
+    out = tmp_path / "out"
+    args = ["slice", "fbnetc_100", "--checkpoint", str(tmp_path / "user.pth"), "--data", str(tmp_path / "data")]
+    r = CliRunner().invoke(app, [*args, "--calib-per-class", "2", "--workers", "0", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    source = json.loads((out / "slice.json").read_text())["data"]
+    assert "bilinear" in source and "crop_pct 0.875" in source, source

@@ -114,7 +114,7 @@ def increment_command(
     from edgeslice.deploy.export import check_parity, export_onnx
     from edgeslice.errors import EdgesliceError
     from edgeslice.index import CriticalIndex
-    from edgeslice.models import load_checkpoint, save_checkpoint
+    from edgeslice.models import load_checkpoint, preprocess_of, save_checkpoint
     from edgeslice.ondevice import IncrementConfig, learn_increment, relabel, sample_fraction, stored_bytes
     from edgeslice.pipeline import make_prepare
     from edgeslice.train import iterate_batches
@@ -131,7 +131,9 @@ def increment_command(
     )
     net, meta = load_checkpoint(checkpoint)
     idx = CriticalIndex.load(index)
-    bundle = load_data(new_data, image_size=meta.input_size, seed=seed, download=download)
+    bundle = load_data(
+        new_data, image_size=meta.input_size, seed=seed, download=download, preprocess=preprocess_of(meta)
+    )
     if bundle.in_chans != meta.in_chans:
         raise EdgesliceError(f"the new data has {bundle.in_chans} channels, the model takes {meta.in_chans}")
     picked = _pick_classes(classes, list(bundle.classes), list(meta.classes))
@@ -141,7 +143,9 @@ def increment_command(
     new_train, new_test = relabel(bundle.train, mapping), relabel(bundle.test, mapping)
     replay_set = None
     if replay is not None:
-        rb = bundle if replay == new_data else load_data(replay, image_size=meta.input_size, seed=seed)
+        rb = bundle
+        if replay != new_data:
+            rb = load_data(replay, image_size=meta.input_size, seed=seed, preprocess=preprocess_of(meta))
         old_map = {i: meta.classes.index(c) for i, c in enumerate(rb.classes) if c in meta.classes}
         if not old_map:
             raise EdgesliceError(f"--replay {replay} holds none of the model's classes ({', '.join(meta.classes)})")

@@ -79,7 +79,7 @@ def readapt_command(
     from edgeslice.data import load_data
     from edgeslice.index import CriticalIndex
     from edgeslice.maintain import AttackConfig, ReadaptConfig, critical_plan, run_readapt
-    from edgeslice.models import fingerprint, load_checkpoint, resolve_model_name, save_checkpoint
+    from edgeslice.models import fingerprint, load_checkpoint, preprocess_of, resolve_model_name, save_checkpoint
     from edgeslice.ondevice import channel_groups
     from edgeslice.pipeline import check_against_data, make_prepare
     from edgeslice.slicing import find_layers
@@ -99,7 +99,7 @@ def readapt_command(
     )
     net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
     idx = CriticalIndex.load(index)
-    bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download)
+    bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download, preprocess=preprocess_of(meta))
     check_against_data(meta, bundle)
     prepare = make_prepare(meta)
     example = prepare(next(iterate_batches(bundle.test, 2))[0])

@@ -82,7 +82,7 @@ def slice_command(
     from edgeslice.artifacts.files import atomic_write_json
     from edgeslice.artifacts.staging import staging_dir
     from edgeslice.data import load_data
-    from edgeslice.models import load_checkpoint, resolve_model_name
+    from edgeslice.models import load_checkpoint, preprocess_of, resolve_model_name
     from edgeslice.pipeline import SliceConfig, check_against_data, layer_table, plot_layer_ratios, slice_model
 
     cfg = SliceConfig(
@@ -99,7 +99,9 @@ def slice_command(
     net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
     from edgeslice.classes import select_classes
 
-    bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download, workers=workers)
+    bundle = load_data(
+        data, image_size=meta.input_size, seed=seed, download=download, workers=workers, preprocess=preprocess_of(meta)
+    )
     bundle = select_classes(bundle, classes, min_classes=2)
     check_against_data(meta, bundle)
     _, result, index = slice_model(net.to(device), meta, bundle, cfg, seed=seed, device=device, class_batch=class_batch)
@@ -114,6 +116,7 @@ def slice_command(
         summary = {
             "model": meta.timm_name,
             "checkpoint": str(checkpoint),
+            "data": bundle.source,
             "params": result.params,
             "critical_channels": result.kept_channels,
             "total_channels": result.total_channels,
