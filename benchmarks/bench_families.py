@@ -124,22 +124,28 @@ def run_torch_pruning(name: str) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | kind | edgeslice: params removed | equivalence max abs | ONNX parity max abs | wall s | peak RSS MB "
-        "| Torch-Pruning alone (L2, 0.5, round_to=8) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | kind | edgeslice: params removed | equivalence max abs | ONNX parity max abs "
+        "| accuracy % before → after "
+        "| wall s | peak RSS MB | Torch-Pruning alone (L2, 0.5, round_to=8) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         e, t = r["edgeslice"], r["torch_pruning"]
         if e["rc"] == 0:
             ours = (
                 f"{e['removed']:.1%} ({e['params_before']:,} → {e['params_after']:,}) | {e['equivalence_max_abs']:.2g} "
-                f"| {e['onnx_parity_max_abs']:.2g}"
+                f"| {e['onnx_parity_max_abs']:.2g} | {e['accuracy_before']:.1f} → {e['accuracy_after']:.1f}"
             )
         else:
-            ours = f"refused: {e['error']}{' (traceback!)' if e.get('traceback') else ''} | – | –"
+            ours = f"refused: {e['error']}{' (traceback!)' if e.get('traceback') else ''} | – | – | –"
         theirs = f"prunes, {t['removed']:.1%} removed ({t['time_s']} s)" if t["ok"] else f"fails: {t['error']}"
         lines.append(f"| {r['model']} | {r['kind']} | {ours} | {e['wall_s']} | {e['peak_rss_mb']} | {theirs} |")
     return "\n".join(lines) + "\n"
+
+
+def render(path: Path) -> None:
+    """Rewrite the .md table of an earlier run's JSON (``--render``)."""
+    path.with_suffix(".md").write_text(markdown(json.loads(path.read_text())["rows"]))
 
 
 def main() -> None:
@@ -148,7 +154,11 @@ def main() -> None:
     ap.add_argument("--train-epochs", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_families.json"))
+    ap.add_argument("--render", action="store_true", help="only rewrite --out's .md table from its JSON")
     args = ap.parse_args()
+    if args.render:
+        render(args.out)
+        return
     kinds = dict(MODELS)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp_name:
