@@ -50,7 +50,13 @@ MODELS = [  # (timm name, kind)
 ]
 
 
-def run_edgeslice(name: str, out: Path, home: Path, train_epochs: float, threads: int) -> dict:
+def _peak_rss_mb(stats: Path) -> int | None:
+    """``/usr/bin/time -f %M``'s last line (kB) in MB, if the run got that far."""
+    lines = stats.read_text().split() if stats.exists() else []
+    return round(int(lines[-1]) / 1024) if lines and lines[-1].isdigit() else None
+
+
+def run_edgeslice(name: str, out: Path, home: Path, train_epochs: float, threads: int, timeout: float) -> dict:
     """One ``edgeslice compress`` run in a fresh process; its report's figures, or its refusal."""
     cmd = [
         sys.executable, "-m", "edgeslice", "compress", name, "--theta", "0.95", "--data", "digits",
@@ -60,14 +66,29 @@ def run_edgeslice(name: str, out: Path, home: Path, train_epochs: float, threads
     out.parent.mkdir(parents=True, exist_ok=True)
     stats = out.parent / f"{name}.time"
     t = time.perf_counter()
-    proc = subprocess.run(
-        ["/usr/bin/time", "-f", "%M", "-o", str(stats), *cmd], env=env, capture_output=True, text=True, check=False
-    )
+    try:
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", str(stats), *cmd],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        where = [ln for ln in (e.stderr or b"").decode(errors="replace").splitlines() if ln.strip()][-1:]
+        return {
+            "command": " ".join(["edgeslice", *cmd[3:]]),
+            "rc": None,
+            "wall_s": round(time.perf_counter() - t, 1),
+            "peak_rss_mb": None,
+            "error": f"not finished within {timeout:g} s" + (f" (last output: {where[0][:120]})" if where else ""),
+        }
     row: dict = {
         "command": " ".join(["edgeslice", *cmd[3:]]),
         "rc": proc.returncode,
         "wall_s": round(time.perf_counter() - t, 1),
-        "peak_rss_mb": round(int(stats.read_text().split()[-1]) / 1024) if stats.exists() else None,
+        "peak_rss_mb": _peak_rss_mb(stats),
     }
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
@@ -86,6 +107,22 @@ def run_edgeslice(name: str, out: Path, home: Path, train_epochs: float, threads
         timings_s=rep["timings_s"],
     )
     return row
+
+
+def run_torch_pruning_child(name: str, timeout: float) -> dict:
+    """:func:`run_torch_pruning` in a fresh process, stopped after ``timeout`` seconds."""
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--tp-child", name], capture_output=True, text=True, check=False, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"not finished within {timeout:g} s", "time_s": round(time.perf_counter() - t, 1)}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
+        return {"ok": False, "error": tail[0] if tail else f"exit {proc.returncode}"}
+    return json.loads(lines[-1])
 
 
 def run_torch_pruning(name: str) -> dict:
@@ -137,8 +174,12 @@ def markdown(rows: list[dict]) -> str:
                 f"| {e['onnx_parity_max_abs']:.2g} | {e['accuracy_before']:.1f} → {e['accuracy_after']:.1f}"
             )
         else:
-            ours = f"refused: {e['error']}{' (traceback!)' if e.get('traceback') else ''} | – | – | –"
-        theirs = f"prunes, {t['removed']:.1%} removed ({t['time_s']} s)" if t["ok"] else f"fails: {t['error']}"
+            what = "refused" if e["rc"] is not None else "stopped"
+            ours = f"{what}: {e['error']}{' (traceback!)' if e.get('traceback') else ''} | – | – | –"
+        if t["ok"]:
+            theirs = f"prunes, {t['removed']:.1%} removed ({t['time_s']} s)"
+        else:
+            theirs = f"fails: {t['error']}"
         lines.append(f"| {r['model']} | {r['kind']} | {ours} | {e['wall_s']} | {e['peak_rss_mb']} | {theirs} |")
     return "\n".join(lines) + "\n"
 
@@ -154,22 +195,30 @@ def main() -> None:
     ap.add_argument("--train-epochs", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_families.json"))
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per model and tool")
+    ap.add_argument("--append", action="store_true", help="add the rows to --out's JSON instead of starting anew")
     ap.add_argument("--render", action="store_true", help="only rewrite --out's .md table from its JSON")
+    ap.add_argument("--tp-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.tp_child:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(run_torch_pruning(args.tp_child)))
+        return
     if args.render:
         render(args.out)
         return
     kinds = dict(MODELS)
-    rows: list[dict] = []
+    rows: list[dict] = json.loads(args.out.read_text())["rows"] if args.append and args.out.exists() else []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for name in args.models:
-            import torch
-
-            torch.set_num_threads(args.threads)
             row = {"model": name, "kind": kinds.get(name, "")}
-            row["edgeslice"] = run_edgeslice(name, tmp / "runs" / name, tmp / "home", args.train_epochs, args.threads)
-            row["torch_pruning"] = run_torch_pruning(name)
+            row["edgeslice"] = run_edgeslice(
+                name, tmp / "runs" / name, tmp / "home", args.train_epochs, args.threads, args.timeout
+            )
+            row["torch_pruning"] = run_torch_pruning_child(name, args.timeout)
             rows.append(row)
             print(json.dumps(row), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
