@@ -8,6 +8,8 @@ group. The classifier's outputs are never removed.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -67,6 +69,69 @@ class RestructureReport:
         }
 
 
+#: Items one torch-pruning group traversal may collect before the model is refused. Real groups hold at most a few
+#: thousand (densenet121: 2,739 over all its 120 groups); RexNet's partial-channel shortcuts make torch-pruning 1.6
+#: revisit the same layers with ever new index lists (over 200,000 items for one group within seconds, unbounded).
+MAX_GROUP_ITEMS = 50_000
+_traversal_depth = 0
+
+
+@contextlib.contextmanager
+def bounded_traversal(limit: int = MAX_GROUP_ITEMS) -> Iterator[None]:
+    """While open, torch-pruning's group traversal finds already-collected (layer, handler, indices) items through a
+    hash table instead of a scan of the group (the same answers: tested), and a traversal that collects more than
+    ``limit`` items stops with a one-line :class:`~edgeslice.errors.ModelError` instead of running for hours.
+
+    Re-entrant; the library's methods are restored when the outermost context closes.
+    """
+    global _traversal_depth
+    from torch_pruning import _helpers
+    from torch_pruning.dependency.group import Group
+
+    from .errors import ModelError
+
+    if _traversal_depth:
+        _traversal_depth += 1
+        try:
+            yield
+        finally:
+            _traversal_depth -= 1
+        return
+
+    def table(group) -> list:
+        index = group.__dict__.get("_edgeslice_index")
+        if index is None or index[0] != len(group._group):  # built lazily, rebuilt if the list changed elsewhere
+            seen: dict = {}
+            for item in group._group:
+                seen.setdefault((item.dep.target, item.dep.handler), set()).add(tuple(item.idxs))
+            index = group._edgeslice_index = [len(group._group), seen]
+        return index
+
+    def has_pruning_op(self, dep, idxs) -> bool:
+        return tuple(idxs) in table(self)[1].get((dep.target, dep.handler), ())
+
+    def add_dep(self, dep, idxs) -> None:
+        if len(self._group) >= limit:
+            raise ModelError(
+                f"cannot restructure: torch-pruning's dependency traversal collects over {limit:,} items for one "
+                "group (channels tied through sliced residual additions, as in RexNet's partial shortcuts)"
+            )
+        self._group.append(_helpers.GroupItem(dep=dep, idxs=idxs))
+        index = self.__dict__.get("_edgeslice_index")
+        if index is not None and index[0] == len(self._group) - 1:
+            index[1].setdefault((dep.target, dep.handler), set()).add(tuple(idxs))
+            index[0] += 1
+
+    saved = Group.has_pruning_op, Group.add_dep
+    Group.has_pruning_op, Group.add_dep = has_pruning_op, add_dep
+    _traversal_depth = 1
+    try:
+        yield
+    finally:
+        _traversal_depth = 0
+        Group.has_pruning_op, Group.add_dep = saved
+
+
 #: Normalisations that mix channels: removing a channel changes every other channel's output, so no masked model
 #: equals the pruned one; groups that pass through them keep all their channels.
 _CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -115,6 +180,7 @@ def _round(remove_pos: torch.Tensor, best: torch.Tensor, step: int) -> None:
         remove_pos[candidates[rank]] = False
 
 
+@bounded_traversal()
 def plan_restructure(
     model: nn.Module,
     layers: list[Layer],
@@ -285,6 +351,11 @@ def restructure_(
         Parameter counts, the per-group plan, and the effective (coupled) keep masks.
     """
 
+    with bounded_traversal():
+        return _restructure(model, layers, keep, example, scores=scores, round_to=round_to)
+
+
+def _restructure(model, layers, keep, example, *, scores, round_to) -> RestructureReport:
     before = count_parameters(model)
     dg, plans, effective = plan_restructure(model, layers, keep, example, scores=scores, round_to=round_to)
     norm_keep = norm_keep_masks(model, plans)
@@ -356,6 +427,7 @@ def check_restructurable(model: nn.Module, example_inputs: torch.Tensor, *, seed
     except Exception as e:  # torch-pruning's tracer on an unsupported operator
         raise ModelError(f"cannot trace {type(model).__name__} for restructuring: {type(e).__name__}: {e}") from None
 
+    @bounded_traversal()
     def attempt(selected: list[GroupPlan]) -> float:
         pruned = copy.deepcopy(twin)
         members = {m for p in selected for m in p.members}

@@ -74,3 +74,18 @@ def test_family(name, tmp_path):
 @pytest.mark.parametrize("name", SLOW)
 def test_family_slow(name, tmp_path):
     _check(name, tmp_path)
+
+
+def test_rexnet_is_refused_in_one_line_within_seconds():
+    """RexNet's partial-channel shortcuts make torch-pruning's traversal grow without end: refused, not hung."""
+    import time
+
+    import timm
+
+    from edgeslice.errors import ModelError
+
+    model = timm.create_model("rexnet_100", in_chans=1, num_classes=10)
+    t = time.perf_counter()
+    with pytest.raises(ModelError, match="dependency traversal") as err:
+        check_restructurable(model, torch.randn(2, 1, 32, 32))
+    assert "\n" not in str(err.value) and time.perf_counter() - t < 120

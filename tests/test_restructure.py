@@ -127,3 +127,38 @@ def test_concat_read_by_a_norm_masks_the_norm_too():
             producers_only = original(x)
     assert float((masked - pruned).abs().max()) <= 1e-5 * max(1.0, float(masked.abs().max()))
     assert float((producers_only - pruned).abs().max()) > 1e-3  # the norm's shift: why the norm mask is needed
+
+
+def _group_signature(model, x):
+    import torch_pruning as tp
+
+    names = {m: n for n, m in model.named_modules()}
+    dg = tp.DependencyGraph().build_dependency(model.eval(), example_inputs=x, verbose=False)
+    groups = dg.get_all_groups(ignored_layers=[model.get_classifier()], root_module_types=(nn.Conv2d, nn.Linear))
+    return [
+        [(names.get(it.dep.target.module), it.dep.handler.__name__, tuple(it.idxs), tuple(it.root_idxs)) for it in g]
+        for g in groups
+    ]
+
+
+def test_bounded_traversal_finds_the_same_groups_and_stops_runaway_ones():
+    """The hash-table lookup gives torch-pruning's own groups item for item; a traversal over the bound is refused in
+    one line (RexNet's partial shortcuts grow one group without end), and the library is restored afterwards."""
+    import timm
+    from torch_pruning.dependency.group import Group
+
+    from edgeslice.errors import ModelError
+    from edgeslice.restructure import bounded_traversal
+
+    x = torch.randn(2, 1, 32, 32)
+    saved = Group.has_pruning_op, Group.add_dep
+    for name in ("ghostnet_050", "mobilenetv3_small_050"):
+        torch.manual_seed(0)
+        model = timm.create_model(name, in_chans=1, num_classes=10)
+        plain = _group_signature(model, x)
+        with bounded_traversal():
+            fast = _group_signature(model, x)
+        assert fast == plain and len(plain) > 10
+    with pytest.raises(ModelError, match="over 5 items"), bounded_traversal(limit=5):
+        _group_signature(model, x)
+    assert (Group.has_pruning_op, Group.add_dep) == saved
