@@ -50,6 +50,22 @@ MODELS = [  # (timm name, kind)
 ]
 
 
+def _run_group(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; on timeout the whole group is killed (``/usr/bin/time``'s child too)."""
+    import signal
+
+    with subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _peak_rss_mb(stats: Path) -> int | None:
     """``/usr/bin/time -f %M``'s last line (kB) in MB, if the run got that far."""
     lines = stats.read_text().split() if stats.exists() else []
@@ -67,16 +83,9 @@ def run_edgeslice(name: str, out: Path, home: Path, train_epochs: float, threads
     stats = out.parent / f"{name}.time"
     t = time.perf_counter()
     try:
-        proc = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", "-o", str(stats), *cmd],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-        )
+        proc = _run_group(["/usr/bin/time", "-f", "%M", "-o", str(stats), *cmd], env, timeout)
     except subprocess.TimeoutExpired as e:
-        where = [ln for ln in (e.stderr or b"").decode(errors="replace").splitlines() if ln.strip()][-1:]
+        where = [ln for ln in (e.stderr or "").splitlines() if ln.strip()][-1:]
         return {
             "command": " ".join(["edgeslice", *cmd[3:]]),
             "rc": None,
@@ -113,9 +122,7 @@ def run_torch_pruning_child(name: str, timeout: float) -> dict:
     """:func:`run_torch_pruning` in a fresh process, stopped after ``timeout`` seconds."""
     t = time.perf_counter()
     try:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--tp-child", name], capture_output=True, text=True, check=False, timeout=timeout
-        )
+        proc = _run_group([sys.executable, __file__, "--tp-child", name], dict(os.environ), timeout)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"not finished within {timeout:g} s", "time_s": round(time.perf_counter() - t, 1)}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
