@@ -71,8 +71,7 @@ def test_amp_trains_on_cuda() -> None:
 
 
 def test_compress_fine_tune_distils_from_the_dense_model(monkeypatch, tmp_path) -> None:
-    """compress distils by default (--distill): the dense (unrestructured) model teaches the fine-tune and the dense
-    control; --no-distill switches it off."""
+    """compress --distill hands the dense (unrestructured) model to the fine-tune, and to the dense control."""
     import importlib
 
     from typer.testing import CliRunner
@@ -105,9 +104,6 @@ def test_compress_fine_tune_distils_from_the_dense_model(monkeypatch, tmp_path) 
     assert report["config"]["distill"] and report["config"]["distill_temperature"] == 3.0
     assert report["dense_control"]["distill"]
     calls.clear()
-    r = CliRunner().invoke(app, [*args, "--no-dense-control"], catch_exceptions=False)  # distillation is the default
-    assert r.exit_code == 0 and len(calls) == 1 and calls[0][1] is not None  # the fine-tune only, with its teacher
-    assert json.loads(r.stdout)["dense_control"] is None and json.loads(r.stdout)["config"]["distill"]
-    calls.clear()
-    r = CliRunner().invoke(app, [*args, "--no-dense-control", "--no-distill"], catch_exceptions=False)
-    assert r.exit_code == 0 and [c[1] for c in calls] == [None]  # --no-distill: no teacher
+    r = CliRunner().invoke(app, [*args, "--no-dense-control"], catch_exceptions=False)
+    assert r.exit_code == 0 and [c[1] for c in calls] == [None]  # no --distill: no teacher; no control fine-tune
+    assert json.loads(r.stdout)["dense_control"] is None

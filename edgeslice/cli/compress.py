@@ -127,7 +127,7 @@ def compress_command(
     std: StdOpt = None,
     augment: AugmentOpt = AugmentMode.timm,
     workers: WorkersOpt = None,
-    distill: DistillOpt = True,
+    distill: DistillOpt = False,
     distill_temperature: DistillTemperatureOpt = 4.0,
     distill_alpha: DistillAlphaOpt = 0.5,
     amp: AmpOpt = False,
