@@ -149,9 +149,7 @@ def _unremovable(dg, group, names: dict[nn.Module, str], sliced: set[str]) -> st
     """Why a whole group must keep its channels (None when it may lose some)."""
     for item in group:
         module = item.dep.target.module
-        if isinstance(module, _CROSS_CHANNEL_NORMS) and not (
-            isinstance(module, nn.GroupNorm) and module.num_groups == module.num_channels
-        ):
+        if isinstance(module, _CROSS_CHANNEL_NORMS) and not _is_channel_norm(module):
             return f"its channels are normalised together by {names.get(module, '?')} ({type(module).__name__})"
         if isinstance(module, nn.Module) and dg.is_out_channel_pruning_fn(item.dep.handler):
             n = dg.get_out_channels(module)
@@ -256,6 +254,7 @@ def plan_restructure(
         step = round_to // math.gcd(round_to, chunks) if round_to > 1 else 1
         handler = dg.get_pruner_of_module(root_module).prune_out_channels
         removed: dict[str, list[int]] = {}
+        norms: dict[str, list[int]] = {}
         for _ in range(4 * size + 4):
             if bool(remove_pos.all()):  # a group may not vanish: keep its best position
                 remove_pos[int(torch.argmax(best)) if scores is not None else 0] = False
@@ -269,7 +268,7 @@ def plan_restructure(
             actual = dg.get_pruning_group(root_module, handler, idxs=remove)
             bad = torch.zeros(size, dtype=torch.bool)
             removed = {}
-            norms: dict[str, list[int]] = {}
+            norms = {}
             for item in actual:
                 module = item.dep.target.module
                 if not isinstance(module, nn.Module) or not dg.is_out_channel_pruning_fn(item.dep.handler):
@@ -329,6 +328,7 @@ def norm_keep_masks(model: nn.Module, plans: list[GroupPlan]) -> dict[str, torch
     return out
 
 
+@bounded_traversal()
 def restructure_(
     model: nn.Module,
     layers: list[Layer],
@@ -351,11 +351,6 @@ def restructure_(
         Parameter counts, the per-group plan, and the effective (coupled) keep masks.
     """
 
-    with bounded_traversal():
-        return _restructure(model, layers, keep, example, scores=scores, round_to=round_to)
-
-
-def _restructure(model, layers, keep, example, *, scores, round_to) -> RestructureReport:
     before = count_parameters(model)
     dg, plans, effective = plan_restructure(model, layers, keep, example, scores=scores, round_to=round_to)
     norm_keep = norm_keep_masks(model, plans)

@@ -127,9 +127,8 @@ def evaluate_command(
     claim_out(out)
     from edgeslice.artifacts.files import atomic_write_bytes, atomic_write_json
     from edgeslice.artifacts.staging import staging_dir
-    from edgeslice.data import load_data
-    from edgeslice.models import load_checkpoint, preprocess_of, resolve_model_name
-    from edgeslice.pipeline import calibration_set, check_against_data, make_prepare
+    from edgeslice.models import load_checkpoint, resolve_model_name
+    from edgeslice.pipeline import calibration_set, check_against_data, load_checkpoint_data, make_prepare
     from edgeslice.slicing._figures import plot_rq1
     from edgeslice.slicing.rq1 import PAPER_METRICS, EvaluateConfig, run_evaluation
 
@@ -150,7 +149,7 @@ def evaluate_command(
         **cfg_kwargs,
     )
     net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
-    bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download, preprocess=preprocess_of(meta))
+    bundle = load_checkpoint_data(meta, data, seed=seed, download=download)
     check_against_data(meta, bundle)
     report = run_evaluation(
         net.to(device),

@@ -110,13 +110,12 @@ def increment_command(
     from edgeslice.artifacts.files import atomic_write_json
     from edgeslice.artifacts.manifest import write_manifest
     from edgeslice.artifacts.staging import staging_dir
-    from edgeslice.data import load_data
     from edgeslice.deploy.export import check_parity, export_onnx
     from edgeslice.errors import EdgesliceError
     from edgeslice.index import CriticalIndex
-    from edgeslice.models import load_checkpoint, preprocess_of, save_checkpoint
+    from edgeslice.models import load_checkpoint, save_checkpoint
     from edgeslice.ondevice import IncrementConfig, learn_increment, relabel, sample_fraction, stored_bytes
-    from edgeslice.pipeline import make_prepare
+    from edgeslice.pipeline import load_checkpoint_data, make_prepare
     from edgeslice.train import iterate_batches
 
     cfg = IncrementConfig(
@@ -131,9 +130,7 @@ def increment_command(
     )
     net, meta = load_checkpoint(checkpoint)
     idx = CriticalIndex.load(index)
-    bundle = load_data(
-        new_data, image_size=meta.input_size, seed=seed, download=download, preprocess=preprocess_of(meta)
-    )
+    bundle = load_checkpoint_data(meta, new_data, seed=seed, download=download)
     if bundle.in_chans != meta.in_chans:
         raise EdgesliceError(f"the new data has {bundle.in_chans} channels, the model takes {meta.in_chans}")
     picked = _pick_classes(classes, list(bundle.classes), list(meta.classes))
@@ -145,7 +142,7 @@ def increment_command(
     if replay is not None:
         rb = bundle
         if replay != new_data:
-            rb = load_data(replay, image_size=meta.input_size, seed=seed, preprocess=preprocess_of(meta))
+            rb = load_checkpoint_data(meta, replay, seed=seed)
         old_map = {i: meta.classes.index(c) for i, c in enumerate(rb.classes) if c in meta.classes}
         if not old_map:
             raise EdgesliceError(f"--replay {replay} holds none of the model's classes ({', '.join(meta.classes)})")

@@ -88,9 +88,8 @@ def prune_command(
     """
     device = setup(json_out, device_type, seed)
     claim_out(out)
-    from edgeslice.data import load_data
-    from edgeslice.models import count_parameters, load_checkpoint, preprocess_of, resolve_model_name
-    from edgeslice.pipeline import check_against_data
+    from edgeslice.models import count_parameters, load_checkpoint, resolve_model_name
+    from edgeslice.pipeline import check_against_data, load_checkpoint_data
     from edgeslice.pruning import (
         IterativePruneConfig,
         export_pruned,
@@ -107,7 +106,7 @@ def prune_command(
         finetune_steps=finetune_steps,
     )
     net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
-    bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download, preprocess=preprocess_of(meta))
+    bundle = load_checkpoint_data(meta, data, seed=seed, download=download)
     check_against_data(meta, bundle)
     dense, dense_source = resolve_dense_params(meta, count_parameters(net), dense_params)
     if baseline_accuracy is None and meta.restructured and isinstance(meta.info.get("baseline_accuracy"), int | float):

@@ -76,12 +76,11 @@ def readapt_command(
     from edgeslice.artifacts.files import atomic_write_json
     from edgeslice.artifacts.manifest import write_manifest
     from edgeslice.artifacts.staging import staging_dir
-    from edgeslice.data import load_data
     from edgeslice.index import CriticalIndex
     from edgeslice.maintain import AttackConfig, ReadaptConfig, critical_plan, run_readapt
-    from edgeslice.models import fingerprint, load_checkpoint, preprocess_of, resolve_model_name, save_checkpoint
+    from edgeslice.models import fingerprint, load_checkpoint, resolve_model_name, save_checkpoint
     from edgeslice.ondevice import channel_groups
-    from edgeslice.pipeline import check_against_data, make_prepare
+    from edgeslice.pipeline import check_against_data, load_checkpoint_data, make_prepare
     from edgeslice.slicing import find_layers
     from edgeslice.train import iterate_batches
 
@@ -99,7 +98,7 @@ def readapt_command(
     )
     net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
     idx = CriticalIndex.load(index)
-    bundle = load_data(data, image_size=meta.input_size, seed=seed, download=download, preprocess=preprocess_of(meta))
+    bundle = load_checkpoint_data(meta, data, seed=seed, download=download)
     check_against_data(meta, bundle)
     prepare = make_prepare(meta)
     example = prepare(next(iterate_batches(bundle.test, 2))[0])

@@ -81,9 +81,15 @@ def slice_command(
     claim_out(out)
     from edgeslice.artifacts.files import atomic_write_json
     from edgeslice.artifacts.staging import staging_dir
-    from edgeslice.data import load_data
-    from edgeslice.models import load_checkpoint, preprocess_of, resolve_model_name
-    from edgeslice.pipeline import SliceConfig, check_against_data, layer_table, plot_layer_ratios, slice_model
+    from edgeslice.models import load_checkpoint, resolve_model_name
+    from edgeslice.pipeline import (
+        SliceConfig,
+        check_against_data,
+        layer_table,
+        load_checkpoint_data,
+        plot_layer_ratios,
+        slice_model,
+    )
 
     cfg = SliceConfig(
         metric=metric.value,
@@ -99,9 +105,7 @@ def slice_command(
     net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
     from edgeslice.classes import select_classes
 
-    bundle = load_data(
-        data, image_size=meta.input_size, seed=seed, download=download, workers=workers, preprocess=preprocess_of(meta)
-    )
+    bundle = load_checkpoint_data(meta, data, seed=seed, download=download, workers=workers)
     bundle = select_classes(bundle, classes, min_classes=2)
     check_against_data(meta, bundle)
     _, result, index = slice_model(net.to(device), meta, bundle, cfg, seed=seed, device=device, class_batch=class_batch)

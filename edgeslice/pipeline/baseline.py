@@ -18,7 +18,7 @@ from torch.utils.data import Subset
 
 from ..data import DataBundle, DataError, load_data, normalize, targets_of
 from ..errors import ModelError
-from ..models import ModelMeta, create_model, load_checkpoint, resolve_model_name, save_checkpoint
+from ..models import ModelMeta, create_model, load_checkpoint, preprocess_of, resolve_model_name, save_checkpoint
 from ..train import evaluate, train_model
 from .config import CompressConfig
 
@@ -196,6 +196,17 @@ def _baseline_key_suffix(
     if amp:
         parts.append("amp")
     return "".join(f"-{p}" for p in parts)
+
+
+def load_checkpoint_data(
+    meta: ModelMeta, data: str, *, seed: int, download: bool = False, workers: int | None = None
+) -> DataBundle:
+    """``data`` read as the checkpoint's model reads images: at its input size, through its timm data config
+    (:func:`~edgeslice.models.preprocess_of`), so every command that takes a checkpoint opens a folder exactly as
+    the train and compress runs that made it did."""
+    return load_data(
+        data, image_size=meta.input_size, seed=seed, download=download, workers=workers, preprocess=preprocess_of(meta)
+    )
 
 
 def load_compress_data(cfg: CompressConfig, timm_name: str) -> DataBundle:

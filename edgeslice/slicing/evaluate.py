@@ -94,8 +94,8 @@ class MaskedEvaluator:
             raise ValueError(f"unknown mask {mask!r}; valid: {', '.join(MASKS)}")
         self.model, self.layers, self.test_set = model, layers, test_set
         self.example, self.prepare, self.device, self.mask = example, prepare, device, mask
-        self._restructured: dict[str, tuple[float, int, int, dict[str, torch.Tensor]]] = {}
-        self._norm_keep: dict[str, dict[str, torch.Tensor]] = {}
+        #: mask key → the restructure's (rate, params before, after, effective keep, norm keep)
+        self._restructured: dict[str, tuple[float, int, int, dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
         self._accuracy: dict[str, float] = {}
 
     def compression(
@@ -113,9 +113,9 @@ class MaskedEvaluator:
                 report.params_before,
                 report.params_after,
                 report.effective_keep,
+                report.norm_keep,
             )
-            self._norm_keep[key] = report.norm_keep
-        return self._restructured[key]
+        return self._restructured[key][:4]
 
     def masked_accuracy(
         self,
@@ -137,7 +137,7 @@ class MaskedEvaluator:
         """Measure one slice: channels, compression rate and accuracy."""
         rate, before, after, effective = self.compression(result.critical, result.scores or None)
         masks = effective if self.mask == "coupled" else result.critical
-        norms = self._norm_keep.get(_mask_key(result.critical)) if self.mask == "coupled" else None
+        norms = self._restructured[_mask_key(result.critical)][4] if self.mask == "coupled" else None
         return {
             "critical_channels": result.kept_channels,
             "kept_channels": int(sum(int(m.sum()) for m in effective.values())),
