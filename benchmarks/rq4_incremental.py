@@ -50,8 +50,16 @@ from edgeslice.ondevice import IncrementConfig, classifier_modules, learn_increm
 from edgeslice.pipeline import SliceConfig, make_prepare, meta_for, slice_model
 from edgeslice.train import train_model
 
-SCENARIOS = {"I": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], "II": [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]}
+SCENARIOS = {
+    "I": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]],
+    "II": [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]],
+    # Few-shot: task A as in Scenario I, then one new class at a time (five increments) from SHOTS images each.
+    "FS20": [[0, 1, 2, 3, 4], [5], [6], [7], [8], [9]],
+    "FS100": [[0, 1, 2, 3, 4], [5], [6], [7], [8], [9]],
+}
+SHOTS = {"FS20": 20, "FS100": 100}
 METHODS = (
+    "NeuSemSlice routed",
     "NeuSemSlice class-IL",
     "Frozen backbone+NCM",
     "NeuSemSlice",
@@ -62,6 +70,7 @@ METHODS = (
     "Replay 5%",
     "Replay 10%",
     "Replay 100%",
+    "Replay (index bytes)",
     "DeepArc",
     "Global Slicing",
     "Category-wise Slicing",
@@ -218,7 +227,10 @@ def run_avalanche(kind: str, model_a, meta, trains, tests, tasks, args) -> dict[
 def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalanche: bool) -> list[dict[str, Any]]:
     tasks = SCENARIOS[scenario]
     names = bundle.classes
-    trains = [per_class_subset(bundle.train, t, args.train_per_class, seed) for t in tasks]
+    trains = [
+        per_class_subset(bundle.train, t, SHOTS.get(scenario, args.train_per_class) if i else args.train_per_class, seed)
+        for i, t in enumerate(tasks)
+    ]
     tests = [per_class_subset(bundle.test, t, args.test_per_class, seed + 1) for t in tasks]
     task_a = dataclasses.replace(bundle, train=trains[0], test=tests[0], classes=names[: len(tasks[0])])
     timm_name = resolve_model_name(model_name)
@@ -288,7 +300,7 @@ def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalan
         for step in range(1, len(tasks)):
             ones = {la["name"]: torch.ones(la["channels"], dtype=torch.bool) for la in idx.layers}
             frozen, freeze_rows, slice_new = None, True, method.startswith("NeuSemSlice") or "Slicing" in method
-            if method.startswith("Retrain") or method.startswith("Replay"):
+            if method.startswith("Retrain") or method.startswith("Replay"):  # Replay (index bytes) included
                 frozen, freeze_rows = {k: ~v for k, v in ones.items()}, False
             elif method == "DeepArc":
                 frozen = {k: ~inside[k] for k in ones}
@@ -299,9 +311,16 @@ def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalan
             replay = None
             if method in REPLAY:
                 replay = fraction_of(concat(trains[:step]), REPLAY[method], seed + step)
+            elif method == "Replay (index bytes)":
+                # A buffer of old images as large as the routed head's index file (class statistics included).
+                pool = concat(trains[:step])
+                replay = fraction_of(pool, len(index.to_bytes()) / stored_bytes(pool), seed + step)
             step_cfg = dataclasses.replace(
                 cfg, slice_new=slice_new, seed=seed * 100 + step, isolate="isolated" in method
             )
+            if method == "NeuSemSlice routed":
+                # Class-incremental: isolated training, then the index's class statistics route to a task's rows.
+                step_cfg = dataclasses.replace(step_cfg, head="routed", isolate=True)
             if method in ("NeuSemSlice class-IL", "Frozen backbone+NCM"):
                 # Class-incremental head from the index's class statistics (edgeslice.ondevice.classil); NCM is the
                 # same head with the covariance shrunk to a multiple of the identity (nearest class mean).

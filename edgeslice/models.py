@@ -489,6 +489,11 @@ def load_checkpoint(
     model = create_model(
         meta.timm_name, num_classes=meta.num_classes, in_chans=meta.in_chans, input_size=meta.input_size
     )
+    head = meta.info.get("head") if isinstance(meta.info, dict) else None
+    if isinstance(head, dict) and head.get("kind") == "routed":
+        from .ondevice.classil import install_routed_  # a class-incremental model (edgeslice increment)
+
+        install_routed_(model, head)
     _resize_(model, meta.shapes)
     _load_tensors_(model, state)
     model.eval()

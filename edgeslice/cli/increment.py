@@ -91,19 +91,22 @@ def increment_command(
         str,
         typer.Option(
             "--head",
-            help="lda (default): class-incremental, one argmax over all classes; nothing before the classifier "
-            "changes and the classifier becomes the linear discriminant of the index's class statistics plus the "
-            "new classes'. trained: train the new rows and non-critical channels (task-incremental).",
+            help="routed (default): class-incremental, one argmax over all classes: train the new rows and "
+            "non-critical channels isolated from the old ones, then a router from the index's class statistics "
+            "picks the task and that task's rows pick the class. lda: nothing trains, the classifier becomes the "
+            "linear discriminant of the class statistics. trained: isolated or plain training without the router "
+            "(task-incremental).",
         ),
-    ] = "lda",
+    ] = "routed",
     download: DownloadOpt = False,
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
 ) -> None:
-    """Learn new classes: by default (--head lda) a class-incremental head from the index's class statistics;
-    with --head trained, grow the classifier and train only non-critical channels (critical ones and old class rows
-    stay bit-identical). Slice the new classes, and write OUT/model.safetensors + model.json, critical_index, model.onnx
+    """Learn new classes: by default (--head routed) class-incremental, one argmax over old and new classes: grow the
+    classifier, train only non-critical channels isolated from the critical ones (old-class logits stay exact), and
+    route each input to a task with the index's class statistics; --head lda trains nothing, --head trained skips
+    the router (task-incremental). Slice the new classes, and write OUT/model.safetensors + model.json, critical_index, model.onnx
     (parity-checked with onnxruntime), report.json and manifest.json."""
     device = setup(json_out, device_type, seed)
     claim_out(out)
@@ -184,12 +187,18 @@ def increment_command(
     rows = [[k, f"{v['class_il']:.2f}%", f"{v['task_il']:.2f}%"] for k, v in evaluation.items() if isinstance(v, dict)]
     console.print(table(f"{meta.timm_name} + {', '.join(names)}", ["test accuracy", "class-IL", "task-IL"], rows))
     tr = report["training"]
+    stats = report.get("class_stats") or {}
     console.print(
         (
-            f"class-incremental head from class statistics ({fmt_bytes(report['class_stats']['bytes'])}, "
-            f"rank {report['class_stats']['rank']}), no layer before the classifier changed"
+            f"class-incremental head from class statistics ({fmt_bytes(stats['bytes'])}, "
+            f"rank {stats['rank']}, {stats['features']} frozen features)"
             if report.get("head") == "lda"
             else f"trained with {report['frozen_channels']}/{report['total_channels']} channels frozen"
+            + (
+                f", routed over tasks {report['tasks']} by class statistics ({fmt_bytes(stats['bytes'])})"
+                if report.get("head") == "routed"
+                else ""
+            )
         )
         + (
             f" (isolated: {report['isolation']['cut_weights']} weights cut, "
@@ -226,6 +235,8 @@ def _head(head: str, isolate: bool, replay: str | None) -> str:
         raise EdgesliceError(f"--head must be one of {', '.join(HEADS)}, not {head!r}")
     if head == "lda" and (isolate or replay is not None):
         raise EdgesliceError("--isolate and --replay train the network: use them with --head trained")
+    if head == "routed" and replay is not None:
+        raise EdgesliceError("the routed head learns from new data only (it is always isolated): --replay needs --head trained")
     return head
 
 

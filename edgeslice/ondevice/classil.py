@@ -38,7 +38,9 @@ from ..errors import IndexFileError
 from .guarantees import pre_logits
 
 STATS_FORMAT = "edgeslice-class-stats"
-STATS_VERSION = 1
+STATS_VERSION = 2
+#: Versions this edgeslice reads (1: statistics of the model as sliced, without the ``isolated`` flag).
+READ_VERSIONS = (1, 2)
 #: Default bound on the statistics' stored bytes (the issue's "at most 64 KB of state beyond model and index").
 DEFAULT_BUDGET = 64 * 1024
 DEFAULT_SHRINKAGE = 0.05
@@ -63,6 +65,9 @@ class ClassStats:
         diag: (d,) residual variance (covariance diagonal minus the low-rank part's, ≥ 0).
         shrinkage: α of the head.
         budget: byte bound the statistics were made to fit.
+        isolated: the features are those of the model after :func:`~edgeslice.ondevice.isolate.isolate_` of the
+            index's critical channels, over the classifier inputs the frozen sub-network computes (``dims``): they
+            stay exact through any increment that trains the other channels (the routed head needs this).
     """
 
     classes: list[str]
@@ -74,6 +79,7 @@ class ClassStats:
     diag: torch.Tensor
     shrinkage: float = DEFAULT_SHRINKAGE
     budget: int = DEFAULT_BUDGET
+    isolated: bool = False
     version: int = STATS_VERSION
 
     # --- sizes and covariance --------------------------------------------------------------------------------
@@ -130,7 +136,7 @@ class ClassStats:
         (Keeping the old covariance instead, so that the old classes' rows stay the same, was measured worse: MLP,
         Fashion-MNIST 0-4 → 5-9, 66.8 % against 76.2 % class-incremental accuracy.)
         """
-        if not torch.equal(new.dims, self.dims):
+        if not torch.equal(new.dims, self.dims) or new.isolated != self.isolated:
             raise IndexFileError("class statistics over different features cannot be merged")
         clash = sorted(set(self.classes) & set(new.classes))
         if clash:
@@ -146,6 +152,7 @@ class ClassStats:
             cov,
             shrinkage=self.shrinkage,
             budget=self.budget,
+            isolated=self.isolated,
         )
 
     # --- file form ----------------------------------------------------------------------------------------------
@@ -168,6 +175,7 @@ class ClassStats:
             "rank": int(self.basis.shape[0]),
             "shrinkage": self.shrinkage,
             "budget": self.budget,
+            "isolated": self.isolated,
             "bytes": self.nbytes(),
             "data": base64.b64encode(payload).decode("ascii"),
             "sha256": hashlib.sha256(payload).hexdigest(),
@@ -180,7 +188,7 @@ class ClassStats:
 
         if not isinstance(d, dict) or d.get("format") != STATS_FORMAT:
             raise IndexFileError("index class statistics: not an edgeslice class-statistics block")
-        if d.get("version") != STATS_VERSION:
+        if d.get("version") not in READ_VERSIONS:
             raise IndexFileError(f"index class statistics: unsupported version {d.get('version')!r}")
         try:
             names = [str(c) for c in d["classes"]]
@@ -207,6 +215,7 @@ class ClassStats:
                 diag=diag.clone(),
                 shrinkage=float(d["shrinkage"]),
                 budget=int(d["budget"]),
+                isolated=bool(d.get("isolated", False)) if d["version"] >= 2 else False,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFileError(f"index class statistics are malformed: {e!r}") from e
@@ -232,6 +241,7 @@ def _fit(
     *,
     shrinkage: float,
     budget: int,
+    isolated: bool = False,
 ) -> ClassStats:
     """Compress ``cov`` to the largest rank whose statistics fit ``budget`` bytes; values rounded to float16."""
     d, n_cls = int(dims.sum()), len(classes)
@@ -258,6 +268,7 @@ def _fit(
         diag=diag,
         shrinkage=shrinkage,
         budget=budget,
+        isolated=isolated,
     )
 
 
@@ -303,13 +314,14 @@ def class_stats(
     device="cpu",
     shrinkage: float = DEFAULT_SHRINKAGE,
     budget: int = DEFAULT_BUDGET,
+    isolated: bool = False,
 ) -> ClassStats:
     """Statistics of ``classes`` (labels ``0..C-1`` in ``batches``) over the classifier's input features."""
     if dims is None:
         dims = torch.ones(model.get_classifier().in_features, dtype=torch.bool)
     counts, means, scatter = feature_moments(model, batches, len(classes), dims, prepare=prepare, device=device)
     cov = scatter / max(int(counts.sum()) - len(classes), 1)
-    return _fit(list(classes), dims, counts, means, cov, shrinkage=shrinkage, budget=budget)
+    return _fit(list(classes), dims, counts, means, cov, shrinkage=shrinkage, budget=budget, isolated=isolated)
 
 
 #: Images per class the statistics are computed on at slicing time (more than the slicer's calibration sample: a
@@ -326,8 +338,15 @@ def stats_for_index(
     seed: int = 0,
     device="cpu",
     budget: int = DEFAULT_BUDGET,
+    index: Any = None,
 ) -> ClassStats:
-    """Statistics of the model's classes on a seeded per-class sample of ``dataset`` (labels = the model's)."""
+    """Statistics of the model's classes on a seeded per-class sample of ``dataset`` (labels = the model's).
+
+    With ``index``, the statistics are taken on a copy of the model isolated on the index's critical channels
+    (:func:`~edgeslice.ondevice.isolate.isolate_`, exactly as an increment will isolate it), over the classifier
+    inputs that the frozen sub-network computes: ``isolated=True``. When the model cannot be isolated, or without
+    ``index``, they are over all classifier inputs of the model as it is (``isolated=False``: the ``lda`` head only).
+    """
     from torch.utils.data import Subset
 
     from ..data import calibration_indices, normalize
@@ -335,14 +354,49 @@ def stats_for_index(
 
     sample = Subset(dataset, calibration_indices(dataset, per_class, seed))
     mean, std = tuple(meta.mean), tuple(meta.std)
+
+    def prepare(x):
+        return normalize(x, mean, std)
+
+    net, dims, isolated = model, None, False
+    if index is not None:
+        example = prepare(next(iterate_batches(sample, 2))[0].to(device))
+        found = isolated_features(model, index, len(meta.classes), example)
+        if found is not None:
+            net, dims = found
+            isolated = True
     return class_stats(
-        model,
+        net,
         iterate_batches(sample, 200),
         list(meta.classes),
-        prepare=lambda x: normalize(x, mean, std),
+        dims=dims,
+        prepare=prepare,
         device=device,
         budget=budget,
+        isolated=isolated,
     )
+
+
+def isolated_features(
+    model: nn.Module, index: Any, old_rows: int, example: torch.Tensor, *, seed: int = 0
+) -> tuple[nn.Module, torch.Tensor] | None:
+    """(isolated copy of ``model``, its frozen classifier inputs), or None when the model cannot be isolated."""
+    import copy
+
+    from ..errors import EdgesliceError
+    from .freeze import channel_groups
+    from .isolate import frozen_classifier_inputs, isolate_
+
+    net = copy.deepcopy(model)
+    try:
+        groups = channel_groups(net, index.layers, example)
+        report = isolate_(net, groups, index.critical, old_rows, example, seed=seed)
+    except (EdgesliceError, ValueError, RuntimeError):
+        return None
+    dims = frozen_classifier_inputs(net, report)
+    if dims is None or not dims.any():
+        return None
+    return net.eval(), dims
 
 
 def attach_class_stats(index: Any, model: nn.Module, meta: Any, dataset: Any, *, seed: int = 0, device="cpu") -> None:
@@ -352,9 +406,142 @@ def attach_class_stats(index: Any, model: nn.Module, meta: Any, dataset: Any, *,
         index.params["class_stats"] = "none: the classifier is not a timm Linear head"
         return
     try:
-        index.class_stats = stats_for_index(model, meta, dataset, seed=seed, device=device)
+        index.class_stats = stats_for_index(model, meta, dataset, seed=seed, device=device, index=index)
     except IndexFileError as e:  # too many classes or features for the budget, or a class without items
         index.params["class_stats"] = f"none: {e}"
 
 
-__all__ = ["DEFAULT_BUDGET", "ClassStats", "attach_class_stats", "class_stats", "feature_moments", "stats_for_index"]
+# --- the routed head ----------------------------------------------------------------------------------------------
+ROUTED = "routed"
+_OFF = 1e4  # additive mask: exp(x − 1e4) is 0 in float32 for any logit a classifier produces
+
+
+class RoutedHead(nn.Module):
+    """Class-incremental classifier: a router picks the task, that task's trained rows pick the class.
+
+    Output ``j`` is ``log p(class j | x) = log p(task(j) | x) + log softmax_{task(j)}(logits)_j`` (so one argmax
+    over all classes, and the outputs are log-probabilities), where
+
+    - ``logits = linear(f)`` are the trained classifier's rows: the old tasks' rows read only frozen features and
+      keep their function exactly (isolation), the newest task's rows were trained on its data;
+    - ``log p(task | x)`` sums, over the task's classes, the posterior of the linear discriminant of the class
+      statistics (:class:`ClassStats`, over the frozen features ``f[:, index]``, which no increment changes).
+
+    The discriminant alone is a poor classifier for the new classes (it reads only features learnt on the old
+    ones), but a good judge of *which task* an input belongs to; within a task the trained rows are far better.
+    """
+
+    def __init__(
+        self, linear: nn.Linear, dims: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, task_of: torch.Tensor
+    ) -> None:
+        super().__init__()
+        n_cls = linear.out_features
+        if task_of.shape != (n_cls,) or weight.shape != (n_cls, int(dims.sum())) or bias.shape != (n_cls,):
+            raise IndexFileError("routed head: router and task table do not match the classifier")
+        self.linear = linear
+        n_tasks = int(task_of.max()) + 1
+        mask = torch.zeros(n_tasks, n_cls)
+        mask[task_of, torch.arange(n_cls)] = 1.0
+        dev = linear.weight.device
+        self.register_buffer("router_index", dims.nonzero()[:, 0].to(dev))
+        self.register_buffer("router_weight", weight.float().to(dev))
+        self.register_buffer("router_bias", bias.float().to(dev))
+        self.register_buffer("task_of", task_of.to(torch.int64).to(dev))
+        self.register_buffer("task_offset", ((mask - 1.0) * _OFF).to(dev))
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+    def tasks(self) -> list[list[int]]:
+        """Class labels of each task, in order."""
+        t = self.task_of.tolist()
+        return [[c for c, k in enumerate(t) if k == i] for i in range(max(t) + 1)]
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(f)
+        z = f.index_select(1, self.router_index) @ self.router_weight.T + self.router_bias
+        post = torch.log_softmax(z, dim=1)
+        task_post = torch.logsumexp(post[:, None, :] + self.task_offset, dim=2)  # (B, T)
+        task_norm = torch.logsumexp(logits[:, None, :] + self.task_offset, dim=2)  # (B, T)
+        return (task_post - task_norm).index_select(1, self.task_of) + logits
+
+
+def routed_head(linear: nn.Linear, stats: ClassStats, tasks: Sequence[Sequence[int]]) -> RoutedHead:
+    """The routed head over ``linear`` with the discriminant of ``stats`` as router; ``tasks``: labels per task."""
+    task_of = torch.full((linear.out_features,), -1, dtype=torch.int64)
+    for i, labels in enumerate(tasks):
+        task_of[list(labels)] = i
+    if (task_of < 0).any() or len(stats.classes) != linear.out_features:
+        raise IndexFileError("routed head: every class needs one task and one row of class statistics")
+    w, b = stats.head()
+    return RoutedHead(linear, stats.dims, w, b, task_of)
+
+
+def routed_spec(head: RoutedHead) -> dict[str, Any]:
+    """What ``model.json`` records so that :func:`install_routed_` can rebuild the head before loading weights."""
+    return {"kind": ROUTED, "tasks": head.tasks(), "router_features": int(head.router_index.numel())}
+
+
+def install_routed_(model: nn.Module, spec: dict[str, Any]) -> None:
+    """Replace ``model``'s Linear classifier by a routed head of ``spec``'s shape (placeholder router tensors)."""
+    from ..errors import ModelError
+
+    head = model.get_classifier()
+    try:
+        tasks = [[int(c) for c in t] for t in spec["tasks"]]
+        d = int(spec["router_features"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"checkpoint sidecar: malformed routed head {e!r}") from e
+    if not isinstance(head, nn.Linear) or sorted(c for t in tasks for c in t) != list(range(head.out_features)):
+        raise ModelError("checkpoint sidecar: the routed head's tasks do not cover the classifier's classes")
+    if not 1 <= d <= head.in_features:
+        raise ModelError("checkpoint sidecar: the routed head reads more features than the classifier has")
+    dims = torch.zeros(head.in_features, dtype=torch.bool)
+    dims[:d] = True
+    task_of = torch.empty(head.out_features, dtype=torch.int64)
+    for i, t in enumerate(tasks):
+        task_of[t] = i
+    n = head.out_features
+    _set_classifier(model, RoutedHead(head, dims, torch.zeros(n, d), torch.zeros(n), task_of))
+
+
+def unwrap_routed_(model: nn.Module) -> list[list[int]] | None:
+    """Put the routed head's Linear back as the classifier; returns its tasks (None if the head is not routed)."""
+    head = model.get_classifier()
+    if not isinstance(head, RoutedHead):
+        return None
+    tasks = head.tasks()
+    _set_classifier(model, head.linear)
+    return tasks
+
+
+def _set_classifier(model: nn.Module, module: nn.Module) -> None:
+    """Replace the module ``get_classifier`` returns (found by identity among the model's children)."""
+    current = model.get_classifier()
+    for name, parent in model.named_modules():
+        for child_name, child in parent.named_children():
+            if child is current:
+                setattr(parent, child_name, module)
+                return
+    raise IndexFileError("the classifier is not a sub-module of the model")
+
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "ClassStats",
+    "RoutedHead",
+    "attach_class_stats",
+    "class_stats",
+    "feature_moments",
+    "install_routed_",
+    "isolated_features",
+    "routed_head",
+    "routed_spec",
+    "stats_for_index",
+    "unwrap_routed_",
+]

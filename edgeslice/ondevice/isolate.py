@@ -263,6 +263,20 @@ def isolate_(
     return report
 
 
+def frozen_classifier_inputs(model: nn.Module, report: IsolationReport) -> torch.Tensor | None:
+    """(D,) bool, the classifier inputs the frozen sub-network computes, when one sliced layer produces them all.
+
+    These features are a fixed function of the input after :func:`isolate_`, whatever the trainable channels learn
+    (None when the classifier reads several producers, or a producer whose channels are not its inputs one-to-one).
+    """
+    heads = [report.producers.get(h, []) for h in classifier_modules(model)]
+    if len(heads) != 1 or len(heads[0]) != 1:
+        return None
+    mask = report.frozen[heads[0][0]]
+    head = model.get_classifier()
+    return mask.clone() if mask.numel() == getattr(head, "in_features", -1) else None
+
+
 def _grouped_inputs_of(module: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
     """Input channels read by the given output rows of a grouped conv."""
     per_in = module.in_channels // module.groups
@@ -308,4 +322,4 @@ def _prove(
     return float((moved - ref).abs().max())
 
 
-__all__ = ["IsolationError", "IsolationReport", "isolate_", "probe_wiring"]
+__all__ = ["IsolationError", "IsolationReport", "frozen_classifier_inputs", "isolate_", "probe_wiring"]

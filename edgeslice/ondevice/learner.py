@@ -40,11 +40,12 @@ from ..slicing.observe import Layer, eval_mode, find_layers
 from ..train import iterate_batches
 from .freeze import ChannelGroup, TrainPlan, channel_groups, classifier_modules, make_plan
 from .guarantees import old_logit_check, pre_logits
-from .isolate import IsolationError, isolate_
+from .classil import RoutedHead, routed_spec, unwrap_routed_
+from .isolate import IsolationError, frozen_classifier_inputs, isolate_
 from .loop import LoopConfig, peak_rss_bytes, train_partial
 
 INCREMENT_VERSION = 1
-HEADS = ("trained", "lda")
+HEADS = ("routed", "trained", "lda")
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,13 @@ class IncrementConfig:
         isolate: close the frozen channels and old class rows into a sub-network first (:mod:`.isolate`), so the
             old classes' logits cannot change at all; costs the frozen channels their non-critical inputs once.
         seed: shuffling, classifier initialisation and calibration sampling.
-        head: ``trained`` (train the new rows and the non-critical channels: task-incremental; old-class logits kept
-            as :mod:`.guarantees` defines) or ``lda`` (class-incremental: nothing before the classifier changes, the
-            new classes' feature statistics join the index's (:mod:`.classil`) and the whole classifier becomes
-            their linear discriminant; needs an index with class statistics).
+        head: ``routed`` (class-incremental: train isolated as ``trained`` does, then a router from the index's
+            class statistics over the frozen features picks the task and each task's trained rows pick the class,
+            :class:`~.classil.RoutedHead`), ``trained`` (train the new rows and the non-critical channels:
+            task-incremental; old-class logits kept as :mod:`.guarantees` defines) or ``lda`` (class-incremental,
+            nothing trains: the new classes' feature statistics join the index's (:mod:`.classil`) and the whole
+            classifier becomes their linear discriminant). ``routed`` and ``lda`` need an index with class
+            statistics; ``routed`` needs them over isolated features.
     """
 
     epochs: int = 3
@@ -306,19 +310,29 @@ def learn_increment(
     labels = targets_of(new_data)
     if int(labels.min()) < old or int(labels.max()) >= old + len(new_classes):
         raise EdgesliceError(f"new-data labels must be in {old}..{old + len(new_classes) - 1}")
+    prior_tasks = None
+    if isinstance(model.get_classifier(), RoutedHead) and cfg.head != "routed":
+        raise EdgesliceError("this model has a routed class-incremental head: grow it with head 'routed'")
+    if cfg.head == "routed":
+        if replay is not None or frozen is not None or not freeze_old_rows:
+            raise EdgesliceError("the routed head trains isolated on new data only: replay and frozen sets need 'trained'")
+        routed_stats = _index_stats(index, meta, isolated=True)
+        prior_tasks = unwrap_routed_(model) or [list(range(old))]
     groups = channel_groups(model, index.layers, example)
     if cfg.head == "lda":
         if replay is not None or frozen is not None or cfg.isolate or not freeze_old_rows:
             raise EdgesliceError(
                 "the class-incremental head trains nothing: replay, frozen sets and isolation need head='trained'"
             )
-        return _learn_lda(model, meta, index, new_data, list(new_classes), cfg, groups, device)
+        return _learn_lda(model, meta, index, new_data, list(new_classes), cfg, groups, example, device)
     t0 = time.perf_counter()
     frozen_sets = frozen if frozen is not None else index.critical
     isolation = None
-    if cfg.isolate:
+    if cfg.isolate or cfg.head == "routed":
         isolation = isolate_(model, groups, frozen_sets, old if freeze_old_rows else 0, example, seed=cfg.seed)
         frozen_sets = isolation.frozen
+        if cfg.head == "routed":
+            _check_router_features(model, routed_stats, isolation)  # before training: fail fast
         with eval_mode(model), torch.no_grad():
             ref_features = pre_logits(model, example)
             ref_logits = model.get_classifier()(ref_features)[:, :old]
@@ -360,7 +374,7 @@ def learn_increment(
     after_training = None
     if isolation is not None and freeze_old_rows:
         after_training = old_logit_check(
-            ref_features, ref_logits, model, example, old, _frozen_features(model, isolation.producers, frozen_sets)
+            ref_features, ref_logits, model, example, old, frozen_classifier_inputs(model, isolation)
         )
         if after_training["frozen_features_exact"] is False or not after_training["within_rounding"]:
             raise IsolationError(
@@ -368,14 +382,17 @@ def learn_increment(
                 f"{after_training['max_old_logit_change']:.3g} "
                 f"(rounding allows {after_training['max_rounding_bound']:.3g})"
             )
-    new_meta = replace(
-        meta,
-        classes=list(meta.classes) + list(new_classes),
-        shapes={},
-        fingerprint="",
-        info={**meta.info, "increments": [*meta.info.get("increments", []), {"classes": list(new_classes)}]},
-    )
+    info = {**meta.info, "increments": [*meta.info.get("increments", []), {"classes": list(new_classes)}]}
+    merged = None
+    t2 = time.perf_counter()
+    if cfg.head == "routed":
+        merged = _route_(model, routed_stats, isolation, new_data, list(new_classes), prior_tasks, cfg, prepare, device)
+        info["head"] = routed_spec(model.get_classifier())
+        info["increments"][-1]["head"] = "routed"
+    t_route = time.perf_counter() - t2
+    new_meta = replace(meta, classes=list(meta.classes) + list(new_classes), shapes={}, fingerprint="", info=info)
     new_index = extend_index(index, model, list(new_classes), per_class_new, critical_new, used)
+    new_index.class_stats = merged
     report = {
         "old_classes": list(meta.classes),
         "new_classes": list(new_classes),
@@ -393,7 +410,70 @@ def learn_increment(
         "new_class_slicing": used,
         "isolation": None if isolation is None else {**isolation.summary(), "after_training": after_training},
     }
+    if merged is not None:
+        report["head"] = "routed"
+        report["router_seconds"] = t_route
+        report["class_stats"] = _stats_report(merged)
+        report["tasks"] = model.get_classifier().tasks()
     return IncrementResult(model=model, meta=new_meta, index=new_index, report=report)
+
+
+def _index_stats(index: CriticalIndex, meta: ModelMeta, *, isolated: bool = False):
+    """The index's class statistics, checked against the model's classes (and isolated when required)."""
+    stats = index.class_stats
+    if stats is None:
+        raise EdgesliceError(
+            "the index has no class statistics, so a class-incremental head cannot be made without old data "
+            "(slice the model again with this edgeslice, or use the task-incremental head: --head trained)"
+        )
+    if list(stats.classes) != list(meta.classes):
+        raise EdgesliceError("the index's class statistics are for other classes than the model")
+    if isolated and not stats.isolated:
+        raise EdgesliceError(
+            "the index's class statistics are not over isolated features (this model could not be isolated, or the "
+            "index is from an older edgeslice): use --head lda or --head trained"
+        )
+    return stats
+
+
+def _route_(model, stats, isolation, new_data, new_classes, prior_tasks, cfg, prepare, device):
+    """Install the routed head over the trained classifier; returns the statistics with the new classes added."""
+    from .classil import _set_classifier, class_stats, routed_head
+
+    _check_router_features(model, stats, isolation)
+    old = len(stats.classes)
+    shifted = ((x, y - old) for x, y in iterate_batches(new_data, max(cfg.batch_size, 1)))
+    new_stats = class_stats(
+        model, shifted, new_classes, dims=stats.dims, prepare=prepare, device=device,
+        shrinkage=stats.shrinkage, budget=stats.budget, isolated=True,
+    )  # fmt: skip
+    merged = stats.extend(new_stats)
+    tasks = [*prior_tasks, list(range(old, old + len(new_classes)))]
+    _set_classifier(model, routed_head(model.get_classifier(), merged, tasks))
+    model.eval()
+    return merged
+
+
+def _check_router_features(model, stats, isolation) -> None:
+    """The statistics' features must be among those the isolated sub-network keeps exactly."""
+    dims_now = frozen_classifier_inputs(model, isolation)
+    if dims_now is None or dims_now.numel() != stats.dims.numel() or (stats.dims & ~dims_now.cpu()).any():
+        raise EdgesliceError(
+            "the index's class statistics are over features this increment does not keep frozen "
+            "(the model or index changed since slicing)"
+        )
+
+
+def _stats_report(stats) -> dict[str, Any]:
+    return {
+        "bytes": stats.nbytes(),
+        "budget": stats.budget,
+        "rank": int(stats.basis.shape[0]),
+        "features": stats.d,
+        "counts": stats.counts.tolist(),
+        "shrinkage": stats.shrinkage,
+        "isolated": stats.isolated,
+    }
 
 
 def _learn_lda(
@@ -404,27 +484,31 @@ def _learn_lda(
     new_classes: list[str],
     cfg: IncrementConfig,
     groups: list[ChannelGroup],
+    example: torch.Tensor,
     device: torch.device | str,
 ) -> IncrementResult:
-    """The class-incremental increment: new classes' statistics, pooled with the index's, written as the head."""
+    """The class-incremental increment: new classes' statistics, pooled with the index's, written as the head.
+
+    Statistics over isolated features (:func:`~.classil.stats_for_index` with an index) first isolate the model as
+    they were made: the frozen channels lose their non-critical inputs, and the head reads the frozen features.
+    """
     from .classil import class_stats
 
-    stats = index.class_stats
-    if stats is None:
-        raise EdgesliceError(
-            "the index has no class statistics, so a class-incremental head cannot be made without old data "
-            "(slice the model again with this edgeslice, or use the task-incremental head: --head trained)"
-        )
-    if list(stats.classes) != list(meta.classes):
-        raise EdgesliceError("the index's class statistics are for other classes than the model")
+    stats = _index_stats(index, meta)
     old = len(meta.classes)
     prepare = _prepare(meta)
     t0 = time.perf_counter()
     before = peak_rss_bytes()
+    isolation = None
+    if stats.isolated:
+        isolation = isolate_(model, groups, index.critical, old, example, seed=0)
+        dims_now = frozen_classifier_inputs(model, isolation)
+        if dims_now is None or (stats.dims & ~dims_now.cpu()).any():
+            raise EdgesliceError("the index's class statistics are over features that isolation does not keep frozen")
     shifted = ((x, y - old) for x, y in iterate_batches(new_data, max(cfg.batch_size, 1)))
     new_stats = class_stats(
         model, shifted, new_classes, dims=stats.dims, prepare=prepare, device=device,
-        shrinkage=stats.shrinkage, budget=stats.budget,
+        shrinkage=stats.shrinkage, budget=stats.budget, isolated=stats.isolated,
     )  # fmt: skip
     merged = stats.extend(new_stats)
     merged.install_(model)
@@ -477,28 +561,10 @@ def _learn_lda(
         "total_channels": int(sum(g.channels for g in groups)),
         "critical_channels_after": int(sum(int(m.sum()) for m in new_index.critical.values())),
         "new_class_slicing": used,
-        "isolation": None,
-        "class_stats": {
-            "bytes": merged.nbytes(),
-            "budget": merged.budget,
-            "rank": int(merged.basis.shape[0]),
-            "features": merged.d,
-            "counts": merged.counts.tolist(),
-            "shrinkage": merged.shrinkage,
-        },
+        "isolation": None if isolation is None else isolation.summary(),
+        "class_stats": _stats_report(merged),
     }
     return IncrementResult(model=model, meta=new_meta, index=new_index, report=report)
-
-
-def _frozen_features(
-    model: nn.Module, producers: dict[str, list[str]], frozen: dict[str, torch.Tensor]
-) -> torch.Tensor | None:
-    """The classifier's input channels that the frozen sub-network computes, when one layer produces them all."""
-    heads = [producers.get(h, []) for h in classifier_modules(model)]
-    if len(heads) != 1 or len(heads[0]) != 1:
-        return None
-    mask = frozen[heads[0][0]]
-    return mask if mask.numel() == model.get_classifier().in_features else None
 
 
 def extend_index(

@@ -1,4 +1,5 @@
-"""Class-incremental head: statistics in the index (round trip, refused when tampered), and it beats isolation."""
+"""Class-incremental heads: statistics in the index (round trip, refused when tampered); the routed head (default)
+and the LDA head beat plain isolation, keep old-class logits, and survive checkpoint, ONNX and a second increment."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from edgeslice.errors import IndexFileError
 from edgeslice.index import CriticalIndex
 from edgeslice.models import load_checkpoint
 from edgeslice.ondevice import IncrementConfig, learn_increment, pre_logits, relabel, task_accuracy
-from edgeslice.ondevice.classil import ClassStats, class_stats
-from edgeslice.pipeline import make_prepare
+from edgeslice.ondevice.classil import ClassStats, RoutedHead, class_stats, isolated_features
+from edgeslice.pipeline import SliceConfig, make_prepare, slice_model
 from edgeslice.train import iterate_batches
 
 NEW = {c: c for c in range(5, 10)}
@@ -115,11 +116,15 @@ def test_class_il_head_beats_plain_isolation_and_keeps_features(task_a):
     model, meta = load_checkpoint(folder)
     prepare = make_prepare(meta)
     x = prepare(next(iterate_batches(test, 16))[0])
+    assert index.class_stats.isolated
+    isolated, dims = isolated_features(model, index, 5, x[:2])
+    assert torch.equal(dims, index.class_stats.dims)
     with torch.no_grad():
-        feats = pre_logits(model, x)
+        feats = pre_logits(isolated, x)[:, dims]
     lda = learn_increment(model, meta, index, new_train, bundle.classes[5:], IncrementConfig(head="lda", seed=0))
     with torch.no_grad():
-        assert torch.equal(pre_logits(lda.model, x), feats)  # nothing before the classifier changed
+        # The features the statistics describe are exactly those of the isolated model (same shapes: same kernels).
+        assert torch.equal(pre_logits(lda.model, x)[:, dims], feats)
     assert lda.index.class_stats.classes == lda.meta.classes == lda.index.classes
     acc_lda = task_accuracy(lda.model, test, range(10), seen=10, prepare=prepare)["class_il"]
 
@@ -149,14 +154,17 @@ def test_increment_cli_is_class_incremental_by_default(task_a, tmp_path):
     from edgeslice.cli import app
 
     folder, bundle = task_a
-    args = ["increment", "--checkpoint", str(folder / "model.safetensors"), "--index", str(folder / "critical_index"),
+    index_path = _routed_index(task_a, tmp_path)
+    args = ["increment", "--checkpoint", str(folder / "model.safetensors"), "--index", str(index_path),
             "--new-data", "digits", "--classes", "5-9", "--calib-per-class", "5", "--device-type", "cpu", "--json",
             "--out", str(tmp_path / "o")]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["head"] == "lda" and doc["class_stats"]["bytes"] <= 64 * 1024 and doc["training"]["steps"] == 0
+    assert doc["head"] == "routed" and doc["class_stats"]["bytes"] <= 64 * 1024 and doc["training"]["steps"] > 0
+    assert doc["tasks"] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]] and doc["isolation"]["after_training"]["within_rounding"]
     model, meta = load_checkpoint(tmp_path / "o")
+    assert isinstance(model.get_classifier(), RoutedHead) and meta.info["head"]["tasks"] == doc["tasks"]
     idx = CriticalIndex.load(tmp_path / "o" / "critical_index")
     proto = onnx.load(str(tmp_path / "o" / "model.onnx"))
     props = {p.key: p.value for p in proto.metadata_props}
@@ -167,7 +175,72 @@ def test_increment_cli_is_class_incremental_by_default(task_a, tmp_path):
     sess = ort.InferenceSession(str(tmp_path / "o" / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = sess.run(None, {sess.get_inputs()[0].name: make_prepare(meta)(x).numpy()})[0]
     assert logits.shape[1] == 10
+    assert props["edgeslice.head"] == "routed"
     assert float((np.argmax(logits, 1) == y.numpy()).mean()) > 0.7
-    # --isolate belongs to the trained head.
-    r = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "o2"), "--isolate"])
+    # Replay belongs to the trained head; isolation to the trained (and, always, the routed) head.
+    r = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "o2"), "--replay", "digits"])
     assert r.exit_code == 1 and "--head trained" in r.stderr and not (tmp_path / "o2").exists()
+    r = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "o3"), "--isolate", "--head", "lda"])
+    assert r.exit_code == 1 and "--head trained" in r.stderr and not (tmp_path / "o3").exists()
+
+
+def _routed_index(task_a, tmp_path):
+    """The task-A checkpoint sliced at θ = 0.99 (the routed head's old rows read only the frozen features)."""
+    folder, bundle = task_a
+    model, meta = load_checkpoint(folder)
+    task = replace(bundle, train=relabel(bundle.train, {c: c for c in range(5)}), classes=bundle.classes[:5])
+    _, _, index = slice_model(model, meta, task, SliceConfig(calib_per_class=10, theta=0.99), seed=0, device="cpu")
+    index.save(tmp_path / "critical_index_099")
+    return tmp_path / "critical_index_099"
+
+
+def test_routed_head_is_class_incremental_keeps_old_logits_and_grows_again(task_a, tmp_path):
+    """Digits 0-4 → 5-7 → 8-9: the router picks the task, old logits stay exact, the checkpoint reloads bit for bit."""
+    from edgeslice.models import save_checkpoint
+
+    folder, bundle = task_a
+    index = CriticalIndex.load(_routed_index(task_a, tmp_path))
+    test = relabel(bundle.test, {c: c for c in range(10)})
+    model, meta = load_checkpoint(folder)
+    prepare = make_prepare(meta)
+    x = prepare(next(iterate_batches(test, 64))[0])
+    with torch.no_grad():
+        isolated, _ = isolated_features(model, index, 5, x[:2])
+        old_logits = isolated(x)
+    cfg = IncrementConfig(epochs=2, lr=1e-2, head="routed", seed=0)
+    first = learn_increment(model, meta, index, relabel(bundle.train, {5: 5, 6: 6, 7: 7}), bundle.classes[5:8], cfg)
+    head = first.model.get_classifier()
+    assert isinstance(head, RoutedHead) and head.tasks() == [[0, 1, 2, 3, 4], [5, 6, 7]]
+    check = first.report["isolation"]["after_training"]
+    assert check["frozen_features_exact"] and check["within_rounding"]
+    with torch.no_grad():  # issue 9: the old rows of the trained classifier give the isolated model's old logits
+        inner = head.linear(pre_logits(first.model, x))[:, :5]
+    assert float((inner - old_logits).abs().max()) <= check["max_rounding_bound"] * 4 + 1e-6
+    assert first.index.class_stats.classes == first.meta.classes and first.index.class_stats.isolated
+    # Checkpoint round trip: the same modules and shapes, so the same kernels and bit-identical outputs.
+    saved = save_checkpoint(first.model, first.meta, tmp_path / "g1" / "model.safetensors")
+    first.index.model_fingerprint = saved.fingerprint
+    first.index.save(tmp_path / "g1" / "critical_index")
+    back, back_meta = load_checkpoint(tmp_path / "g1")
+    with torch.no_grad():
+        assert torch.equal(back(x), first.model(x))
+    # A second increment on the reloaded model keeps the first two tasks' routing and adds a third.
+    index1 = CriticalIndex.load(tmp_path / "g1" / "critical_index")
+    second = learn_increment(back, back_meta, index1, relabel(bundle.train, {8: 8, 9: 9}), bundle.classes[8:], cfg)
+    assert second.model.get_classifier().tasks() == [[0, 1, 2, 3, 4], [5, 6, 7], [8, 9]]
+    acc = task_accuracy(second.model, test, range(10), seen=10, prepare=prepare)["class_il"]
+
+    plain, meta = load_checkpoint(folder)
+    iso = learn_increment(
+        plain, meta, index, relabel(bundle.train, NEW), bundle.classes[5:],
+        IncrementConfig(epochs=2, lr=1e-2, isolate=True, seed=0, slice_new=False),
+    )  # fmt: skip
+    acc_iso = task_accuracy(iso.model, test, range(10), seen=10, prepare=prepare)["class_il"]
+    assert acc > acc_iso + 15 and acc > 60, (acc, acc_iso)
+    # Other heads refuse a routed model; the routed head refuses statistics that are not over isolated features.
+    with pytest.raises(Exception, match="routed"):
+        learn_increment(second.model, second.meta, second.index, relabel(bundle.train, {0: 10}), ["x"], IncrementConfig())
+    plain, meta = load_checkpoint(folder)
+    index.class_stats = replace(index.class_stats, isolated=False)
+    with pytest.raises(Exception, match="not over isolated features"):
+        learn_increment(plain, meta, index, relabel(bundle.train, NEW), bundle.classes[5:], cfg)
