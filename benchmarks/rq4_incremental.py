@@ -137,15 +137,20 @@ def evaluate_row(model, tests, tasks, upto: int, prepare) -> dict[str, list[floa
     return {"class_il": row_c, "task_il": row_t}
 
 
-def continual_metrics(r: list[list[float | None]]) -> dict[str, float]:
-    """Average accuracy, forgetting and backward transfer from an accuracy matrix (rows: after task i)."""
+def continual_metrics(r: list[list[float | None]], sizes: list[int] | None = None) -> dict[str, float]:
+    """Average accuracy, forgetting and backward transfer from an accuracy matrix (rows: after task i).
+
+    The average is over all classes seen: tasks weighted by their number of classes (``sizes``; test sets have the
+    same images per class), so a one-class task of the few-shot protocol counts as one class, not as task A.
+    """
     last = len(r) - 1
     final = [v for v in r[last] if v is not None]
+    weights = sizes[: len(final)] if sizes is not None else [1] * len(final)
     old = range(last)
     forgetting = [max(r[i][j] for i in range(j, last)) - r[last][j] for j in old]
     bwt = [r[last][j] - r[j][j] for j in old]
     return {
-        "average_accuracy": statistics.fmean(final),
+        "average_accuracy": sum(w * v for w, v in zip(weights, final, strict=True)) / sum(weights),
         "forgetting": statistics.fmean(forgetting) if forgetting else 0.0,
         "bwt": statistics.fmean(bwt) if bwt else 0.0,
     }
@@ -386,6 +391,7 @@ def _stats_bytes(method: str, stats: dict[str, Any] | None) -> int | None:
 def _row(model, scenario, seed, method, matrix, seconds, extra) -> dict[str, Any]:
     rc = [r["class_il"] for r in matrix]
     rt = [r["task_il"] for r in matrix]
+    sizes = [len(t) for t in SCENARIOS[scenario]]
     return {
         "model": model,
         "scenario": scenario,
@@ -393,8 +399,8 @@ def _row(model, scenario, seed, method, matrix, seconds, extra) -> dict[str, Any
         "method": method,
         "R_class_il": rc,
         "R_task_il": rt,
-        "class_il": continual_metrics(rc) if len(rc) > 1 else None,
-        "task_il": continual_metrics(rt) if len(rt) > 1 else None,
+        "class_il": continual_metrics(rc, sizes) if len(rc) > 1 else None,
+        "task_il": continual_metrics(rt, sizes) if len(rt) > 1 else None,
         "seconds": seconds,
         **extra,
     }
@@ -411,6 +417,11 @@ def _brief(row):
         "final_task_il": [round(v, 2) for v in last_t],
         "seconds": round(row["seconds"], 1),
     }
+
+
+def _weighted(values, sizes):
+    """Mean over classes: values per task weighted by the task's classes."""
+    return sum(w * v for w, v in zip(sizes, values, strict=False)) / sum(sizes[: len(values)])
 
 
 def _mean(values):
@@ -437,7 +448,8 @@ def markdown(rows: list[dict[str, Any]], args, have_avalanche: bool) -> str:
         out += ["EWC/LwF skipped: avalanche-lib is not importable with our torch.", ""]
     for scenario in list(dict.fromkeys(r["scenario"] for r in rows)):
         n_tasks = len(SCENARIOS[scenario])
-        letters = "ABC"[:n_tasks]
+        letters = "ABCDEFGH"[:n_tasks]
+        sizes = [len(t) for t in SCENARIOS[scenario]]
         for setting, key in (("class-incremental", "R_class_il"), ("task-incremental", "R_task_il")):
             out += [f"## Scenario {scenario}, {setting}: accuracy on each task after the last one", ""]
             head = "| method | " + " | ".join(
@@ -455,7 +467,9 @@ def markdown(rows: list[dict[str, Any]], args, have_avalanche: bool) -> str:
                     present = True
                     last = [r[key][-1] for r in sel]
                     per_task = [_mean([row[j] for row in last]) for j in range(n_tasks)]
-                    avg = _mean([_mean([v for v in row if v is not None]) for row in last])
+                    if len(last[0]) == 1:  # "Original": only task A was seen
+                        per_task = per_task[:1] + [float("nan")] * (n_tasks - 1)
+                    avg = _mean([_weighted([v for v in row if v is not None], sizes) for row in last])
                     cells += [("–" if v != v else f"{v:.2f}%") for v in per_task] + [f"{avg:.2f}%"]
                 if present:
                     out.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -472,10 +486,11 @@ def markdown(rows: list[dict[str, Any]], args, have_avalanche: bool) -> str:
                     if not sel:
                         cells += ["–"] * 3
                         continue
+                    metrics = [continual_metrics(r[key], sizes) for r in sel]  # recomputed: older JSON too
                     cells += [
-                        f"{_mean([r[sk]['average_accuracy'] for r in sel]):.2f}",
-                        f"{_mean([r[sk]['forgetting'] for r in sel]):.2f}",
-                        f"{_mean([r[sk]['bwt'] for r in sel]):+.2f}",
+                        f"{_mean([c['average_accuracy'] for c in metrics]):.2f}",
+                        f"{_mean([c['forgetting'] for c in metrics]):.2f}",
+                        f"{_mean([c['bwt'] for c in metrics]):+.2f}",
                     ]
                 if any(c != "–" for c in cells):
                     out.append(f"| {method} | " + " | ".join(cells) + " |")

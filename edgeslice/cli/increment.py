@@ -175,7 +175,7 @@ def increment_command(
         result.index.model_fingerprint = saved.fingerprint
         result.index.save(stage / "critical_index")
         export_onnx(model, x_check, stage / "model.onnx")
-        _label_onnx(stage / "model.onnx", result.meta.classes, cfg.head)
+        _label_onnx(stage / "model.onnx", result.meta.classes, cfg.head, result.report.get("tasks"))
         report["onnx_parity_max_abs"] = check_parity(model, stage / "model.onnx", x_check)
         report["index_bytes_after"] = (stage / "critical_index").stat().st_size
         atomic_write_json(stage / "report.json", report)
@@ -214,14 +214,18 @@ def increment_command(
     )
 
 
-def _label_onnx(path: Path, classes: list[str], head: str) -> None:
-    """Write the class order into the ONNX metadata: output j is ``classes[j]`` (also in model.json and the index)."""
+def _label_onnx(path: Path, classes: list[str], head: str, tasks: list[list[int]] | None = None) -> None:
+    """Write the class order into the ONNX metadata: output j is ``classes[j]`` (also in model.json and the index);
+    for the routed head also the tasks (labels of each increment), whose outputs are log-probabilities."""
     import json
 
     import onnx
 
     proto = onnx.load(str(path))
-    for key, value in (("edgeslice.classes", json.dumps(classes)), ("edgeslice.head", head)):
+    meta = [("edgeslice.classes", json.dumps(classes)), ("edgeslice.head", head)]
+    if tasks is not None:
+        meta.append(("edgeslice.tasks", json.dumps(tasks)))
+    for key, value in meta:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))

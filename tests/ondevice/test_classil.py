@@ -175,7 +175,7 @@ def test_increment_cli_is_class_incremental_by_default(task_a, tmp_path):
     sess = ort.InferenceSession(str(tmp_path / "o" / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = sess.run(None, {sess.get_inputs()[0].name: make_prepare(meta)(x).numpy()})[0]
     assert logits.shape[1] == 10
-    assert props["edgeslice.head"] == "routed"
+    assert props["edgeslice.head"] == "routed" and json.loads(props["edgeslice.tasks"]) == doc["tasks"]
     assert float((np.argmax(logits, 1) == y.numpy()).mean()) > 0.7
     # Replay belongs to the trained head; isolation to the trained (and, always, the routed) head.
     r = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "o2"), "--replay", "digits"])
