@@ -68,6 +68,10 @@ class ClassStats:
         isolated: the features are those of the model after :func:`~edgeslice.ondevice.isolate.isolate_` of the
             index's critical channels, over the classifier inputs the frozen sub-network computes (``dims``): they
             stay exact through any increment that trains the other channels (the routed head needs this).
+        old_scorer: what scores the sliced classes within their task in the routed head: ``rows`` (the isolated
+            classifier rows) or ``lda`` (the discriminant), whichever was more accurate on held-out images of those
+            classes at slicing time (``scorer_accuracy``, percent). Isolation cuts the frozen channels' non-critical
+            inputs; when that costs the old rows much (an index that keeps few channels), the discriminant is better.
     """
 
     classes: list[str]
@@ -80,6 +84,8 @@ class ClassStats:
     shrinkage: float = DEFAULT_SHRINKAGE
     budget: int = DEFAULT_BUDGET
     isolated: bool = False
+    old_scorer: str = "rows"
+    scorer_accuracy: dict[str, float] | None = None
     version: int = STATS_VERSION
 
     # --- sizes and covariance --------------------------------------------------------------------------------
@@ -153,7 +159,12 @@ class ClassStats:
             shrinkage=self.shrinkage,
             budget=self.budget,
             isolated=self.isolated,
-        )
+        ).with_scorer(self.old_scorer, self.scorer_accuracy)
+
+    def with_scorer(self, old_scorer: str, accuracy: dict[str, float] | None) -> ClassStats:
+        """These statistics with the old classes' within-task scorer set (see :attr:`old_scorer`)."""
+        self.old_scorer, self.scorer_accuracy = old_scorer, accuracy
+        return self
 
     # --- file form ----------------------------------------------------------------------------------------------
     def _payload(self) -> bytes:
@@ -176,6 +187,8 @@ class ClassStats:
             "shrinkage": self.shrinkage,
             "budget": self.budget,
             "isolated": self.isolated,
+            "old_scorer": self.old_scorer,
+            "scorer_accuracy": self.scorer_accuracy,
             "bytes": self.nbytes(),
             "data": base64.b64encode(payload).decode("ascii"),
             "sha256": hashlib.sha256(payload).hexdigest(),
@@ -216,6 +229,8 @@ class ClassStats:
                 shrinkage=float(d["shrinkage"]),
                 budget=int(d["budget"]),
                 isolated=bool(d.get("isolated", False)) if d["version"] >= 2 else False,
+                old_scorer=str(d.get("old_scorer", "rows")),
+                scorer_accuracy=_accuracies(d.get("scorer_accuracy")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFileError(f"index class statistics are malformed: {e!r}") from e
@@ -223,6 +238,8 @@ class ClassStats:
             raise IndexFileError("index class statistics hold non-finite values")
         if (stats.counts < 1).any() or (stats.eigvals < 0).any() or (stats.diag < 0).any():
             raise IndexFileError("index class statistics: counts must be >= 1 and variances >= 0")
+        if stats.old_scorer not in ("rows", "lda"):
+            raise IndexFileError(f"index class statistics: old_scorer {stats.old_scorer!r} is not 'rows' or 'lda'")
         if not 0.0 <= stats.shrinkage <= 1.0:
             raise IndexFileError(f"index class statistics: shrinkage {stats.shrinkage} is not in [0, 1]")
         if stats.nbytes() != int(d["bytes"]) or stats.nbytes() > stats.budget:
@@ -230,6 +247,14 @@ class ClassStats:
         if classes is not None and list(classes) != names:
             raise IndexFileError("index class statistics are for other classes than the index")
         return stats
+
+
+def _accuracies(d: Any) -> dict[str, float] | None:
+    if d is None:
+        return None
+    if not isinstance(d, dict):
+        raise ValueError("scorer_accuracy is not an object")
+    return {str(k): float(v) for k, v in d.items()}
 
 
 def _fit(
@@ -365,7 +390,7 @@ def stats_for_index(
         if found is not None:
             net, dims = found
             isolated = True
-    return class_stats(
+    stats = class_stats(
         net,
         iterate_batches(sample, 200),
         list(meta.classes),
@@ -375,6 +400,33 @@ def stats_for_index(
         budget=budget,
         isolated=isolated,
     )
+    if isolated:
+        # Held-out images (another seeded draw) decide what scores these classes within their task later.
+        held = Subset(dataset, calibration_indices(dataset, SCORER_PER_CLASS, seed + 1))
+        acc = _scorer_accuracy(net, stats, iterate_batches(held, 200), prepare, device)
+        stats.scorer_accuracy = acc
+        stats.old_scorer = "lda" if acc["lda"] > acc["rows"] else "rows"
+    return stats
+
+
+#: Held-out images per class on which the isolated rows and the discriminant are compared at slicing time.
+SCORER_PER_CLASS = 200
+
+
+@torch.no_grad()
+def _scorer_accuracy(net: nn.Module, stats: ClassStats, batches, prepare, device) -> dict[str, float]:
+    """Accuracy (percent) of the isolated classifier rows and of the discriminant over the statistics' classes."""
+    w, b = stats.head()
+    hits = {"rows": 0, "lda": 0}
+    n = 0
+    for x, y in batches:
+        f = pre_logits(net, prepare(x.to(device)))
+        y = y.to(f.device)
+        hits["rows"] += int((net.get_classifier()(f).argmax(1) == y).sum())
+        z = f[:, stats.dims.to(f.device)] @ w.to(f.device).T + b.to(f.device)
+        hits["lda"] += int((z.argmax(1) == y).sum())
+        n += len(y)
+    return {k: round(100.0 * v / max(n, 1), 2) for k, v in hits.items()}
 
 
 def isolated_features(
@@ -429,10 +481,18 @@ class RoutedHead(nn.Module):
 
     The discriminant alone is a poor classifier for the new classes (it reads only features learnt on the old
     ones), but a good judge of *which task* an input belongs to; within a task the trained rows are far better.
+    Classes with ``by_router`` = 1 (task A when :attr:`ClassStats.old_scorer` is ``lda``) are scored within their
+    task by the discriminant instead of their rows.
     """
 
     def __init__(
-        self, linear: nn.Linear, dims: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, task_of: torch.Tensor
+        self,
+        linear: nn.Linear,
+        dims: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        task_of: torch.Tensor,
+        by_router: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         n_cls = linear.out_features
@@ -448,6 +508,9 @@ class RoutedHead(nn.Module):
         self.register_buffer("router_bias", bias.float().to(dev))
         self.register_buffer("task_of", task_of.to(torch.int64).to(dev))
         self.register_buffer("task_offset", ((mask - 1.0) * _OFF).to(dev))
+        # 1.0 for classes scored within their task by the discriminant instead of the trained rows.
+        by = torch.zeros(n_cls) if by_router is None else by_router.float()
+        self.register_buffer("by_router", by.to(dev))
 
     @property
     def in_features(self) -> int:
@@ -467,8 +530,10 @@ class RoutedHead(nn.Module):
         z = f.index_select(1, self.router_index) @ self.router_weight.T + self.router_bias
         post = torch.log_softmax(z, dim=1)
         task_post = torch.logsumexp(post[:, None, :] + self.task_offset, dim=2)  # (B, T)
-        task_norm = torch.logsumexp(logits[:, None, :] + self.task_offset, dim=2)  # (B, T)
-        return (task_post - task_norm).index_select(1, self.task_of) + logits
+        within_rows = logits - torch.logsumexp(logits[:, None, :] + self.task_offset, dim=2).index_select(1, self.task_of)
+        within_lda = z - torch.logsumexp(z[:, None, :] + self.task_offset, dim=2).index_select(1, self.task_of)
+        within = within_rows + self.by_router * (within_lda - within_rows)
+        return task_post.index_select(1, self.task_of) + within
 
 
 def routed_head(linear: nn.Linear, stats: ClassStats, tasks: Sequence[Sequence[int]]) -> RoutedHead:
@@ -479,7 +544,10 @@ def routed_head(linear: nn.Linear, stats: ClassStats, tasks: Sequence[Sequence[i
     if (task_of < 0).any() or len(stats.classes) != linear.out_features:
         raise IndexFileError("routed head: every class needs one task and one row of class statistics")
     w, b = stats.head()
-    return RoutedHead(linear, stats.dims, w, b, task_of)
+    by_router = torch.zeros(linear.out_features)
+    if stats.old_scorer == "lda":
+        by_router[list(tasks[0])] = 1.0  # the classes the statistics were sliced with: task A
+    return RoutedHead(linear, stats.dims, w, b, task_of, by_router)
 
 
 def routed_spec(head: RoutedHead) -> dict[str, Any]:

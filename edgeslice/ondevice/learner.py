@@ -349,14 +349,16 @@ def learn_increment(
 
     def batches(epoch: int):
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        return iterate_batches(train_set, cfg.batch_size, shuffle=True, generator=gen)
+        for x, y in iterate_batches(train_set, cfg.batch_size, shuffle=True, generator=gen):
+            if len(y) > 1 or n_train == 1:  # BatchNorm cannot train on one item (a last batch of 1 is skipped)
+                yield x, y
 
     def loss_fn(net: nn.Module, batch):
         x, y = batch
         x, y = x.to(device), y.to(device)
         return F.cross_entropy(net(prepare(x)), y)
 
-    steps_per_epoch = -(-n_train // cfg.batch_size)
+    steps_per_epoch = -(-n_train // cfg.batch_size) - (n_train % cfg.batch_size == 1 and n_train > 1)
     stats = train_partial(model, plan, batches, loss_fn, cfg.loop(), steps_per_epoch=steps_per_epoch)
     t_train = time.perf_counter() - t0
 
