@@ -57,6 +57,10 @@ def test_stats_round_trip_through_the_index_file(task_a, tmp_path):
     stats = index.class_stats
     assert stats is not None and stats.classes == index.classes and 0 < stats.nbytes() <= 64 * 1024
     assert stats.basis.shape[0] > 0 and int(stats.counts.min()) > 0
+    # The within-task scorer of the sliced classes was chosen on held-out images: the better of the two.
+    acc = stats.scorer_accuracy
+    assert stats.isolated and set(acc) == {"rows", "lda"}
+    assert stats.old_scorer == ("lda" if acc["lda"] > acc["rows"] else "rows")
     index.save(tmp_path / "again")
     back = CriticalIndex.load(tmp_path / "again").class_stats
     for name in ("dims", "counts", "means", "basis", "eigvals", "diag"):
@@ -87,6 +91,9 @@ def test_tampered_or_mismatched_stats_are_refused(task_a, tmp_path):
     t = copy.deepcopy(d)
     t["class_stats"]["budget"] = 100
     cases["budget"] = t
+    t = copy.deepcopy(d)
+    t["class_stats"]["old_scorer"] = "oracle"
+    cases["old_scorer"] = t
     for match, doc in cases.items():
         with pytest.raises(IndexFileError, match=match):
             CriticalIndex.load(_write(tmp_path, doc))
@@ -211,6 +218,8 @@ def test_routed_head_is_class_incremental_keeps_old_logits_and_grows_again(task_
     first = learn_increment(model, meta, index, relabel(bundle.train, {5: 5, 6: 6, 7: 7}), bundle.classes[5:8], cfg)
     head = first.model.get_classifier()
     assert isinstance(head, RoutedHead) and head.tasks() == [[0, 1, 2, 3, 4], [5, 6, 7]]
+    lda_a = float(index.class_stats.old_scorer == "lda")
+    assert head.by_router.tolist() == [lda_a] * 5 + [0.0] * 3
     check = first.report["isolation"]["after_training"]
     assert check["frozen_features_exact"] and check["within_rounding"]
     with torch.no_grad():  # issue 9: the old rows of the trained classifier give the isolated model's old logits
