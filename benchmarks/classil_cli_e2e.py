@@ -99,7 +99,7 @@ def main() -> None:
     t0 = time.perf_counter()
     train = run(["train", args.model, "--data", str(a), "--image-size", str(args.image_size), "--epochs",
                  str(args.epochs), "--out", str(args.work / "task_a"), *common])  # fmt: skip
-    sl = run(["slice", "--checkpoint", str(args.work / "task_a" / "model.safetensors"), "--data", str(a),
+    sl = run(["slice", args.model, "--checkpoint", str(args.work / "task_a" / "model.safetensors"), "--data", str(a),
               "--theta", str(args.theta), "--out", str(args.work / "slice"), *common])  # fmt: skip
     inc = run(["increment", "--checkpoint", str(args.work / "task_a" / "model.safetensors"), "--index",
                str(args.work / "slice" / "critical_index"), "--new-data", str(b), "--epochs",
