@@ -176,7 +176,10 @@ def increment_command(
         result.index.save(stage / "critical_index")
         export_onnx(model, x_check, stage / "model.onnx")
         _label_onnx(stage / "model.onnx", result.meta.classes, cfg.head, result.report.get("tasks"))
-        report["onnx_parity_max_abs"] = check_parity(model, stage / "model.onnx", x_check)
+        # The routed head outputs log-probabilities: unlikely classes get large negative values, in which the
+        # features' float32 rounding (onnxruntime folds BatchNorm) is amplified by the router; 1e-3 of the largest.
+        atol = 1e-3 if cfg.head == "routed" else 1e-4
+        report["onnx_parity_max_abs"] = check_parity(model, stage / "model.onnx", x_check, atol=atol)
         report["index_bytes_after"] = (stage / "critical_index").stat().st_size
         atomic_write_json(stage / "report.json", report)
         write_manifest(stage, cfg.to_dict(), seed)

@@ -526,14 +526,18 @@ class RoutedHead(nn.Module):
         return [[c for c, k in enumerate(t) if k == i] for i in range(max(t) + 1)]
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        logits = self.linear(f)
-        z = f.index_select(1, self.router_index) @ self.router_weight.T + self.router_bias
+        # The router's discriminant values are large (hundreds) and its log-posterior is a difference of them: it runs in
+        # float64, so that PyTorch and onnxruntime (other summation orders) agree to float32 rounding of the output.
+        logits = self.linear(f).double()
+        offset = self.task_offset.double()
+        w, b = self.router_weight.double(), self.router_bias.double()
+        z = f.index_select(1, self.router_index).double() @ w.T + b
         post = torch.log_softmax(z, dim=1)
-        task_post = torch.logsumexp(post[:, None, :] + self.task_offset, dim=2)  # (B, T)
-        within_rows = logits - torch.logsumexp(logits[:, None, :] + self.task_offset, dim=2).index_select(1, self.task_of)
-        within_lda = z - torch.logsumexp(z[:, None, :] + self.task_offset, dim=2).index_select(1, self.task_of)
-        within = within_rows + self.by_router * (within_lda - within_rows)
-        return task_post.index_select(1, self.task_of) + within
+        task_post = torch.logsumexp(post[:, None, :] + offset, dim=2)  # (B, T)
+        within_rows = logits - torch.logsumexp(logits[:, None, :] + offset, dim=2).index_select(1, self.task_of)
+        within_lda = z - torch.logsumexp(z[:, None, :] + offset, dim=2).index_select(1, self.task_of)
+        within = within_rows + self.by_router.double() * (within_lda - within_rows)
+        return (task_post.index_select(1, self.task_of) + within).float()
 
 
 def routed_head(linear: nn.Linear, stats: ClassStats, tasks: Sequence[Sequence[int]]) -> RoutedHead:
