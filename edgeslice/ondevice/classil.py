@@ -579,7 +579,7 @@ def install_routed_(model: nn.Module, spec: dict[str, Any]) -> None:
     for i, t in enumerate(tasks):
         task_of[t] = i
     n = head.out_features
-    _set_classifier(model, RoutedHead(head, dims, torch.zeros(n, d), torch.zeros(n), task_of))
+    set_classifier_(model, RoutedHead(head, dims, torch.zeros(n, d), torch.zeros(n), task_of))
 
 
 def unwrap_routed_(model: nn.Module) -> list[list[int]] | None:
@@ -588,11 +588,11 @@ def unwrap_routed_(model: nn.Module) -> list[list[int]] | None:
     if not isinstance(head, RoutedHead):
         return None
     tasks = head.tasks()
-    _set_classifier(model, head.linear)
+    set_classifier_(model, head.linear)
     return tasks
 
 
-def _set_classifier(model: nn.Module, module: nn.Module) -> None:
+def set_classifier_(model: nn.Module, module: nn.Module) -> None:
     """Replace the module ``get_classifier`` returns (found by identity among the model's children)."""
     current = model.get_classifier()
     for name, parent in model.named_modules():
@@ -614,6 +614,7 @@ __all__ = [
     "isolated_features",
     "routed_head",
     "routed_spec",
+    "set_classifier_",
     "stats_for_index",
     "unwrap_routed_",
 ]

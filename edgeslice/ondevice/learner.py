@@ -440,7 +440,7 @@ def _index_stats(index: CriticalIndex, meta: ModelMeta, *, isolated: bool = Fals
 
 def _route_(model, stats, isolation, new_data, new_classes, prior_tasks, cfg, prepare, device):
     """Install the routed head over the trained classifier; returns the statistics with the new classes added."""
-    from .classil import _set_classifier, class_stats, routed_head
+    from .classil import class_stats, routed_head, set_classifier_
 
     _check_router_features(model, stats, isolation)
     old = len(stats.classes)
@@ -451,7 +451,7 @@ def _route_(model, stats, isolation, new_data, new_classes, prior_tasks, cfg, pr
     )  # fmt: skip
     merged = stats.extend(new_stats)
     tasks = [*prior_tasks, list(range(old, old + len(new_classes)))]
-    _set_classifier(model, routed_head(model.get_classifier(), merged, tasks))
+    set_classifier_(model, routed_head(model.get_classifier(), merged, tasks))
     model.eval()
     return merged
 
