@@ -50,7 +50,6 @@ def score_onnx(folder: Path, data: Path) -> dict:
     """Accuracy of ``folder/model.onnx`` (one argmax) on ``data``'s validation images, labels matched by name."""
     import onnx
     import onnxruntime as ort
-    import torch
 
     from edgeslice.models import read_meta
     from edgeslice.pipeline import load_checkpoint_data, make_prepare
@@ -71,8 +70,12 @@ def score_onnx(folder: Path, data: Path) -> dict:
             per_class[true][0] += int(p < len(classes) and classes[p] == true)
             per_class[true][1] += 1
     acc = {c: 100.0 * k / n for c, (k, n) in per_class.items()}
-    del torch
-    return {"classes": classes, "head": props.get("edgeslice.head"), "per_class": acc, "mean": float(np.mean(list(acc.values())))}
+    return {
+        "classes": classes,
+        "head": props.get("edgeslice.head"),
+        "per_class": acc,
+        "mean": float(np.mean(list(acc.values()))),
+    }
 
 
 def main() -> None:

@@ -233,7 +233,9 @@ def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalan
     tasks = SCENARIOS[scenario]
     names = bundle.classes
     trains = [
-        per_class_subset(bundle.train, t, SHOTS.get(scenario, args.train_per_class) if i else args.train_per_class, seed)
+        per_class_subset(
+            bundle.train, t, SHOTS.get(scenario, args.train_per_class) if i else args.train_per_class, seed
+        )
         for i, t in enumerate(tasks)
     ]
     tests = [per_class_subset(bundle.test, t, args.test_per_class, seed + 1) for t in tasks]
@@ -478,7 +480,6 @@ def markdown(rows: list[dict[str, Any]], args, have_avalanche: bool) -> str:
                 "| method | " + " | ".join(f"{m} Avg | {m} Forgetting | {m} BWT" for m in models) + " |",
                 "|" + "---|" * (1 + 3 * len(models)),
             ]
-            sk = "class_il" if key == "R_class_il" else "task_il"
             for method in METHODS:
                 cells = []
                 for m in models:

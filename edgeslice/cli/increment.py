@@ -106,7 +106,8 @@ def increment_command(
     """Learn new classes: by default (--head routed) class-incremental, one argmax over old and new classes: grow the
     classifier, train only non-critical channels isolated from the critical ones (old-class logits stay exact), and
     route each input to a task with the index's class statistics; --head lda trains nothing, --head trained skips
-    the router (task-incremental). Slice the new classes, and write OUT/model.safetensors + model.json, critical_index, model.onnx
+    the router (task-incremental). Slice the new classes, and write OUT/model.safetensors + model.json,
+    critical_index, model.onnx
     (parity-checked with onnxruntime), report.json and manifest.json."""
     device = setup(json_out, device_type, seed)
     claim_out(out)
@@ -243,7 +244,9 @@ def _head(head: str, isolate: bool, replay: str | None) -> str:
     if head == "lda" and (isolate or replay is not None):
         raise EdgesliceError("--isolate and --replay train the network: use them with --head trained")
     if head == "routed" and replay is not None:
-        raise EdgesliceError("the routed head learns from new data only (it is always isolated): --replay needs --head trained")
+        raise EdgesliceError(
+            "the routed head learns from new data only (it is always isolated): --replay needs --head trained"
+        )
     return head
 
 

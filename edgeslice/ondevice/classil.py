@@ -526,8 +526,8 @@ class RoutedHead(nn.Module):
         return [[c for c, k in enumerate(t) if k == i] for i in range(max(t) + 1)]
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        # The router's discriminant values are large (hundreds) and its log-posterior is a difference of them: it runs in
-        # float64, so that PyTorch and onnxruntime (other summation orders) agree to float32 rounding of the output.
+        # The router's discriminant values are large (hundreds) and its log-posterior is a difference of them: it
+        # runs in float64, so PyTorch and onnxruntime (other summation orders) agree closely on the output.
         logits = self.linear(f).double()
         offset = self.task_offset.double()
         w, b = self.router_weight.double(), self.router_bias.double()
@@ -595,7 +595,7 @@ def unwrap_routed_(model: nn.Module) -> list[list[int]] | None:
 def set_classifier_(model: nn.Module, module: nn.Module) -> None:
     """Replace the module ``get_classifier`` returns (found by identity among the model's children)."""
     current = model.get_classifier()
-    for name, parent in model.named_modules():
+    for parent in model.modules():
         for child_name, child in parent.named_children():
             if child is current:
                 setattr(parent, child_name, module)

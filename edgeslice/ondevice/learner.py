@@ -38,9 +38,9 @@ from ..models import ModelMeta, fingerprint
 from ..slicing.metrics import get_metric
 from ..slicing.observe import Layer, eval_mode, find_layers
 from ..train import iterate_batches
-from .freeze import ChannelGroup, TrainPlan, channel_groups, classifier_modules, make_plan
-from .guarantees import old_logit_check, pre_logits
 from .classil import RoutedHead, routed_spec, unwrap_routed_
+from .freeze import ChannelGroup, TrainPlan, channel_groups, make_plan
+from .guarantees import old_logit_check, pre_logits
 from .isolate import IsolationError, frozen_classifier_inputs, isolate_
 from .loop import LoopConfig, peak_rss_bytes, train_partial
 
@@ -315,7 +315,9 @@ def learn_increment(
         raise EdgesliceError("this model has a routed class-incremental head: grow it with head 'routed'")
     if cfg.head == "routed":
         if replay is not None or frozen is not None or not freeze_old_rows:
-            raise EdgesliceError("the routed head trains isolated on new data only: replay and frozen sets need 'trained'")
+            raise EdgesliceError(
+                "the routed head trains isolated on new data only: replay and frozen sets need 'trained'"
+            )
         routed_stats = _index_stats(index, meta, isolated=True)
         prior_tasks = unwrap_routed_(model) or [list(range(old))]
     groups = channel_groups(model, index.layers, example)

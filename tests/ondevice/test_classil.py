@@ -248,7 +248,9 @@ def test_routed_head_is_class_incremental_keeps_old_logits_and_grows_again(task_
     assert acc > acc_iso + 15 and acc > 60, (acc, acc_iso)
     # Other heads refuse a routed model; the routed head refuses statistics that are not over isolated features.
     with pytest.raises(Exception, match="routed"):
-        learn_increment(second.model, second.meta, second.index, relabel(bundle.train, {0: 10}), ["x"], IncrementConfig())
+        learn_increment(
+            second.model, second.meta, second.index, relabel(bundle.train, {0: 10}), ["x"], IncrementConfig()
+        )
     plain, meta = load_checkpoint(folder)
     index.class_stats = replace(index.class_stats, isolated=False)
     with pytest.raises(Exception, match="not over isolated features"):
