@@ -229,6 +229,24 @@ def run_avalanche(kind: str, model_a, meta, trains, tests, tasks, args) -> dict[
     return {"rows": rows, "seconds": time.perf_counter() - t0, "settings": settings}
 
 
+def _task_a_cache(args, timm_name: str, classes: list[int], seed: int) -> tuple[Path, dict[str, Any]] | None:
+    """Where --task-a-cache keeps this task-A model (path stem) and the key it is stored under, or None."""
+    if args.task_a_cache is None:
+        return None
+    import hashlib
+
+    key = {
+        "model": timm_name,
+        "classes": list(classes),
+        "seed": seed,
+        "train_per_class": args.train_per_class,
+        "a_epochs": args.a_epochs,
+        "a_lr": args.a_lr,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return args.task_a_cache / f"task-a-{timm_name}-seed{seed}-{digest}", key
+
+
 def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalanche: bool) -> list[dict[str, Any]]:
     tasks = SCENARIOS[scenario]
     names = bundle.classes
@@ -245,11 +263,29 @@ def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalan
     model_a = create_model(timm_name, num_classes=len(tasks[0]), in_chans=bundle.in_chans)
     prepare = make_prepare(bundle)
     t = time.perf_counter()
-    train_model(model_a, trains[0], epochs=args.a_epochs, batch_size=64, lr=args.a_lr, seed=seed, prepare=prepare)
+    cached = _task_a_cache(args, timm_name, tasks[0], seed)
+    from_cache = cached is not None and cached[0].with_suffix(".json").is_file()
+    if from_cache:
+        # The same task-A training (model, classes, images, seed, epochs, lr) already ran: Scenario I and the
+        # few-shot scenarios share it. Its weights are read back (safetensors) and its training time reused.
+        from safetensors.torch import load_file
+
+        model_a.load_state_dict(load_file(cached[0].with_suffix(".safetensors")))
+        a_seconds = json.loads(cached[0].with_suffix(".json").read_text())["task_a_seconds"]
+    else:
+        train_model(model_a, trains[0], epochs=args.a_epochs, batch_size=64, lr=args.a_lr, seed=seed, prepare=prepare)
+        a_seconds = time.perf_counter() - t
+        if cached is not None:
+            from safetensors.torch import save_file
+
+            cached[0].parent.mkdir(parents=True, exist_ok=True)
+            save_file(
+                {k: v.contiguous() for k, v in model_a.state_dict().items()}, cached[0].with_suffix(".safetensors")
+            )
+            atomic_write_json(cached[0].with_suffix(".json"), {"task_a_seconds": a_seconds, "key": cached[1]})
     model_a.eval()
     meta_a = meta_for(timm_name, task_a, scenario=scenario, seed=seed)
     meta_a.fingerprint = fingerprint(model_a)
-    a_seconds = time.perf_counter() - t
     scfg = SliceConfig(metric=args.metric, theta=args.theta, similarity=args.similarity, calib_per_class=args.calib)
     slicer, semantic, index = slice_model(model_a, meta_a, task_a, scfg, seed=seed, device="cpu")
     target = semantic.kept_channels
@@ -274,6 +310,7 @@ def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalan
     base_row = evaluate_row(model_a, tests, tasks, 0, prepare)
     info = {
         "task_a_seconds": a_seconds,
+        "task_a_cached": from_cache,
         "critical_channels": {
             "semantic": target,
             "global": glob.kept_channels,
@@ -447,7 +484,7 @@ def markdown(rows: list[dict[str, Any]], args, have_avalanche: bool) -> str:
         "",
     ]
     if not have_avalanche:
-        out += ["EWC/LwF skipped: avalanche-lib is not importable with our torch.", ""]
+        out += ["EWC/LwF skipped: avalanche-lib (`pip install -e .[bench]`) is not importable here.", ""]
     for scenario in list(dict.fromkeys(r["scenario"] for r in rows)):
         n_tasks = len(SCENARIOS[scenario])
         letters = "ABCDEFGH"[:n_tasks]
@@ -574,7 +611,32 @@ def markdown(rows: list[dict[str, Any]], args, have_avalanche: bool) -> str:
             )
     out.append("")
     out += _bytes_table(rows)
+    out += _per_seed_table(rows)
     return "\n".join(out)
+
+
+def _per_seed_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Class-incremental average accuracy (over all classes, from R's last row) per seed, mean and spread."""
+    out = [
+        "## Class-incremental average accuracy per seed (one argmax over all classes, after the last increment)",
+        "",
+        "| model | scenario | method | per seed | mean | sd | min |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keys = list(dict.fromkeys((r["model"], r["scenario"], r["method"]) for r in rows if r["method"] != "Original"))
+    for model, scenario, method in keys:
+        sizes = [len(t) for t in SCENARIOS[scenario]]
+        picked = sorted(
+            (r for r in rows if (r["model"], r["scenario"], r["method"]) == (model, scenario, method)),
+            key=lambda r: r["seed"],
+        )
+        vals = [_weighted([v for v in r["R_class_il"][-1] if v is not None], sizes) for r in picked]
+        per = " / ".join(f"s{r['seed']} {v:.2f}" for r, v in zip(picked, vals, strict=True))
+        sd = f"{statistics.stdev(vals):.2f}" if len(vals) > 1 else "–"
+        out.append(
+            f"| {model} | {scenario} | {method} | {per} | {statistics.fmean(vals):.2f} | {sd} | {min(vals):.2f} |"
+        )
+    return [*out, ""]
 
 
 def _bytes_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -627,17 +689,31 @@ def main() -> None:
     ap.add_argument("--lwf-alpha", type=float, default=1.0)
     ap.add_argument("--lwf-temperature", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--task-a-cache", type=Path, help="keep trained task-A models here and reuse them across scenarios and runs"
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/rq4_incremental.json"))
-    ap.add_argument("--from-json", type=Path, nargs="+", help="only render --out's .md from earlier runs' JSON")
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="only render --out's .md from earlier runs' JSON (and --out itself: their rows merged, later files "
+        "replacing earlier rows of the same model, scenario, seed and method)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     global METHODS
     METHODS = tuple(m for m in ALL_METHODS if m in args.methods)
     if args.from_json:
         docs = [json.loads(p.read_text()) for p in args.from_json]
-        rows = [r for d in docs for r in d["rows"]]
+        # A later file's row replaces an earlier one of the same model, scenario, seed and method (a rerun).
+        merged = {(r["model"], r["scenario"], r["seed"], r["method"]): r for d in docs for r in d["rows"]}
+        rows = list(merged.values())
         saved = argparse.Namespace(**{**docs[0]["args"], "out": args.out})
-        md = markdown(rows, saved, all(d["avalanche"] for d in docs))
+        have = any(d["avalanche"] for d in docs)
+        md = markdown(rows, saved, have)
+        sources = [str(p) for p in args.from_json]
+        atomic_write_json(args.out, {"args": docs[0]["args"], "avalanche": have, "rows": rows, "merged_from": sources})
         atomic_write_bytes(args.out.with_suffix(".md"), md.encode())
         print(md)
         return
