@@ -22,7 +22,7 @@ from torch import nn
 
 from edgeslice.data import load_data
 from edgeslice.models import count_parameters, data_config, resolve_device, resolve_model_name
-from edgeslice.pipeline import SliceConfig, cached_baseline, calibration_set, make_prepare, slice_model
+from edgeslice.pipeline import SliceConfig, calibration_set, make_prepare, slice_model
 from edgeslice.restructure import restructure_
 from edgeslice.train import iterate_batches
 
@@ -57,15 +57,7 @@ def main() -> None:
     bundle = load_data(
         args.data, image_size=args.image_size, seed=args.seed, preprocess=data_config(name, image_size=args.image_size)
     )
-    dense, meta, _, cached = cached_baseline(
-        name,
-        bundle,
-        epochs=args.baseline_epochs,
-        seed=args.seed,
-        device=device,
-        batch_size=args.batch_size,
-        lr=args.baseline_lr,
-    )
+    dense, meta, cached = vtp.baseline(name, bundle, args, device)
     if not cached:
         print("note: the baseline was not cached; it was trained now", file=sys.stderr)
     prepare = make_prepare(meta)

@@ -138,6 +138,20 @@ def main() -> None:
     print(args.out.with_suffix(".md").read_text())
 
 
+def baseline(timm_name: str, bundle: Any, args: argparse.Namespace, device: torch.device):
+    """(dense model, meta, whether cached): the cached baseline for these args (``layer_widths.py`` reads the same)."""
+    dense, meta, _, cached = cached_baseline(
+        timm_name,
+        bundle,
+        epochs=args.baseline_epochs,
+        seed=args.seed,
+        device=device,
+        batch_size=args.batch_size,
+        lr=args.baseline_lr,
+    )
+    return dense, meta, cached
+
+
 def run_model(name: str, args: argparse.Namespace, device: torch.device, distill_modes: list[bool], rows: list) -> None:
     """All θ × methods × distillation settings for one model; rows are appended (and saved) as they come."""
     from edgeslice.models import resolve_model_name
@@ -150,15 +164,7 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, distill
 
         bundle = replace(bundle, train=Subset(bundle.train, range(min(args.max_train, len(bundle.train)))))
     t0 = time.perf_counter()
-    dense, meta, _, cached = cached_baseline(
-        timm_name,
-        bundle,
-        epochs=args.baseline_epochs,
-        seed=args.seed,
-        device=device,
-        batch_size=args.batch_size,
-        lr=args.baseline_lr,
-    )
+    dense, meta, cached = baseline(timm_name, bundle, args, device)
     prepare = make_prepare(meta)
     acc_dense = evaluate(dense, bundle.test, prepare=prepare, device=device, description="dense")
     print(f"{timm_name}: baseline {acc_dense:.2f}% ({'cached' if cached else f'{time.perf_counter() - t0:.0f} s'})")
