@@ -1,9 +1,9 @@
 """Where the parameters go: per-conv output widths of edgeslice's restructured model vs Torch-Pruning's, at equal size.
 
-Loads the cached baseline of ``vs_torch_pruning.py`` (same model, data, epochs, lr, batch size, seed; nothing is
-trained here), slices it at θ, restructures it (``round_to=8``), prunes the dense model with one Torch-Pruning
-pruner at the same parameter count (ratio bisected to within 1%), and prints every Conv2d's output channels and
-weight count in the dense, edgeslice and Torch-Pruning models. Writes the same as JSON.
+Loads the cached baseline of ``vs_torch_pruning.py`` (same model, data, epochs, lr, batch size, seed; trained and
+cached first if it is missing, with a note), slices it at θ, restructures it (``round_to=8``), prunes the dense model
+with one Torch-Pruning pruner at the same parameter count (ratio bisected to within 1%), and prints every Conv2d's
+output channels and weight count in the dense, edgeslice and Torch-Pruning models. Writes the same as JSON.
 
 Example (after ``vs_torch_pruning.py --models mobilenetv2_100 --baseline-epochs 3`` has cached the baseline):
     python benchmarks/layer_widths.py mobilenetv2_100 --theta 0.95 --baseline-epochs 3
@@ -21,6 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from edgeslice.data import load_data
+from edgeslice.errors import EdgesliceError
 from edgeslice.models import count_parameters, data_config, resolve_device, resolve_model_name
 from edgeslice.pipeline import SliceConfig, calibration_set, make_prepare, slice_model
 from edgeslice.restructure import restructure_
@@ -51,8 +52,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if not 0 < args.theta <= 1:
+        ap.error(f"--theta must be in (0, 1], got {args.theta:g}")
+    try:
+        run(args)
+    except EdgesliceError as e:
+        sys.exit(f"error: {e}")
 
+
+def run(args: argparse.Namespace) -> None:
     name = resolve_model_name(args.model)
+    out = args.out or Path(f"benchmarks/results/byo/layer_widths_{name}_theta{args.theta:g}.json")
+    if out.is_dir():
+        sys.exit(f"error: --out {out} is a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device_type)
     bundle = load_data(
         args.data, image_size=args.image_size, seed=args.seed, preprocess=data_config(name, image_size=args.image_size)
@@ -81,8 +94,6 @@ def main() -> None:
         ech, ew = e.get(n, [0, 0])
         tch, tw = t.get(n, [0, 0])
         print(f"{n:32s} {ch:6d} {ech:6d} {tch:6d}   {w:9,d} {ew:9,d} {tw:9,d}")
-    out = args.out or Path(f"benchmarks/results/byo/layer_widths_{name}_theta{args.theta:g}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"model": name, "theta": args.theta, "pruner": args.pruner, "ratio": ratio}
     payload.update(
         {"dense": d, "edgeslice": e, f"tp-{args.pruner}": t, "args": {k: str(v) for k, v in vars(args).items()}}
