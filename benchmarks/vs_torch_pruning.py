@@ -90,6 +90,37 @@ def tp_prune(
     return model.eval()
 
 
+def hybrids(dense: nn.Module, ours: nn.Module, pruned: dict, slicer: Any, result: Any, example: torch.Tensor) -> list:
+    """Widths from one method, channels from another, at the same size: which of the two decides the accuracy.
+
+    - ``edgeslice@lamp-widths``: every torch-pruning group keeps as many channels as LAMP's model has there,
+      chosen by edgeslice's semantic rank (entry threshold, :mod:`edgeslice.allocation`);
+    - ``l2@edgeslice-widths``: edgeslice's widths, filled by Torch-Pruning's group L2 magnitude (LAMP's own order
+      within a layer: its normalisation is monotone in the magnitude).
+    """
+    import torch_pruning as tp
+
+    from edgeslice.allocation import group_widths, keep_at_widths, rank_scores, semantic_rank
+
+    roots = [n for n, m in dense.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    magnitude = tp.importance.GroupMagnitudeImportance(p=2)
+
+    def l2(group, items, size):
+        imp = magnitude(group).detach().to(torch.float64).cpu()
+        return imp.view(-1, size).sum(0)
+
+    out = []
+    for label, widths_of, score in (
+        ("edgeslice@lamp-widths", pruned["tp-lamp"][0], rank_scores(semantic_rank(slicer, result.scores))),
+        ("l2@edgeslice-widths", ours, l2),
+    ):
+        model = copy.deepcopy(dense).eval()
+        keep = keep_at_widths(model, slicer.layers, example[:2], group_widths(widths_of, roots), score)
+        restructure_(model, slicer.layers, keep, example[:2], scores=result.scores, round_to=ROUND_TO)
+        out.append((label, model, None))
+    return out
+
+
 def bisect_ratio(target: int, prune_at, lo: float = 0.0, hi: float = 0.99, steps: int = 24) -> tuple[nn.Module, float]:
     """The ratio whose pruned parameter count is within 1% of ``target`` (params fall as the ratio grows)."""
     best = None
@@ -118,6 +149,12 @@ def main() -> None:
     ap.add_argument("--finetune-lr", type=float, default=5e-3)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--calib-per-class", type=int, default=100)
+    ap.add_argument(
+        "--hybrids",
+        action="store_true",
+        help="Also: edgeslice's channels at LAMP's per-group widths, and L2-magnitude channels at edgeslice's widths "
+        "(separates how many channels each layer keeps from which ones; needs lamp in --pruners).",
+    )
     ap.add_argument("--distill", choices=["off", "on", "both"], default="off")
     ap.add_argument("--distill-temperature", type=float, default=4.0)
     ap.add_argument("--workers", type=int, default=None)
@@ -126,6 +163,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/vs_torch_pruning.json"))
     args = ap.parse_args()
+    if args.hybrids and "lamp" not in args.pruners:
+        ap.error("--hybrids needs lamp in --pruners")
 
     from edgeslice.models import resolve_device
 
@@ -218,6 +257,10 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, distill
                         target, lambda r, p=pruner: tp_prune(dense, p, r, example, calib, prepare, device)
                     )
                     candidates.append((f"tp-{pruner}", model, ratio))
+                if args.hybrids:
+                    candidates += hybrids(
+                        dense, ours, dict((m, (mod, r)) for m, mod, r in candidates), slicer, result, example
+                    )
                 for method, model, ratio in candidates:
                     before = evaluate(model.to(device), bundle.test, prepare=prepare, device=device, description=method)
                     after = finetune(model, distill, f"fine-tune {method}")

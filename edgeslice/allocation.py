@@ -1,0 +1,137 @@
+"""Per-layer widths chosen apart from which channels fill them.
+
+A semantic slice decides two things at once: *how many* channels each layer keeps (the fewest whose CKA to the layer
+reaches θ, per class) and *which* (the top-ranked by the contribution metric). This module separates them, so each
+can be set by a different rule and the two compared at equal size:
+
+- :func:`entry_thresholds` turns a slicer's similarity curves into one number per channel: the smallest θ at which
+  the channel becomes critical. ``critical(θ) = entry < θ`` reproduces :meth:`SemanticSlicer.slice` exactly, for
+  every θ, so the entry threshold is the semantic ranking of a layer's channels, with no θ fixed.
+- :func:`keep_at_widths` fills given per-group widths (e.g. the widths another pruner reached) with the best-ranked
+  channels of each torch-pruning group, for :func:`~edgeslice.restructure.restructure_`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .slicing.observe import Layer, classifier_names, eval_mode
+from .slicing.slicer import SemanticSlicer
+
+
+def entry_thresholds(slicer: SemanticSlicer) -> dict[str, torch.Tensor]:
+    """layer → (N,) float64: the smallest θ above which each channel is critical (min over classes).
+
+    For class c with channel order π_c and running maximum R_c of its prefix similarities, the channel at position
+    p of π_c is in c's set at θ iff p = 0 or R_c[p−1] < θ (Algorithm 1's first hit). Its entry is therefore R_c[p−1]
+    (−1 for p = 0: every θ keeps it), and the union over classes keeps it iff min_c entry < θ. Channels of no class
+    (every class absent from the calibration set) get +inf.
+    """
+    out = {}
+    for name, per_class in slicer.curves().items():
+        n = next((len(order) for order, _ in per_class), 0)
+        entry = torch.full((n,), float("inf"), dtype=torch.float64)
+        for order, sim in per_class:
+            if sim is None:
+                continue
+            running = torch.cummax(sim, 0).values
+            e = torch.empty(n, dtype=torch.float64)
+            e[order] = torch.cat([torch.tensor([-1.0], dtype=torch.float64), running[:-1]])
+            entry = torch.minimum(entry, e)
+        out[name] = entry
+    return out
+
+
+def semantic_rank(slicer: SemanticSlicer, scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """layer → (N,) float64, higher = more critical: by entry threshold, ties broken by the global ``scores``."""
+    out = {}
+    for name, entry in entry_thresholds(slicer).items():
+        n = len(entry)
+        by_score = torch.sort(-scores[name].to(torch.float64), stable=True).indices
+        order = by_score[torch.sort(entry[by_score], stable=True).indices]
+        rank = torch.empty(n, dtype=torch.float64)
+        rank[order] = torch.arange(n, 0, -1, dtype=torch.float64)
+        out[name] = rank
+    return out
+
+
+PositionScore = Callable[[object, list[tuple[str, list[int], list[int]]], int], torch.Tensor]
+
+
+def rank_scores(rank: dict[str, torch.Tensor]) -> PositionScore:
+    """A group's position scores from per-layer ranks: the best rank any member gives the position."""
+
+    def score(group, items, size: int) -> torch.Tensor:
+        best = torch.full((size,), float("-inf"), dtype=torch.float64)
+        for name, idxs, root_idxs in items:
+            ri = torch.as_tensor(root_idxs, dtype=torch.long) % size
+            best.scatter_reduce_(0, ri, rank[name].to(torch.float64)[torch.as_tensor(idxs, dtype=torch.long)], "amax")
+        return best
+
+    return score
+
+
+def keep_at_widths(
+    model: nn.Module,
+    layers: list[Layer],
+    example: torch.Tensor,
+    widths: dict[str, int],
+    position_score: PositionScore,
+) -> dict[str, torch.Tensor]:
+    """Keep masks with exactly ``widths[root]`` channels in every torch-pruning group (best positions first).
+
+    Args:
+        model: the dense model (unchanged).
+        layers: its sliceable layers.
+        example: an input batch for tracing.
+        widths: group root (the conv that roots a torch-pruning group) → channels to keep; groups not named keep all.
+        position_score: (group, its sliced out-channel items, positions) → (positions,) scores, higher kept first.
+
+    Returns:
+        layer → (N,) bool, for :func:`~edgeslice.restructure.restructure_` (every member of a group keeps the same
+        positions, so coupling adds nothing).
+    """
+    import torch_pruning as tp
+
+    from .restructure import _channel_groups, _out_channel_items
+
+    names = {m: n for n, m in model.named_modules()}
+    modules = dict(model.named_modules())
+    heads = [modules[n] for n in classifier_names(model)]
+    sliced = {la.name for la in layers}
+    keep = {la.name: torch.ones(la.channels, dtype=torch.bool) for la in layers}
+    with eval_mode(model):
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        groups = list(dg.get_all_groups(ignored_layers=heads, root_module_types=(nn.Conv2d, nn.Linear)))
+    for group in groups:
+        root = names[group[0].dep.target.module]
+        items = list(_out_channel_items(dg, group, names, sliced))
+        if not items or root not in widths:
+            continue
+        chunks = _channel_groups(dg, group)
+        size = dg.get_out_channels(group[0].dep.target.module) // chunks
+        n_keep = min(size, max(1, -(-int(widths[root]) // chunks)))
+        scores = position_score(group, items, size)
+        top = torch.zeros(size, dtype=torch.bool)
+        top[torch.sort(-scores, stable=True).indices[:n_keep]] = True
+        for name, idxs, root_idxs in items:
+            keep[name][torch.as_tensor(idxs, dtype=torch.long)] = top[
+                torch.as_tensor(root_idxs, dtype=torch.long) % size
+            ]
+    return keep
+
+
+def group_widths(model: nn.Module, roots: list[str]) -> dict[str, int]:
+    """root name → its current output channels in ``model`` (e.g. a pruned copy of the same architecture)."""
+    modules = dict(model.named_modules())
+    out = {}
+    for r in roots:
+        m = modules.get(r)
+        if isinstance(m, nn.Conv2d):
+            out[r] = m.out_channels
+        elif isinstance(m, nn.Linear):
+            out[r] = m.out_features
+    return out
