@@ -96,11 +96,13 @@ def hybrids(dense: nn.Module, ours: nn.Module, pruned: dict, slicer: Any, result
     - ``edgeslice@lamp-widths``: every torch-pruning group keeps as many channels as LAMP's model has there,
       chosen by edgeslice's semantic rank (entry threshold, :mod:`edgeslice.allocation`);
     - ``l2@edgeslice-widths``: edgeslice's widths, filled by Torch-Pruning's group L2 magnitude (LAMP's own order
-      within a layer: its normalisation is monotone in the magnitude).
+      within a layer: its normalisation is monotone in the magnitude);
+    - ``edgeslice@cap-widths``: one cap K on every group's width (``min(N, K)``, the largest K within edgeslice's
+      parameter count), channels by the semantic rank — no Torch-Pruning importance involved.
     """
     import torch_pruning as tp
 
-    from edgeslice.allocation import group_widths, keep_at_widths, rank_scores, semantic_rank
+    from edgeslice.allocation import cap_widths, group_widths, keep_at_widths, rank_scores, semantic_rank
 
     roots = [n for n, m in dense.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     magnitude = tp.importance.GroupMagnitudeImportance(p=2)
@@ -109,15 +111,20 @@ def hybrids(dense: nn.Module, ours: nn.Module, pruned: dict, slicer: Any, result
         imp = magnitude(group).detach().to(torch.float64).cpu()
         return imp.view(-1, size).sum(0)
 
+    semantic = rank_scores(semantic_rank(slicer, result.scores))
     out = []
     for label, widths_of, score in (
-        ("edgeslice@lamp-widths", pruned["tp-lamp"][0], rank_scores(semantic_rank(slicer, result.scores))),
+        ("edgeslice@lamp-widths", pruned["tp-lamp"][0], semantic),
         ("l2@edgeslice-widths", ours, l2),
     ):
         model = copy.deepcopy(dense).eval()
         keep = keep_at_widths(model, slicer.layers, example[:2], group_widths(widths_of, roots), score)
         restructure_(model, slicer.layers, keep, example[:2], scores=result.scores, round_to=ROUND_TO)
         out.append((label, model, None))
+    model = copy.deepcopy(dense).eval()
+    _, keep = cap_widths(model, slicer.layers, example[:2], count_parameters(ours), semantic, round_to=ROUND_TO)
+    restructure_(model, slicer.layers, keep, example[:2], scores=result.scores, round_to=ROUND_TO)
+    out.append(("edgeslice@cap-widths", model, None))
     return out
 
 

@@ -135,3 +135,67 @@ def group_widths(model: nn.Module, roots: list[str]) -> dict[str, int]:
         elif isinstance(m, nn.Linear):
             out[r] = m.out_features
     return out
+
+
+def group_sizes(model: nn.Module, layers: list[Layer], example: torch.Tensor) -> dict[str, int]:
+    """root → output channels of every torch-pruning group that holds a sliced layer's channels."""
+    import torch_pruning as tp
+
+    from .restructure import _out_channel_items
+
+    names = {m: n for n, m in model.named_modules()}
+    modules = dict(model.named_modules())
+    heads = [modules[n] for n in classifier_names(model)]
+    sliced = {la.name for la in layers}
+    with eval_mode(model):
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        groups = list(dg.get_all_groups(ignored_layers=heads, root_module_types=(nn.Conv2d, nn.Linear)))
+    out = {}
+    for group in groups:
+        if any(True for _ in _out_channel_items(dg, group, names, sliced)):
+            out[names[group[0].dep.target.module]] = int(dg.get_out_channels(group[0].dep.target.module))
+    return out
+
+
+def cap_widths(
+    model: nn.Module,
+    layers: list[Layer],
+    example: torch.Tensor,
+    target_params: int,
+    position_score: PositionScore,
+    *,
+    round_to: int = 8,
+) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
+    """One width cap K for every group (``min(N_g, K)`` channels, K a multiple of ``round_to``), the largest whose
+    restructured model has at most ``target_params`` parameters (bisected); channels by ``position_score``.
+
+    Returns:
+        (widths, keep masks for :func:`~edgeslice.restructure.restructure_`).
+    """
+    import copy
+
+    from .models import count_parameters
+    from .restructure import restructure_
+
+    sizes = group_sizes(model, layers, example)
+    step = max(1, round_to)
+
+    def at(k: int) -> tuple[dict[str, int], dict[str, torch.Tensor], int]:
+        widths = {r: min(n, k) for r, n in sizes.items()}
+        keep = keep_at_widths(model, layers, example, widths, position_score)
+        probe = copy.deepcopy(model)
+        restructure_(probe, layers, keep, example, round_to=round_to)
+        return widths, keep, count_parameters(probe)
+
+    lo, hi = 1, max(1, -(-max(sizes.values()) // step))  # caps in units of step
+    best = at(lo * step)
+    if best[2] > target_params:
+        return best[0], best[1]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        cand = at(mid * step)
+        if cand[2] <= target_params:
+            lo, best = mid, cand
+        else:
+            hi = mid - 1
+    return best[0], best[1]
