@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
+from edgeslice.allocation import bisect_ratio, tp_pruned
 from edgeslice.data import load_data
 from edgeslice.deploy.budget import count_macs
 from edgeslice.deploy.export import export_onnx
@@ -37,7 +38,6 @@ from edgeslice.deploy.measure import onnx_latency
 from edgeslice.models import count_parameters, data_config
 from edgeslice.pipeline import SliceConfig, cached_baseline, calibration_set, make_prepare, slice_model
 from edgeslice.restructure import restructure_
-from edgeslice.slicing.observe import classifier_names
 from edgeslice.train import evaluate, iterate_batches, train_model
 
 PRUNERS = ("l2", "l2-global", "taylor", "lamp")
@@ -63,31 +63,27 @@ def tp_prune(
     """A copy of ``dense`` pruned by MetaPruner at ``ratio`` (classifier kept, ``round_to`` channels)."""
     import torch_pruning as tp
 
-    model = copy.deepcopy(dense).to(device).eval()
-    heads = classifier_names(model)
-    ignored = [m for n, m in model.named_modules() if n in heads and isinstance(m, (nn.Linear, nn.Conv2d))]
     importance = {
         "l2": lambda: tp.importance.MagnitudeImportance(p=2),
         "l2-global": lambda: tp.importance.MagnitudeImportance(p=2),
         "taylor": lambda: tp.importance.TaylorImportance(),
         "lamp": lambda: tp.importance.LAMPImportance(p=2),
     }[pruner]()
-    p = tp.pruner.MetaPruner(
-        model,
-        example[:2].to(device),
-        importance=importance,
-        pruning_ratio=ratio,
-        global_pruning=pruner in ("l2-global", "lamp", "taylor"),
-        round_to=ROUND_TO,
-        ignored_layers=ignored,
-    )
-    if pruner == "taylor":  # first-order Taylor needs the gradients of the loss on the calibration set
+
+    def gradients(model: nn.Module) -> None:  # first-order Taylor needs the loss's gradients on the calibration set
         model.zero_grad()
         for x, y in iterate_batches(calib, 100):
             F.cross_entropy(model(prepare(x.to(device))), y.to(device)).backward()
-    p.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
+
+    return tp_pruned(
+        dense.to(device),
+        example[:2].to(device),
+        importance,
+        ratio,
+        global_pruning=pruner in ("l2-global", "lamp", "taylor"),
+        round_to=ROUND_TO,
+        before_step=gradients if pruner == "taylor" else None,
+    )
 
 
 def hybrids(dense: nn.Module, ours: nn.Module, pruned: dict, slicer: Any, result: Any, example: torch.Tensor) -> list:
@@ -126,21 +122,6 @@ def hybrids(dense: nn.Module, ours: nn.Module, pruned: dict, slicer: Any, result
     restructure_(model, slicer.layers, keep, example[:2], scores=result.scores, round_to=ROUND_TO)
     out.append(("edgeslice@cap-widths", model, None))
     return out
-
-
-def bisect_ratio(target: int, prune_at, lo: float = 0.0, hi: float = 0.99, steps: int = 24) -> tuple[nn.Module, float]:
-    """The ratio whose pruned parameter count is within 1% of ``target`` (params fall as the ratio grows)."""
-    best = None
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        model = prune_at(mid)
-        params = count_parameters(model)
-        if best is None or abs(params - target) < abs(count_parameters(best[0]) - target):
-            best = (model, mid)
-        if abs(params - target) <= PARAM_TOLERANCE * target:
-            return model, mid
-        lo, hi = (mid, hi) if params > target else (lo, mid)
-    return best
 
 
 def main() -> None:

@@ -178,6 +178,8 @@ def cap_widths(
     from .restructure import restructure_
 
     sizes = group_sizes(model, layers, example)
+    if not sizes:  # nothing torch-pruning can narrow: every channel stays
+        return {}, {la.name: torch.ones(la.channels, dtype=torch.bool) for la in layers}
     step = max(1, round_to)
 
     def at(k: int) -> tuple[dict[str, int], dict[str, torch.Tensor], int]:
@@ -199,3 +201,112 @@ def cap_widths(
         else:
             hi = mid - 1
     return best[0], best[1]
+
+
+#: How the restructure sets each group's width: ``theta`` (the θ slice's own critical channels, the paper's rule),
+#: ``cap`` (one cap on every group's width) or ``lamp`` (the widths Torch-Pruning's LAMP reaches); with ``cap`` and
+#: ``lamp`` the θ slice still sets the parameter budget and the semantic rank still picks the channels.
+WIDTH_RULES = ("theta", "cap", "lamp")
+
+
+def tp_pruned(
+    dense: nn.Module,
+    example: torch.Tensor,
+    importance: object,
+    ratio: float,
+    *,
+    global_pruning: bool,
+    round_to: int,
+    before_step: Callable[[nn.Module], None] | None = None,
+) -> nn.Module:
+    """A copy of ``dense`` pruned by Torch-Pruning's ``MetaPruner`` at ``ratio`` (the classifier kept)."""
+    import copy
+
+    import torch_pruning as tp
+
+    model = copy.deepcopy(dense).eval()
+    heads = classifier_names(model)
+    ignored = [m for n, m in model.named_modules() if n in heads and isinstance(m, (nn.Linear, nn.Conv2d))]
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=importance,
+        pruning_ratio=ratio,
+        global_pruning=global_pruning,
+        round_to=round_to,
+        ignored_layers=ignored,
+    )
+    if before_step is not None:
+        before_step(model)
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+def bisect_ratio(
+    target: int, prune_at: Callable[[float], nn.Module], *, tolerance: float = 0.01, steps: int = 24
+) -> tuple[nn.Module, float]:
+    """The ratio whose pruned parameter count is within ``tolerance`` of ``target`` (or the closest tried)."""
+    from .models import count_parameters
+
+    lo, hi = 0.0, 0.99
+    best = None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        model = prune_at(mid)
+        params = count_parameters(model)
+        if best is None or abs(params - target) < abs(best[2] - target):
+            best = (model, mid, params)
+        if abs(params - target) <= tolerance * target:
+            break
+        lo, hi = (mid, hi) if params > target else (lo, mid)
+    return best[0], best[1]
+
+
+def allocate_keep(
+    rule: str,
+    model: nn.Module,
+    slicer: SemanticSlicer,
+    result: object,
+    example: torch.Tensor,
+    *,
+    round_to: int = 8,
+) -> dict[str, torch.Tensor]:
+    """Keep masks for the restructure under width ``rule`` (see :data:`WIDTH_RULES`), at the θ slice's size.
+
+    Args:
+        rule: ``theta`` returns the slice's critical channels unchanged.
+        model: the dense model (unchanged).
+        slicer: the calibrated slicer the ``semantic`` ``result`` came from.
+        result: its :class:`~edgeslice.slicing.SliceResult`.
+        example: an input batch for tracing (on the model's device).
+        round_to: the restructure's channel multiple.
+    """
+    import copy
+
+    from .models import count_parameters
+    from .restructure import restructure_
+
+    if rule not in WIDTH_RULES:
+        raise ValueError(f"unknown width rule {rule!r}; valid: {', '.join(WIDTH_RULES)}")
+    if rule == "theta":
+        return result.critical
+    if result.params.get("strategy") != "semantic":
+        raise ValueError(f"--widths {rule} needs the semantic strategy (it ranks channels by their entry θ)")
+    probe = copy.deepcopy(model)
+    restructure_(probe, slicer.layers, result.critical, example, scores=result.scores, round_to=round_to)
+    target = count_parameters(probe)
+    del probe
+    semantic = rank_scores(semantic_rank(slicer, result.scores))
+    if rule == "cap":
+        return cap_widths(model, slicer.layers, example, target, semantic, round_to=round_to)[1]
+    import torch_pruning as tp
+
+    lamp, _ = bisect_ratio(
+        target,
+        lambda r: tp_pruned(
+            model, example, tp.importance.LAMPImportance(p=2), r, global_pruning=True, round_to=round_to
+        ),
+    )
+    roots = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return keep_at_widths(model, slicer.layers, example, group_widths(lamp, roots), semantic)

@@ -57,6 +57,14 @@ from ._training import (
 )
 
 
+class WidthRule(str, Enum):
+    """How many channels each group keeps after the slice."""
+
+    theta = "theta"
+    cap = "cap"
+    lamp = "lamp"
+
+
 class QuantizeMode(str, Enum):
     """Post-training quantization of the exported ONNX model."""
 
@@ -104,6 +112,15 @@ def compress_command(
     round_to: Annotated[
         int, typer.Option("--round-to", min=1, help="Keep a multiple of this many channels per group (1: exact).")
     ] = 8,
+    widths: Annotated[
+        WidthRule,
+        typer.Option(
+            "--widths",
+            help="cap (default): one width cap for every group; theta: each layer's critical channels (the paper's "
+            "rule); lamp: Torch-Pruning LAMP's widths. cap and lamp stay within the θ slice's parameter count and keep "
+            "the channels that become critical first as θ grows.",
+        ),
+    ] = WidthRule.cap,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
     quantize: Annotated[
         QuantizeMode,
@@ -172,6 +189,7 @@ def compress_command(
         seed=seed,
         download=download,
         round_to=round_to,
+        widths=widths.value,
         device=device,
         quantize=quantize.value,
         classes=classes,

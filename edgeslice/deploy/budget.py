@@ -336,6 +336,7 @@ class StructureProbe:
         opset: ONNX opset to export with.
         solver: the slicer's solver.
         interval: the scan solver's step.
+        widths: the restructure's width rule (:data:`edgeslice.allocation.WIDTH_RULES`).
     """
 
     def __init__(
@@ -350,7 +351,9 @@ class StructureProbe:
         opset: int = 17,
         solver: str = "exact",
         interval: int = 1,
+        widths: str = "theta",
     ) -> None:
+        self.widths = widths
         self.slicer, self.original, self.example = slicer, original, example
         self.input_shape, self.workdir = tuple(input_shape), Path(workdir)
         self.round_to, self.opset, self.solver, self.interval = round_to, opset, solver, interval
@@ -361,15 +364,17 @@ class StructureProbe:
         if theta not in self._fp32:
             import copy
 
+            from ..allocation import allocate_keep
             from ..restructure import restructure_
             from .export import export_onnx
 
             result = self.slicer.slice(theta=theta, strategy="semantic", solver=self.solver, interval=self.interval)
             model = copy.deepcopy(self.original).eval()
+            keep = allocate_keep(self.widths, model, self.slicer, result, self.example[:2], round_to=self.round_to)
             restructure_(
                 model,
                 self.slicer.layers,
-                result.critical,
+                keep,
                 self.example[:2],
                 scores=result.scores,
                 round_to=self.round_to,

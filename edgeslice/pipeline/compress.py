@@ -252,13 +252,14 @@ def restructure_stage(
     Raises:
         EdgesliceError: the restructured model's logits differ from the masked original's (a bug, never shipped).
     """
+    from ..allocation import allocate_keep
     from ..restructure import restructure_
 
     x = sliced.example
     with timer.span("restructure_s"):
+        keep = allocate_keep(cfg.widths, model, sliced.slicer, sliced.result, x[:2], round_to=cfg.round_to)
         report = restructure_(
-            model, sliced.slicer.layers, sliced.result.critical, x[:2], scores=sliced.result.scores,
-            round_to=cfg.round_to,
+            model, sliced.slicer.layers, keep, x[:2], scores=sliced.result.scores, round_to=cfg.round_to,
         )  # fmt: skip
         with torch.no_grad(), report.masked(sliced.original, sliced.slicer.layers):
             masked = sliced.original(x)

@@ -405,3 +405,39 @@ def test_compress_device_with_pruner(trained_mlp, tmp_path):
     # The pruner's last kept iteration is shipped; its zeros do not change the dense file, which still fits.
     assert rep["pruning"]["iterations_kept"] == 2 and rep["nonzero_params_after"] < rep["params_after"]
     assert rep["budget"]["ok"] and "last kept iteration" in rep["budget"]["pruning_note"]
+
+
+@pytest.mark.parametrize("rule", ["cap", "lamp"])
+def test_compress_widths(trained, tmp_path, rule):
+    """--widths cap/lamp: the θ slice sets the size (not exceeded by cap; within 1% for lamp's bisection, or the
+    nearest round_to step), the widths follow the rule, the shipped model still matches the masked original."""
+    common = ["--checkpoint", str(trained / "model.safetensors"), "--data", "digits", "--theta", "0.9"]
+    common += ["--calib-per-class", "10", "--finetune-epochs", "0", "--device-type", "cpu", "--json"]
+    ref = json.loads(_run("compress", MODEL, *common, "--widths", "theta", "--out", str(tmp_path / "theta")).stdout)
+    r = _run("compress", MODEL, *common, "--widths", rule, "--out", str(tmp_path / rule))
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["config"]["widths"] == rule
+    assert report["restructure_equivalence_max_abs"] < 1e-3 and report["onnx_parity_max_abs"] <= 1e-4
+    model, _ = load_checkpoint(tmp_path / rule)
+    assert sum(p.numel() for p in model.parameters()) == report["params_after"]
+    theta_groups = {g["root"]: g for g in ref["groups"]}
+    kept = {g["root"]: g["channels"] - g["removed"] for g in report["groups"]}
+    # another allocation than the θ slice's
+    assert kept != {g["root"]: g["channels"] - g["removed"] for g in ref["groups"]}
+    if rule == "cap":
+        assert report["params_after"] <= ref["params_after"]
+        cap = max(kept.values())
+        assert cap % 8 == 0 and cap < max(g["channels"] for g in ref["groups"])
+        for g in report["groups"]:  # every group keeps min(its channels, the cap), unless it cannot shrink at all
+            if "kept_whole" not in g:
+                assert kept[g["root"]] == min(theta_groups[g["root"]]["channels"], cap), g["root"]
+    else:
+        assert abs(report["params_after"] / ref["params_after"] - 1) < 0.05
+
+
+def test_compress_widths_needs_semantic(trained, tmp_path):
+    args = ["--checkpoint", str(trained / "model.safetensors"), "--data", "digits", "--strategy", "global"]
+    r = _run("compress", MODEL, *args, "--widths", "cap", "--out", str(tmp_path / "o"), "--device-type", "cpu")
+    assert r.exit_code != 0 and "--widths cap needs --strategy semantic" in r.output
+    assert not (tmp_path / "o").exists()
