@@ -96,7 +96,7 @@ def keep_at_widths(
     """
     import torch_pruning as tp
 
-    from .restructure import _channel_groups, _out_channel_items
+    from .restructure import channel_groups, out_channel_items
 
     names = {m: n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
@@ -108,10 +108,10 @@ def keep_at_widths(
         groups = list(dg.get_all_groups(ignored_layers=heads, root_module_types=(nn.Conv2d, nn.Linear)))
     for group in groups:
         root = names[group[0].dep.target.module]
-        items = list(_out_channel_items(dg, group, names, sliced))
+        items = list(out_channel_items(dg, group, names, sliced))
         if not items or root not in widths:
             continue
-        chunks = _channel_groups(dg, group)
+        chunks = channel_groups(dg, group)
         size = dg.get_out_channels(group[0].dep.target.module) // chunks
         n_keep = min(size, max(1, -(-int(widths[root]) // chunks)))
         scores = position_score(group, items, size)
@@ -141,7 +141,7 @@ def group_sizes(model: nn.Module, layers: list[Layer], example: torch.Tensor) ->
     """root → output channels of every torch-pruning group that holds a sliced layer's channels."""
     import torch_pruning as tp
 
-    from .restructure import _out_channel_items
+    from .restructure import out_channel_items
 
     names = {m: n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
@@ -152,7 +152,7 @@ def group_sizes(model: nn.Module, layers: list[Layer], example: torch.Tensor) ->
         groups = list(dg.get_all_groups(ignored_layers=heads, root_module_types=(nn.Conv2d, nn.Linear)))
     out = {}
     for group in groups:
-        if any(True for _ in _out_channel_items(dg, group, names, sliced)):
+        if any(True for _ in out_channel_items(dg, group, names, sliced)):
             out[names[group[0].dep.target.module]] = int(dg.get_out_channels(group[0].dep.target.module))
     return out
 

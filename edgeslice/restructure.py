@@ -137,7 +137,7 @@ def bounded_traversal(limit: int = MAX_GROUP_ITEMS) -> Iterator[None]:
 _CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
-def _out_channel_items(dg, group, names: dict[nn.Module, str], sliced: set[str]):
+def out_channel_items(dg, group, names: dict[nn.Module, str], sliced: set[str]):
     for item in group:
         module = item.dep.target.module
         name = names.get(module)
@@ -158,7 +158,7 @@ def _unremovable(dg, group, names: dict[nn.Module, str], sliced: set[str]) -> st
     return None
 
 
-def _channel_groups(dg, group) -> int:
+def channel_groups(dg, group) -> int:
     """Channel grouping of a group (grouped convs): removals repeat in every chunk, as in torch-pruning's MetaPruner."""
     best = 1
     for item in group:
@@ -226,13 +226,13 @@ def plan_restructure(
     for group in groups:
         root_module = group[0].dep.target.module
         root = names[root_module]
-        items = list(_out_channel_items(dg, group, names, sliced))
+        items = list(out_channel_items(dg, group, names, sliced))
         if not items:
             continue
         n_root = dg.get_out_channels(root_module)
         members = sorted({name for name, _, _ in items})
         reason = _unremovable(dg, group, names, sliced)
-        chunks = _channel_groups(dg, group)
+        chunks = channel_groups(dg, group)
         if reason is None and n_root % chunks:
             reason = f"{n_root} channels do not split into {chunks} convolution groups"
         if reason is not None:

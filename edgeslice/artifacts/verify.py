@@ -210,7 +210,8 @@ def _check_index(folder: Path, model, meta, add) -> None:
 
 
 def _check_restructured(index, timm_name: str, layers: list[dict[str, Any]]) -> None:
-    """A restructured model keeps every layer of the index, with between its critical and its original channels."""
+    """A restructured model keeps every layer of the index, with between its critical (1 for a width rule other
+    than ``theta``) and its original channels."""
     from ..errors import IndexFileError
 
     if timm_name != index.timm_name:
@@ -218,8 +219,10 @@ def _check_restructured(index, timm_name: str, layers: list[dict[str, Any]]) -> 
     kept = {la["name"]: la["channels"] for la in layers}
     if [e["name"] for e in index.layers] != [la["name"] for la in layers]:
         raise IndexFileError(f"index layers do not match the model ({len(index.layers)} vs {len(layers)} layers)")
+    # ``compress --widths cap|lamp`` keeps the θ slice's size, not its critical channels: each layer keeps ≥ 1
+    widths = index.params.get("widths", "theta")
     for e in index.layers:
-        critical = int(index.critical[e["name"]].sum())
+        critical = int(index.critical[e["name"]].sum()) if widths == "theta" else 1
         if not critical <= kept[e["name"]] <= e["channels"]:
             raise IndexFileError(
                 f"layer {e['name']!r} has {kept[e['name']]} channels; the index needs {critical}..{e['channels']}"

@@ -362,6 +362,8 @@ def export_stage(
     from ..deploy.measure import export_and_measure
 
     meta, bundle, result, index = loaded.meta, loaded.bundle, sliced.result, sliced.index
+    if cfg.widths != "theta":  # the shipped model has the θ slice's size, not necessarily its critical channels
+        index = replace(index, params={**index.params, "widths": cfg.widths})
     index_path = index.save(stage / "critical_index")
     pruning = (
         None
