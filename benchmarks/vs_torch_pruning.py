@@ -42,7 +42,6 @@ from edgeslice.train import evaluate, iterate_batches, train_model
 
 PRUNERS = ("l2", "l2-global", "taylor", "lamp")
 ROUND_TO = 8
-PARAM_TOLERANCE = 0.01
 
 
 def measure(model: nn.Module, example: torch.Tensor, tmp: Path) -> dict[str, Any]:
@@ -86,7 +85,9 @@ def tp_prune(
     )
 
 
-def hybrids(dense: nn.Module, ours: nn.Module, pruned: dict, slicer: Any, result: Any, example: torch.Tensor) -> list:
+def hybrids(
+    dense: nn.Module, ours: nn.Module, lamp: nn.Module, slicer: Any, result: Any, example: torch.Tensor
+) -> list:
     """Widths from one method, channels from another, at the same size: which of the two decides the accuracy.
 
     - ``edgeslice@lamp-widths``: every torch-pruning group keeps as many channels as LAMP's model has there,
@@ -110,7 +111,7 @@ def hybrids(dense: nn.Module, ours: nn.Module, pruned: dict, slicer: Any, result
     semantic = rank_scores(semantic_rank(slicer, result.scores))
     out = []
     for label, widths_of, score in (
-        ("edgeslice@lamp-widths", pruned["tp-lamp"][0], semantic),
+        ("edgeslice@lamp-widths", lamp, semantic),
         ("l2@edgeslice-widths", ours, l2),
     ):
         model = copy.deepcopy(dense).eval()
@@ -246,9 +247,8 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, distill
                     )
                     candidates.append((f"tp-{pruner}", model, ratio))
                 if args.hybrids:
-                    candidates += hybrids(
-                        dense, ours, dict((m, (mod, r)) for m, mod, r in candidates), slicer, result, example
-                    )
+                    lamp = next(m for method, m, _ in candidates if method == "tp-lamp")
+                    candidates += hybrids(dense, ours, lamp, slicer, result, example)
                 for method, model, ratio in candidates:
                     before = evaluate(model.to(device), bundle.test, prepare=prepare, device=device, description=method)
                     after = finetune(model, distill, f"fine-tune {method}")

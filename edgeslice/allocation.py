@@ -14,11 +14,12 @@ can be set by a different rule and the two compared at equal size:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .slicing.observe import Layer, classifier_names, eval_mode
+from .slicing.observe import Layer, classifier_names
 from .slicing.slicer import SemanticSlicer
 
 
@@ -74,6 +75,61 @@ def rank_scores(rank: dict[str, torch.Tensor]) -> PositionScore:
     return score
 
 
+@dataclass
+class _Slots:
+    """One torch-pruning group's positions, best first (a position repeats in every chunk of a grouped conv)."""
+
+    channels: int
+    chunks: int
+    items: list[tuple[str, torch.Tensor, torch.Tensor]]  # (layer, its channel indices, their root positions)
+    order: torch.Tensor
+
+
+def group_slots(
+    model: nn.Module, layers: list[Layer], example: torch.Tensor, position_score: PositionScore
+) -> dict[str, _Slots]:
+    """root → its group's positions ranked by ``position_score``, for every group holding sliced channels (traced
+    once; :func:`masks_at` then gives the keep masks of any widths without tracing again)."""
+    from .restructure import channel_groups, dependency_groups, out_channel_items
+
+    names = {m: n for n, m in model.named_modules()}
+    sliced = {la.name for la in layers}
+    dg, groups = dependency_groups(model, example)
+    out = {}
+    for group in groups:
+        items = list(out_channel_items(dg, group, names, sliced))
+        if not items:
+            continue
+        chunks = channel_groups(dg, group)
+        channels = int(dg.get_out_channels(group[0].dep.target.module))
+        size = channels // chunks
+        scores = position_score(group, items, size)
+        out[names[group[0].dep.target.module]] = _Slots(
+            channels,
+            chunks,
+            [
+                (n, torch.as_tensor(i, dtype=torch.long), torch.as_tensor(r, dtype=torch.long) % size)
+                for n, i, r in items
+            ],
+            torch.sort(-scores, stable=True).indices,
+        )
+    return out
+
+
+def masks_at(slots: dict[str, _Slots], layers: list[Layer], widths: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Keep masks with ``widths[root]`` channels in every group of ``slots`` (groups not named keep all)."""
+    keep = {la.name: torch.ones(la.channels, dtype=torch.bool) for la in layers}
+    for root, slot in slots.items():
+        if root not in widths:
+            continue
+        size = len(slot.order)
+        top = torch.zeros(size, dtype=torch.bool)
+        top[slot.order[: min(size, max(1, -(-int(widths[root]) // slot.chunks)))]] = True
+        for name, idxs, positions in slot.items:
+            keep[name][idxs] = top[positions]
+    return keep
+
+
 def keep_at_widths(
     model: nn.Module,
     layers: list[Layer],
@@ -94,34 +150,7 @@ def keep_at_widths(
         layer → (N,) bool, for :func:`~edgeslice.restructure.restructure_` (every member of a group keeps the same
         positions, so coupling adds nothing).
     """
-    import torch_pruning as tp
-
-    from .restructure import channel_groups, out_channel_items
-
-    names = {m: n for n, m in model.named_modules()}
-    modules = dict(model.named_modules())
-    heads = [modules[n] for n in classifier_names(model)]
-    sliced = {la.name for la in layers}
-    keep = {la.name: torch.ones(la.channels, dtype=torch.bool) for la in layers}
-    with eval_mode(model):
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-        groups = list(dg.get_all_groups(ignored_layers=heads, root_module_types=(nn.Conv2d, nn.Linear)))
-    for group in groups:
-        root = names[group[0].dep.target.module]
-        items = list(out_channel_items(dg, group, names, sliced))
-        if not items or root not in widths:
-            continue
-        chunks = channel_groups(dg, group)
-        size = dg.get_out_channels(group[0].dep.target.module) // chunks
-        n_keep = min(size, max(1, -(-int(widths[root]) // chunks)))
-        scores = position_score(group, items, size)
-        top = torch.zeros(size, dtype=torch.bool)
-        top[torch.sort(-scores, stable=True).indices[:n_keep]] = True
-        for name, idxs, root_idxs in items:
-            keep[name][torch.as_tensor(idxs, dtype=torch.long)] = top[
-                torch.as_tensor(root_idxs, dtype=torch.long) % size
-            ]
-    return keep
+    return masks_at(group_slots(model, layers, example, position_score), layers, widths)
 
 
 def group_widths(model: nn.Module, roots: list[str]) -> dict[str, int]:
@@ -134,26 +163,6 @@ def group_widths(model: nn.Module, roots: list[str]) -> dict[str, int]:
             out[r] = m.out_channels
         elif isinstance(m, nn.Linear):
             out[r] = m.out_features
-    return out
-
-
-def group_sizes(model: nn.Module, layers: list[Layer], example: torch.Tensor) -> dict[str, int]:
-    """root → output channels of every torch-pruning group that holds a sliced layer's channels."""
-    import torch_pruning as tp
-
-    from .restructure import out_channel_items
-
-    names = {m: n for n, m in model.named_modules()}
-    modules = dict(model.named_modules())
-    heads = [modules[n] for n in classifier_names(model)]
-    sliced = {la.name for la in layers}
-    with eval_mode(model):
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-        groups = list(dg.get_all_groups(ignored_layers=heads, root_module_types=(nn.Conv2d, nn.Linear)))
-    out = {}
-    for group in groups:
-        if any(True for _ in out_channel_items(dg, group, names, sliced)):
-            out[names[group[0].dep.target.module]] = int(dg.get_out_channels(group[0].dep.target.module))
     return out
 
 
@@ -177,19 +186,19 @@ def cap_widths(
     from .models import count_parameters
     from .restructure import restructure_
 
-    sizes = group_sizes(model, layers, example)
-    if not sizes:  # nothing torch-pruning can narrow: every channel stays
+    slots = group_slots(model, layers, example, position_score)
+    if not slots:  # nothing torch-pruning can narrow: every channel stays
         return {}, {la.name: torch.ones(la.channels, dtype=torch.bool) for la in layers}
     step = max(1, round_to)
 
     def at(k: int) -> tuple[dict[str, int], dict[str, torch.Tensor], int]:
-        widths = {r: min(n, k) for r, n in sizes.items()}
-        keep = keep_at_widths(model, layers, example, widths, position_score)
+        widths = {r: min(slot.channels, k) for r, slot in slots.items()}
+        keep = masks_at(slots, layers, widths)
         probe = copy.deepcopy(model)
         restructure_(probe, layers, keep, example, round_to=round_to)
         return widths, keep, count_parameters(probe)
 
-    lo, hi = 1, max(1, -(-max(sizes.values()) // step))  # caps in units of step
+    lo, hi = 1, max(1, -(-max(slot.channels for slot in slots.values()) // step))  # caps in units of step
     best = at(lo * step)
     if best[2] > target_params:
         return best[0], best[1]

@@ -179,6 +179,19 @@ def _round(remove_pos: torch.Tensor, best: torch.Tensor, step: int) -> None:
 
 
 @bounded_traversal()
+def dependency_groups(model: nn.Module, example: torch.Tensor) -> tuple[object, list]:
+    """torch-pruning's dependency graph of ``model`` and its out-channel groups (rooted at convs and linears, the
+    classifier left out), traced in eval mode."""
+    import torch_pruning as tp
+
+    modules = dict(model.named_modules())
+    heads = [modules[n] for n in classifier_names(model)]
+    with eval_mode(model):
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        groups = list(dg.get_all_groups(ignored_layers=heads, root_module_types=(nn.Conv2d, nn.Linear)))
+    return dg, groups
+
+
 def plan_restructure(
     model: nn.Module,
     layers: list[Layer],
@@ -212,15 +225,9 @@ def plan_restructure(
     """
     import math
 
-    import torch_pruning as tp
-
     names = {m: n for n, m in model.named_modules()}
-    modules = dict(model.named_modules())
-    heads = [modules[n] for n in classifier_names(model)]
     sliced = {layer.name for layer in layers if layer.name in keep}
-    with eval_mode(model):
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-        groups = list(dg.get_all_groups(ignored_layers=heads, root_module_types=(nn.Conv2d, nn.Linear)))
+    dg, groups = dependency_groups(model, example)
     plans: list[GroupPlan] = []
     effective = {name: torch.ones_like(keep[name], dtype=torch.bool) for name in sliced}
     for group in groups:
