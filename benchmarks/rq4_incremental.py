@@ -398,6 +398,8 @@ def run_one(model_name: str, scenario: str, seed: int, bundle, args, have_avalan
                     "index_bytes": len(idx.to_bytes()),
                     "replay_bytes": 0 if replay is None else stored_bytes(replay),
                     "class_stats_bytes": _stats_bytes(method, result.report.get("class_stats")),
+                    "router_taps": (result.report.get("class_stats") or {}).get("taps"),
+                    "router_features": (result.report.get("class_stats") or {}).get("features"),
                     "max_drift": tr["max_drift"],
                     "isolation": result.report["isolation"],
                     "train_seconds": result.report["train_seconds"],

@@ -126,7 +126,8 @@ class CriticalIndex:
             if d.get("class_stats") is not None:
                 from .ondevice.classil import ClassStats
 
-                stats = ClassStats.from_dict(d["class_stats"], classes=classes)
+                known = {la["name"]: la["channels"] for la in layers}
+                stats = ClassStats.from_dict(d["class_stats"], classes=classes, layers=known)
             return cls(
                 model_fingerprint=str(d["model_fingerprint"]),
                 timm_name=str(d["timm_name"]),

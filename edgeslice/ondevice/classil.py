@@ -9,6 +9,12 @@ of the input as long as the layers before the classifier do not train, so statis
 - the pooled within-class covariance ``Σ``, kept as ``Vᵀ diag(λ) V + diag(r)`` (the top ``k`` eigenvectors plus
   the residual diagonal), with ``k`` the largest that keeps the statistics within a byte budget (64 KB by default).
 
+The features are the frozen classifier inputs, and (version 3) *taps*: the frozen channels of earlier sliced layers,
+spatially averaged. Isolation keeps those exact too, and the router of the routed head reads them: on the paper's
+MLP (Fashion-MNIST 0-4 → 5-9) they lift the share of test images routed to the right task from 84 % to 88 %.
+Taps are added, deepest layer first, only while the covariance still fits the budget at rank 64 or more
+(:func:`choose_taps`).
+
 Stored values are rounded to float16 when they are made, so the statistics in memory are exactly the ones in the
 index file. An increment adds the new classes' means and pools their within-class scatter into ``Σ`` (the new
 data's scatter is exact; the old part is the stored approximation), then writes the linear discriminant head
@@ -27,8 +33,8 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -38,12 +44,25 @@ from ..errors import IndexFileError
 from .guarantees import pre_logits
 
 STATS_FORMAT = "edgeslice-class-stats"
-STATS_VERSION = 2
-#: Versions this edgeslice reads (1: statistics of the model as sliced, without the ``isolated`` flag).
-READ_VERSIONS = (1, 2)
+STATS_VERSION = 3
+#: Versions this edgeslice reads (1: statistics of the model as sliced, without the ``isolated`` flag; 2: without
+#: taps).
+READ_VERSIONS = (1, 2, 3)
 #: Default bound on the statistics' stored bytes (the issue's "at most 64 KB of state beyond model and index").
 DEFAULT_BUDGET = 64 * 1024
 DEFAULT_SHRINKAGE = 0.05
+
+
+class Tap(NamedTuple):
+    """Frozen channels ``mask`` of the sliced layer ``layer``, read by the router at that module's own output (a
+    Conv2d's or Linear's, before its normalisation and activation), averaged over positions.
+
+    (At the output the slicer observes, after the activation, the router was measured worse: the paper's MLP,
+    Fashion-MNIST 0-4 → 5-9, seeds 0/1/2, 82.39/82.08/81.85 % against 83.57/83.54/83.32 % class-incremental.)
+    """
+
+    layer: str
+    mask: torch.Tensor
 
 
 def _f16(t: torch.Tensor) -> torch.Tensor:
@@ -86,17 +105,44 @@ class ClassStats:
     isolated: bool = False
     old_scorer: str = "rows"
     scorer_accuracy: dict[str, float] | None = None
+    taps: list[Tap] = field(default_factory=list)
     version: int = STATS_VERSION
 
     # --- sizes and covariance --------------------------------------------------------------------------------
     @property
     def d(self) -> int:
-        return int(self.dims.sum())
+        """Features: the classifier inputs in ``dims``, then each tap's channels."""
+        return int(self.dims.sum()) + sum(int(t.mask.sum()) for t in self.taps)
 
     def nbytes(self) -> int:
-        """Bytes of the stored arrays (float16 values, int32 counts, the bitset of dims)."""
+        """Bytes of the stored arrays (float16 values, int32 counts, the bitsets of dims and taps)."""
         values = self.means.numel() + self.basis.numel() + self.eigvals.numel() + self.diag.numel()
-        return 2 * values + 4 * self.counts.numel() + (self.dims.numel() + 7) // 8
+        return 2 * values + 4 * self.counts.numel() + _bitset_bytes(self.dims, self.taps)
+
+    def same_features(self, other: ClassStats) -> bool:
+        """Whether ``other`` is over the same features (classifier inputs, taps, isolation)."""
+        return (
+            torch.equal(other.dims, self.dims)
+            and other.isolated == self.isolated
+            and [t.layer for t in other.taps] == [t.layer for t in self.taps]
+            and all(torch.equal(a.mask, b.mask) for a, b in zip(other.taps, self.taps, strict=True))
+        )
+
+    def logits_only(self) -> ClassStats:
+        """These statistics without the taps: over the classifier inputs alone (what a Linear head can read)."""
+        if not self.taps:
+            return self
+        d0 = int(self.dims.sum())
+        return _fit(
+            list(self.classes),
+            self.dims,
+            self.counts,
+            self.means[:, :d0],
+            self.covariance()[:d0, :d0],
+            shrinkage=self.shrinkage,
+            budget=self.budget,
+            isolated=self.isolated,
+        ).with_scorer(self.old_scorer, self.scorer_accuracy)
 
     def covariance(self) -> torch.Tensor:
         """(d, d) float64 pooled within-class covariance the statistics stand for."""
@@ -117,7 +163,10 @@ class ClassStats:
         return w.float(), b.float()
 
     def install_(self, model: nn.Module) -> None:
-        """Write the head into ``model``'s classifier (grown to the statistics' classes if it has fewer rows)."""
+        """Write the head into ``model``'s classifier (grown to the statistics' classes if it has fewer rows).
+
+        A Linear classifier reads only the classifier inputs: with taps, the head is that of :meth:`logits_only`.
+        """
         head = model.get_classifier()
         if not isinstance(head, nn.Linear):
             raise IndexFileError(f"class statistics need a Linear classifier, not {type(head).__name__}")
@@ -128,7 +177,7 @@ class ClassStats:
         if head.out_features != len(self.classes):
             model.reset_classifier(len(self.classes))
             head = model.get_classifier().to(self.means.device)
-        w, b = self.head()
+        w, b = self.logits_only().head()
         with torch.no_grad():
             head.weight.zero_()
             head.weight[:, self.dims] = w.to(head.weight)
@@ -142,7 +191,7 @@ class ClassStats:
         (Keeping the old covariance instead, so that the old classes' rows stay the same, was measured worse: MLP,
         Fashion-MNIST 0-4 → 5-9, 66.8 % against 76.2 % class-incremental accuracy.)
         """
-        if not torch.equal(new.dims, self.dims) or new.isolated != self.isolated:
+        if not self.same_features(new):
             raise IndexFileError("class statistics over different features cannot be merged")
         clash = sorted(set(self.classes) & set(new.classes))
         if clash:
@@ -159,6 +208,7 @@ class ClassStats:
             shrinkage=self.shrinkage,
             budget=self.budget,
             isolated=self.isolated,
+            taps=self.taps,
         ).with_scorer(self.old_scorer, self.scorer_accuracy)
 
     def with_scorer(self, old_scorer: str, accuracy: dict[str, float] | None) -> ClassStats:
@@ -176,6 +226,7 @@ class ClassStats:
         from ..bitsets import pack_bits
 
         payload = self._payload()
+        taps = [{"layer": t.layer, "channels": int(t.mask.numel()), "mask": pack_bits(t.mask)} for t in self.taps]
         return {
             "format": STATS_FORMAT,
             "version": self.version,
@@ -189,14 +240,18 @@ class ClassStats:
             "isolated": self.isolated,
             "old_scorer": self.old_scorer,
             "scorer_accuracy": self.scorer_accuracy,
+            "taps": taps,
             "bytes": self.nbytes(),
             "data": base64.b64encode(payload).decode("ascii"),
-            "sha256": hashlib.sha256(payload).hexdigest(),
+            "sha256": _digest(payload, taps),
         }
 
     @classmethod
-    def from_dict(cls, d: Any, *, classes: Sequence[str] | None = None) -> ClassStats:
-        """Read and validate; ``classes``: the index's classes, which the statistics must match."""
+    def from_dict(
+        cls, d: Any, *, classes: Sequence[str] | None = None, layers: dict[str, int] | None = None
+    ) -> ClassStats:
+        """Read and validate; ``classes``: the index's classes, which the statistics must match; ``layers``: the
+        index's layers (name → channels), which the taps must be among."""
         from ..bitsets import unpack_bits
 
         if not isinstance(d, dict) or d.get("format") != STATS_FORMAT:
@@ -206,9 +261,17 @@ class ClassStats:
         try:
             names = [str(c) for c in d["classes"]]
             dims = unpack_bits(d["dims"], int(d["features"]))
-            k, n_cls, dd = int(d["rank"]), len(names), int(dims.sum())
+            taps = [Tap(str(t["layer"]), unpack_bits(t["mask"], int(t["channels"]))) for t in d.get("taps", [])]
+            if d["version"] < 3 and "taps" in d:
+                raise IndexFileError("index class statistics: taps in a version before 3")
+            if len({t.layer for t in taps}) != len(taps) or any(not t.mask.any() for t in taps):
+                raise IndexFileError("index class statistics: a tap layer is repeated or has no channels")
+            if layers is not None and any(layers.get(t.layer) != t.mask.numel() for t in taps):
+                raise IndexFileError("index class statistics: a tap is not one of the index's layers")
+            k, n_cls = int(d["rank"]), len(names)
+            dd = int(dims.sum()) + sum(int(t.mask.sum()) for t in taps)
             payload = base64.b64decode(d["data"], validate=True)
-            if hashlib.sha256(payload).hexdigest() != d["sha256"]:
+            if _digest(payload, d.get("taps", [])) != d["sha256"]:
                 raise IndexFileError("index class statistics: checksum mismatch (the file was changed)")
             n_values = n_cls * dd + k * dd + k + dd
             if len(payload) != 2 * n_values + 4 * n_cls or k < 0 or n_cls < 1 or dd < 1:
@@ -231,6 +294,7 @@ class ClassStats:
                 isolated=bool(d.get("isolated", False)) if d["version"] >= 2 else False,
                 old_scorer=str(d.get("old_scorer", "rows")),
                 scorer_accuracy=_accuracies(d.get("scorer_accuracy")),
+                taps=taps,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise IndexFileError(f"index class statistics are malformed: {e!r}") from e
@@ -247,6 +311,18 @@ class ClassStats:
         if classes is not None and list(classes) != names:
             raise IndexFileError("index class statistics are for other classes than the index")
         return stats
+
+
+def _digest(payload: bytes, taps: list[Any]) -> str:
+    """Checksum of the arrays and (version 3) of the taps' layers and masks."""
+    if not taps:
+        return hashlib.sha256(payload).hexdigest()  # as versions 1 and 2
+    text = "|".join(f"{t['layer']}:{t['channels']}:{t['mask']}" for t in taps)
+    return hashlib.sha256(payload + text.encode()).hexdigest()
+
+
+def _bitset_bytes(dims: torch.Tensor, taps: Sequence[Tap]) -> int:
+    return (dims.numel() + 7) // 8 + sum((t.mask.numel() + 7) // 8 for t in taps)
 
 
 def _accuracies(d: Any) -> dict[str, float] | None:
@@ -267,10 +343,11 @@ def _fit(
     shrinkage: float,
     budget: int,
     isolated: bool = False,
+    taps: Sequence[Tap] = (),
 ) -> ClassStats:
     """Compress ``cov`` to the largest rank whose statistics fit ``budget`` bytes; values rounded to float16."""
-    d, n_cls = int(dims.sum()), len(classes)
-    fixed = 2 * (n_cls * d + d) + 4 * n_cls + (dims.numel() + 7) // 8
+    d, n_cls = int(dims.sum()) + sum(int(t.mask.sum()) for t in taps), len(classes)
+    fixed = _fixed_bytes(n_cls, d, dims, taps)
     if fixed > budget:
         raise IndexFileError(
             f"class statistics for {n_cls} classes over {d} features need {fixed} B, over the {budget} B budget"
@@ -294,18 +371,88 @@ def _fit(
         shrinkage=shrinkage,
         budget=budget,
         isolated=isolated,
+        taps=[Tap(t.layer, t.mask.clone()) for t in taps],
     )
+
+
+def _fixed_bytes(n_cls: int, d: int, dims: torch.Tensor, taps: Sequence[Tap]) -> int:
+    """Bytes of everything but the low-rank part: means, residual diagonal, counts, bitsets."""
+    return 2 * (n_cls * d + d) + 4 * n_cls + _bitset_bytes(dims, taps)
+
+
+def _pool(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, ...) → (B, C): a layer's channels averaged over the positions (a copy)."""
+    return t.mean(dim=tuple(range(2, t.dim()))) if t.dim() > 2 else t.clone()
+
+
+def router_features(
+    model: nn.Module, x: torch.Tensor, dims: torch.Tensor, taps: Sequence[Tap] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(:func:`pre_logits` of ``x``, the statistics' features: its ``dims``, then each tap's channels pooled)."""
+    outs: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        return lambda module, inputs, output: outs.__setitem__(name, _pool(output))
+
+    handles = [model.get_submodule(t.layer).register_forward_hook(keep(t.layer)) for t in taps]
+    try:
+        f = pre_logits(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    parts = [f[:, dims.to(f.device)]] + [outs[t.layer][:, t.mask.to(f.device)] for t in taps]
+    return f, torch.cat(parts, 1)
+
+
+#: Taps are added while the covariance keeps at least this rank (or full rank, when it has fewer features).
+MIN_TAP_RANK = 64
+
+
+def choose_taps(
+    report: Any,
+    layers: Sequence[dict[str, Any]],
+    dims: torch.Tensor,
+    n_classes: int,
+    budget: int,
+    exclude: Sequence[str] = (),
+) -> list[Tap]:
+    """Frozen channels of sliced layers for the router, deepest layer first, while the budget keeps their rank.
+
+    A layer is added while the statistics, grown to twice ``n_classes`` classes, still fit ``budget`` with the
+    covariance at rank ``min(features, MIN_TAP_RANK)``; the first layer that does not fit ends the list.
+    ``layers``: the index's layers (``name``) in forward order; ``exclude``: layers whose channels are
+    already features (the classifier's producer).
+    """
+    d, taps = int(dims.sum()), []
+    for layer in reversed(list(layers)):
+        name = layer["name"]
+        mask = report.frozen.get(name)
+        if name in exclude or mask is None or not mask.any():
+            continue
+        cand, chosen = d + int(mask.sum()), [*taps, Tap(name, mask.clone())]
+        room = budget - _fixed_bytes(2 * n_classes, cand, dims, chosen)
+        if room < 2 * min(cand, MIN_TAP_RANK) * (cand + 1):
+            break
+        d, taps = cand, chosen
+    return taps
 
 
 @torch.no_grad()
 def feature_moments(
-    model: nn.Module, batches: Iterable, num_classes: int, dims: torch.Tensor, *, prepare=None, device="cpu"
+    model: nn.Module,
+    batches: Iterable,
+    num_classes: int,
+    dims: torch.Tensor,
+    *,
+    prepare=None,
+    device="cpu",
+    taps: Sequence[Tap] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-class counts, means (float64) and the pooled within-class scatter over ``dims`` of :func:`pre_logits`.
+    """Per-class counts, means (float64) and the pooled within-class scatter of :func:`router_features`.
 
     Labels must be in ``0..num_classes-1`` (the caller maps them).
     """
-    d = int(dims.sum())
+    d = int(dims.sum()) + sum(int(t.mask.sum()) for t in taps)
     sums = torch.zeros(num_classes, d, dtype=torch.float64)
     outer = torch.zeros(d, d, dtype=torch.float64)
     counts = torch.zeros(num_classes, dtype=torch.int64)
@@ -314,7 +461,7 @@ def feature_moments(
     try:
         for x, y in batches:
             x = x.to(device)
-            f = pre_logits(model, prepare(x) if prepare is not None else x)[:, dims.to(x.device)].double().cpu()
+            f = router_features(model, prepare(x) if prepare is not None else x, dims, taps)[1].double().cpu()
             y = y.to(torch.int64).cpu()
             sums.index_add_(0, y, f)
             counts += torch.bincount(y, minlength=num_classes)
@@ -340,13 +487,19 @@ def class_stats(
     shrinkage: float = DEFAULT_SHRINKAGE,
     budget: int = DEFAULT_BUDGET,
     isolated: bool = False,
+    taps: Sequence[Tap] = (),
 ) -> ClassStats:
-    """Statistics of ``classes`` (labels ``0..C-1`` in ``batches``) over the classifier's input features."""
+    """Statistics of ``classes`` (labels ``0..C-1`` in ``batches``) over the classifier's input features (``dims``
+    of them; all by default) and the ``taps``' channels."""
     if dims is None:
         dims = torch.ones(model.get_classifier().in_features, dtype=torch.bool)
-    counts, means, scatter = feature_moments(model, batches, len(classes), dims, prepare=prepare, device=device)
+    counts, means, scatter = feature_moments(
+        model, batches, len(classes), dims, prepare=prepare, device=device, taps=taps
+    )
     cov = scatter / max(int(counts.sum()) - len(classes), 1)
-    return _fit(list(classes), dims, counts, means, cov, shrinkage=shrinkage, budget=budget, isolated=isolated)
+    return _fit(
+        list(classes), dims, counts, means, cov, shrinkage=shrinkage, budget=budget, isolated=isolated, taps=taps
+    )
 
 
 #: Images per class the statistics are computed on at slicing time (more than the slicer's calibration sample: a
@@ -369,8 +522,9 @@ def stats_for_index(
 
     With ``index``, the statistics are taken on a copy of the model isolated on the index's critical channels
     (:func:`~edgeslice.ondevice.isolate.isolate_`, exactly as an increment will isolate it), over the classifier
-    inputs that the frozen sub-network computes: ``isolated=True``. When the model cannot be isolated, or without
-    ``index``, they are over all classifier inputs of the model as it is (``isolated=False``: the ``lda`` head only).
+    inputs that the frozen sub-network computes and the taps :func:`choose_taps` picks: ``isolated=True``. When the
+    model cannot be isolated, or without ``index``, they are over all classifier inputs of the model as it is
+    (``isolated=False``: the ``lda`` head only).
     """
     from torch.utils.data import Subset
 
@@ -383,13 +537,21 @@ def stats_for_index(
     def prepare(x):
         return normalize(x, mean, std)
 
-    net, dims, isolated = model, None, False
+    net, dims, isolated, taps = model, None, False, []
     if index is not None:
         example = prepare(next(iterate_batches(sample, 2))[0].to(device))
         found = isolated_features(model, index, len(meta.classes), example)
         if found is not None:
-            net, dims = found
+            net, dims, report = found
             isolated = True
+            taps = choose_taps(
+                report,
+                index.layers,
+                dims,
+                len(meta.classes),
+                budget,
+                exclude=_classifier_producers(net, report),
+            )
     stats = class_stats(
         net,
         iterate_batches(sample, 200),
@@ -399,6 +561,7 @@ def stats_for_index(
         device=device,
         budget=budget,
         isolated=isolated,
+        taps=taps,
     )
     if isolated:
         # Held-out images (another seeded draw) decide what scores these classes within their task later.
@@ -420,10 +583,10 @@ def _scorer_accuracy(net: nn.Module, stats: ClassStats, batches, prepare, device
     hits = {"rows": 0, "lda": 0}
     n = 0
     for x, y in batches:
-        f = pre_logits(net, prepare(x.to(device)))
+        f, r = router_features(net, prepare(x.to(device)), stats.dims, stats.taps)
         y = y.to(f.device)
         hits["rows"] += int((net.get_classifier()(f).argmax(1) == y).sum())
-        z = f[:, stats.dims.to(f.device)] @ w.to(f.device).T + b.to(f.device)
+        z = r @ w.to(f.device).T + b.to(f.device)
         hits["lda"] += int((z.argmax(1) == y).sum())
         n += len(y)
     return {k: round(100.0 * v / max(n, 1), 2) for k, v in hits.items()}
@@ -431,8 +594,9 @@ def _scorer_accuracy(net: nn.Module, stats: ClassStats, batches, prepare, device
 
 def isolated_features(
     model: nn.Module, index: Any, old_rows: int, example: torch.Tensor, *, seed: int = 0
-) -> tuple[nn.Module, torch.Tensor] | None:
-    """(isolated copy of ``model``, its frozen classifier inputs), or None when the model cannot be isolated."""
+) -> tuple[nn.Module, torch.Tensor, Any] | None:
+    """(isolated copy of ``model``, its frozen classifier inputs, the isolation report), or None when the model
+    cannot be isolated."""
     import copy
 
     from ..errors import EdgesliceError
@@ -448,7 +612,13 @@ def isolated_features(
     dims = frozen_classifier_inputs(net, report)
     if dims is None or not dims.any():
         return None
-    return net.eval(), dims
+    return net.eval(), dims, report
+
+
+def _classifier_producers(model: nn.Module, report: Any) -> list[str]:
+    from .freeze import classifier_modules
+
+    return [p for h in classifier_modules(model) for p in report.producers.get(h, [])]
 
 
 def attach_class_stats(index: Any, model: nn.Module, meta: Any, dataset: Any, *, seed: int = 0, device="cpu") -> None:
@@ -468,6 +638,16 @@ ROUTED = "routed"
 _OFF = 1e4  # additive mask: exp(x − 1e4) is 0 in float32 for any logit a classifier produces
 
 
+class _TapHook:
+    """Forward hook on a tap layer: hands its pooled output to the routed head (a class, so deep copies follow)."""
+
+    def __init__(self, head: RoutedHead, k: int) -> None:
+        self.head, self.k = head, k
+
+    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self.head._tap_values[self.k] = _pool(output)
+
+
 class RoutedHead(nn.Module):
     """Class-incremental classifier: a router picks the task, that task's trained rows pick the class.
 
@@ -477,7 +657,11 @@ class RoutedHead(nn.Module):
     - ``logits = linear(f)`` are the trained classifier's rows: the old tasks' rows read only frozen features and
       keep their function exactly (isolation), the newest task's rows were trained on its data;
     - ``log p(task | x)`` sums, over the task's classes, the posterior of the linear discriminant of the class
-      statistics (:class:`ClassStats`, over the frozen features ``f[:, index]``, which no increment changes).
+      statistics (:class:`ClassStats`, over the frozen features ``f[:, index]`` and the taps' frozen channels,
+      which no increment changes).
+
+    The taps are read by forward hooks on their layers (:meth:`attach_`), so the head needs the whole model's
+    forward; called on features alone it raises.
 
     The discriminant alone is a poor classifier for the new classes (it reads only features learnt on the old
     ones), but a good judge of *which task* an input belongs to; within a task the trained rows are far better.
@@ -493,10 +677,12 @@ class RoutedHead(nn.Module):
         bias: torch.Tensor,
         task_of: torch.Tensor,
         by_router: torch.Tensor | None = None,
+        taps: Sequence[Tap] = (),
     ) -> None:
         super().__init__()
         n_cls = linear.out_features
-        if task_of.shape != (n_cls,) or weight.shape != (n_cls, int(dims.sum())) or bias.shape != (n_cls,):
+        d = int(dims.sum()) + sum(int(t.mask.sum()) for t in taps)
+        if task_of.shape != (n_cls,) or weight.shape != (n_cls, d) or bias.shape != (n_cls,):
             raise IndexFileError("routed head: router and task table do not match the classifier")
         self.linear = linear
         n_tasks = int(task_of.max()) + 1
@@ -511,6 +697,11 @@ class RoutedHead(nn.Module):
         # 1.0 for classes scored within their task by the discriminant instead of the trained rows.
         by = torch.zeros(n_cls) if by_router is None else by_router.float()
         self.register_buffer("by_router", by.to(dev))
+        self.tap_layers = [t.layer for t in taps]
+        self.tap_channels = [int(t.mask.numel()) for t in taps]
+        for k, t in enumerate(taps):
+            self.register_buffer(f"tap_index_{k}", t.mask.nonzero()[:, 0].to(dev))
+        self._tap_values: dict[int, torch.Tensor] = {}
 
     @property
     def in_features(self) -> int:
@@ -525,13 +716,40 @@ class RoutedHead(nn.Module):
         t = self.task_of.tolist()
         return [[c for c, k in enumerate(t) if k == i] for i in range(max(t) + 1)]
 
+    # --- taps ----------------------------------------------------------------------------------------------------
+    def attach_(self, model: nn.Module) -> None:
+        """Hook the tap layers of ``model`` (the model this head is the classifier of)."""
+        self.detach_(model)
+        for k, name in enumerate(self.tap_layers):
+            try:
+                layer = model.get_submodule(name)
+            except AttributeError as e:
+                raise IndexFileError(f"routed head: the model has no tap layer {name!r}") from e
+            layer.register_forward_hook(_TapHook(self, k))
+
+    def detach_(self, model: nn.Module) -> None:
+        """Remove this head's tap hooks from ``model``."""
+        for m in model.modules():
+            for key in [k for k, h in m._forward_hooks.items() if isinstance(h, _TapHook) and h.head is self]:
+                del m._forward_hooks[key]
+                m._forward_hooks_with_kwargs.pop(key, None)
+                m._forward_hooks_always_called.pop(key, None)
+        self._tap_values = {}
+
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         # The router's discriminant values are large (hundreds) and its log-posterior is a difference of them: it
         # runs in float64, so PyTorch and onnxruntime (other summation orders) agree closely on the output.
         logits = self.linear(f).double()
         offset = self.task_offset.double()
         w, b = self.router_weight.double(), self.router_bias.double()
-        z = f.index_select(1, self.router_index).double() @ w.T + b
+        r = f.index_select(1, self.router_index)
+        if self.tap_layers:
+            values, self._tap_values = self._tap_values, {}
+            if len(values) != len(self.tap_layers):
+                raise RuntimeError("routed head: its tap layers did not run (call the model, not the head alone)")
+            taps = [values[k].index_select(1, getattr(self, f"tap_index_{k}")) for k in range(len(self.tap_layers))]
+            r = torch.cat([r, *taps], 1)
+        z = r.double() @ w.T + b
         post = torch.log_softmax(z, dim=1)
         task_post = torch.logsumexp(post[:, None, :] + offset, dim=2)  # (B, T)
         within_rows = logits - torch.logsumexp(logits[:, None, :] + offset, dim=2).index_select(1, self.task_of)
@@ -541,7 +759,10 @@ class RoutedHead(nn.Module):
 
 
 def routed_head(linear: nn.Linear, stats: ClassStats, tasks: Sequence[Sequence[int]]) -> RoutedHead:
-    """The routed head over ``linear`` with the discriminant of ``stats`` as router; ``tasks``: labels per task."""
+    """The routed head over ``linear`` with the discriminant of ``stats`` as router; ``tasks``: labels per task.
+
+    With taps, :func:`install_head_` (or :meth:`RoutedHead.attach_`) hooks them on the model.
+    """
     task_of = torch.full((linear.out_features,), -1, dtype=torch.int64)
     for i, labels in enumerate(tasks):
         task_of[list(labels)] = i
@@ -551,12 +772,24 @@ def routed_head(linear: nn.Linear, stats: ClassStats, tasks: Sequence[Sequence[i
     by_router = torch.zeros(linear.out_features)
     if stats.old_scorer == "lda":
         by_router[list(tasks[0])] = 1.0  # the classes the statistics were sliced with: task A
-    return RoutedHead(linear, stats.dims, w, b, task_of, by_router)
+    return RoutedHead(linear, stats.dims, w, b, task_of, by_router, taps=stats.taps)
+
+
+def install_head_(model: nn.Module, head: RoutedHead) -> None:
+    """Make ``head`` the classifier of ``model`` and hook its taps."""
+    set_classifier_(model, head)
+    head.attach_(model)
 
 
 def routed_spec(head: RoutedHead) -> dict[str, Any]:
     """What ``model.json`` records so that :func:`install_routed_` can rebuild the head before loading weights."""
-    return {"kind": ROUTED, "tasks": head.tasks(), "router_features": int(head.router_index.numel())}
+    spec = {"kind": ROUTED, "tasks": head.tasks(), "router_features": int(head.router_index.numel())}
+    if head.tap_layers:
+        spec["taps"] = [
+            {"layer": n, "channels": c, "features": int(getattr(head, f"tap_index_{k}").numel())}
+            for k, (n, c) in enumerate(zip(head.tap_layers, head.tap_channels, strict=True))
+        ]
+    return spec
 
 
 def install_routed_(model: nn.Module, spec: dict[str, Any]) -> None:
@@ -567,19 +800,32 @@ def install_routed_(model: nn.Module, spec: dict[str, Any]) -> None:
     try:
         tasks = [[int(c) for c in t] for t in spec["tasks"]]
         d = int(spec["router_features"])
+        taps_spec = [(str(t["layer"]), int(t["channels"]), int(t["features"])) for t in spec.get("taps", [])]
     except (KeyError, TypeError, ValueError) as e:
         raise ModelError(f"checkpoint sidecar: malformed routed head {e!r}") from e
     if not isinstance(head, nn.Linear) or sorted(c for t in tasks for c in t) != list(range(head.out_features)):
         raise ModelError("checkpoint sidecar: the routed head's tasks do not cover the classifier's classes")
     if not 1 <= d <= head.in_features:
         raise ModelError("checkpoint sidecar: the routed head reads more features than the classifier has")
+    if any(not 1 <= f <= c for _, c, f in taps_spec):
+        raise ModelError("checkpoint sidecar: a routed head tap reads more channels than its layer has")
     dims = torch.zeros(head.in_features, dtype=torch.bool)
     dims[:d] = True
+    taps = []
+    for name, c, f in taps_spec:
+        mask = torch.zeros(c, dtype=torch.bool)
+        mask[:f] = True
+        taps.append(Tap(name, mask))
     task_of = torch.empty(head.out_features, dtype=torch.int64)
     for i, t in enumerate(tasks):
         task_of[t] = i
     n = head.out_features
-    set_classifier_(model, RoutedHead(head, dims, torch.zeros(n, d), torch.zeros(n), task_of))
+    width = d + sum(f for *_, f in taps_spec)
+    routed = RoutedHead(head, dims, torch.zeros(n, width), torch.zeros(n), task_of, taps=taps)
+    try:
+        install_head_(model, routed)
+    except IndexFileError as e:
+        raise ModelError(f"checkpoint sidecar: {e}") from e
 
 
 def unwrap_routed_(model: nn.Module) -> list[list[int]] | None:
@@ -588,6 +834,7 @@ def unwrap_routed_(model: nn.Module) -> list[list[int]] | None:
     if not isinstance(head, RoutedHead):
         return None
     tasks = head.tasks()
+    head.detach_(model)
     set_classifier_(model, head.linear)
     return tasks
 
@@ -609,10 +856,14 @@ __all__ = [
     "RoutedHead",
     "attach_class_stats",
     "class_stats",
+    "Tap",
+    "choose_taps",
     "feature_moments",
+    "install_head_",
     "install_routed_",
     "isolated_features",
     "routed_head",
+    "router_features",
     "routed_spec",
     "set_classifier_",
     "stats_for_index",

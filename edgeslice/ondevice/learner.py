@@ -442,26 +442,38 @@ def _index_stats(index: CriticalIndex, meta: ModelMeta, *, isolated: bool = Fals
 
 def _route_(model, stats, isolation, new_data, new_classes, prior_tasks, cfg, prepare, device):
     """Install the routed head over the trained classifier; returns the statistics with the new classes added."""
-    from .classil import class_stats, routed_head, set_classifier_
+    from .classil import class_stats, install_head_, routed_head
 
     _check_router_features(model, stats, isolation)
     old = len(stats.classes)
     shifted = ((x, y - old) for x, y in iterate_batches(new_data, max(cfg.batch_size, 1)))
     new_stats = class_stats(
         model, shifted, new_classes, dims=stats.dims, prepare=prepare, device=device,
-        shrinkage=stats.shrinkage, budget=stats.budget, isolated=True,
+        shrinkage=stats.shrinkage, budget=stats.budget, isolated=True, taps=stats.taps,
     )  # fmt: skip
     merged = stats.extend(new_stats)
     tasks = [*prior_tasks, list(range(old, old + len(new_classes)))]
-    set_classifier_(model, routed_head(model.get_classifier(), merged, tasks))
+    install_head_(model, routed_head(model.get_classifier(), merged, tasks))
     model.eval()
     return merged
 
 
 def _check_router_features(model, stats, isolation) -> None:
-    """The statistics' features must be among those the isolated sub-network keeps exactly."""
+    """The statistics' features (classifier inputs and taps) must be among those the isolated sub-network keeps
+    exactly."""
     dims_now = frozen_classifier_inputs(model, isolation)
-    if dims_now is None or dims_now.numel() != stats.dims.numel() or (stats.dims & ~dims_now.cpu()).any():
+    taps_ok = all(
+        t.layer in isolation.frozen
+        and isolation.frozen[t.layer].numel() == t.mask.numel()
+        and not (t.mask & ~isolation.frozen[t.layer].cpu()).any()
+        for t in stats.taps
+    )
+    if (
+        not taps_ok
+        or dims_now is None
+        or dims_now.numel() != stats.dims.numel()
+        or (stats.dims & ~dims_now.cpu()).any()
+    ):
         raise EdgesliceError(
             "the index's class statistics are over features this increment does not keep frozen "
             "(the model or index changed since slicing)"
@@ -477,6 +489,7 @@ def _stats_report(stats) -> dict[str, Any]:
         "counts": stats.counts.tolist(),
         "shrinkage": stats.shrinkage,
         "isolated": stats.isolated,
+        "taps": [{"layer": t.layer, "channels": int(t.mask.sum())} for t in stats.taps],
     }
 
 
@@ -506,13 +519,11 @@ def _learn_lda(
     isolation = None
     if stats.isolated:
         isolation = isolate_(model, groups, index.critical, old, example, seed=0)
-        dims_now = frozen_classifier_inputs(model, isolation)
-        if dims_now is None or (stats.dims & ~dims_now.cpu()).any():
-            raise EdgesliceError("the index's class statistics are over features that isolation does not keep frozen")
+        _check_router_features(model, stats, isolation)
     shifted = ((x, y - old) for x, y in iterate_batches(new_data, max(cfg.batch_size, 1)))
     new_stats = class_stats(
         model, shifted, new_classes, dims=stats.dims, prepare=prepare, device=device,
-        shrinkage=stats.shrinkage, budget=stats.budget, isolated=stats.isolated,
+        shrinkage=stats.shrinkage, budget=stats.budget, isolated=stats.isolated, taps=stats.taps,
     )  # fmt: skip
     merged = stats.extend(new_stats)
     merged.install_(model)

@@ -124,7 +124,7 @@ def test_class_il_head_beats_plain_isolation_and_keeps_features(task_a):
     prepare = make_prepare(meta)
     x = prepare(next(iterate_batches(test, 16))[0])
     assert index.class_stats.isolated
-    isolated, dims = isolated_features(model, index, 5, x[:2])
+    isolated, dims, _ = isolated_features(model, index, 5, x[:2])
     assert torch.equal(dims, index.class_stats.dims)
     with torch.no_grad():
         feats = pre_logits(isolated, x)[:, dims]
@@ -212,7 +212,7 @@ def test_routed_head_is_class_incremental_keeps_old_logits_and_grows_again(task_
     prepare = make_prepare(meta)
     x = prepare(next(iterate_batches(test, 64))[0])
     with torch.no_grad():
-        isolated, _ = isolated_features(model, index, 5, x[:2])
+        isolated, _, _ = isolated_features(model, index, 5, x[:2])
         old_logits = isolated(x)
     cfg = IncrementConfig(epochs=2, lr=1e-2, head="routed", seed=0)
     first = learn_increment(model, meta, index, relabel(bundle.train, {5: 5, 6: 6, 7: 7}), bundle.classes[5:8], cfg)
