@@ -424,8 +424,9 @@ def _stats_bytes(method: str, stats: dict[str, Any] | None) -> int | None:
     """Bytes of class statistics the device keeps (NCM needs only the means and counts)."""
     if stats is None:
         return None
-    if method == "Frozen backbone+NCM":
-        return 2 * stats["features"] * len(stats["counts"]) + 4 * len(stats["counts"])
+    if method == "Frozen backbone+NCM":  # means over the classifier inputs only (the taps are the router's)
+        inputs = stats["features"] - sum(t["channels"] for t in stats.get("taps", []))
+        return 2 * inputs * len(stats["counts"]) + 4 * len(stats["counts"])
     return stats["bytes"]
 
 

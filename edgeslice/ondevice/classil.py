@@ -11,7 +11,8 @@ of the input as long as the layers before the classifier do not train, so statis
 
 The features are the frozen classifier inputs, and (version 3) *taps*: the frozen channels of earlier sliced layers,
 spatially averaged. Isolation keeps those exact too, and the router of the routed head reads them: on the paper's
-MLP (Fashion-MNIST 0-4 → 5-9) they lift the share of test images routed to the right task from 84 % to 88 %.
+MLP (Fashion-MNIST 0-4 → 5-9, seeds 0/1/2) they lift the routed head from 80.12/81.33/79.27 % to 83.57/83.54/83.32 %
+class-incremental accuracy.
 Taps are added, deepest layer first, only while the covariance still fits the budget at rank 64 or more
 (:func:`choose_taps`).
 
@@ -41,6 +42,7 @@ import torch
 from torch import nn
 
 from ..errors import IndexFileError
+from ..slicing.observe import pool
 from .guarantees import pre_logits
 
 STATS_FORMAT = "edgeslice-class-stats"
@@ -112,7 +114,7 @@ class ClassStats:
     @property
     def d(self) -> int:
         """Features: the classifier inputs in ``dims``, then each tap's channels."""
-        return int(self.dims.sum()) + sum(int(t.mask.sum()) for t in self.taps)
+        return _width(self.dims, self.taps)
 
     def nbytes(self) -> int:
         """Bytes of the stored arrays (float16 values, int32 counts, the bitsets of dims and taps)."""
@@ -269,7 +271,7 @@ class ClassStats:
             if layers is not None and any(layers.get(t.layer) != t.mask.numel() for t in taps):
                 raise IndexFileError("index class statistics: a tap is not one of the index's layers")
             k, n_cls = int(d["rank"]), len(names)
-            dd = int(dims.sum()) + sum(int(t.mask.sum()) for t in taps)
+            dd = _width(dims, taps)
             payload = base64.b64decode(d["data"], validate=True)
             if _digest(payload, d.get("taps", [])) != d["sha256"]:
                 raise IndexFileError("index class statistics: checksum mismatch (the file was changed)")
@@ -346,7 +348,7 @@ def _fit(
     taps: Sequence[Tap] = (),
 ) -> ClassStats:
     """Compress ``cov`` to the largest rank whose statistics fit ``budget`` bytes; values rounded to float16."""
-    d, n_cls = int(dims.sum()) + sum(int(t.mask.sum()) for t in taps), len(classes)
+    d, n_cls = _width(dims, taps), len(classes)
     fixed = _fixed_bytes(n_cls, d, dims, taps)
     if fixed > budget:
         raise IndexFileError(
@@ -381,8 +383,14 @@ def _fixed_bytes(n_cls: int, d: int, dims: torch.Tensor, taps: Sequence[Tap]) ->
 
 
 def _pool(t: torch.Tensor) -> torch.Tensor:
-    """(B, C, ...) → (B, C): a layer's channels averaged over the positions (a copy)."""
-    return t.mean(dim=tuple(range(2, t.dim()))) if t.dim() > 2 else t.clone()
+    """(B, C, ...) → (B, C): the slicer's pooling, as a copy (a later in-place op must not change it)."""
+    p = pool(t)
+    return p.clone() if p is t else p
+
+
+def _width(dims: torch.Tensor, taps: Sequence[Tap]) -> int:
+    """Features of statistics over ``dims`` and ``taps``."""
+    return int(dims.sum()) + sum(int(t.mask.sum()) for t in taps)
 
 
 def router_features(
@@ -452,7 +460,7 @@ def feature_moments(
 
     Labels must be in ``0..num_classes-1`` (the caller maps them).
     """
-    d = int(dims.sum()) + sum(int(t.mask.sum()) for t in taps)
+    d = _width(dims, taps)
     sums = torch.zeros(num_classes, d, dtype=torch.float64)
     outer = torch.zeros(d, d, dtype=torch.float64)
     counts = torch.zeros(num_classes, dtype=torch.int64)
@@ -681,7 +689,7 @@ class RoutedHead(nn.Module):
     ) -> None:
         super().__init__()
         n_cls = linear.out_features
-        d = int(dims.sum()) + sum(int(t.mask.sum()) for t in taps)
+        d = _width(dims, taps)
         if task_of.shape != (n_cls,) or weight.shape != (n_cls, d) or bias.shape != (n_cls,):
             raise IndexFileError("routed head: router and task table do not match the classifier")
         self.linear = linear
