@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
-from edgeslice.allocation import bisect_ratio, tp_pruned
+from edgeslice.allocation import WIDTH_RULES, allocate_keep, bisect_ratio, tp_pruned
 from edgeslice.data import load_data
 from edgeslice.deploy.budget import count_macs
 from edgeslice.deploy.export import export_onnx
@@ -86,7 +86,14 @@ def tp_prune(
 
 
 def hybrids(
-    dense: nn.Module, ours: nn.Module, lamp: nn.Module, slicer: Any, result: Any, example: torch.Tensor
+    dense: nn.Module,
+    ours: nn.Module,
+    lamp: nn.Module,
+    slicer: Any,
+    result: Any,
+    example: torch.Tensor,
+    *,
+    with_cap: bool = True,
 ) -> list:
     """Widths from one method, channels from another, at the same size: which of the two decides the accuracy.
 
@@ -118,6 +125,8 @@ def hybrids(
         keep = keep_at_widths(model, slicer.layers, example[:2], group_widths(widths_of, roots), score)
         restructure_(model, slicer.layers, keep, example[:2], scores=result.scores, round_to=ROUND_TO)
         out.append((label, model, None))
+    if not with_cap:  # the edgeslice row already has cap widths
+        return out
     model = copy.deepcopy(dense).eval()
     _, keep = cap_widths(model, slicer.layers, example[:2], count_parameters(ours), semantic, round_to=ROUND_TO)
     restructure_(model, slicer.layers, keep, example[:2], scores=result.scores, round_to=ROUND_TO)
@@ -131,6 +140,13 @@ def main() -> None:
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--image-size", type=int, default=None)
     ap.add_argument("--thetas", nargs="+", type=float, default=[0.90, 0.95, 0.99])
+    ap.add_argument(
+        "--widths",
+        default="cap",
+        choices=WIDTH_RULES,
+        help="edgeslice's width rule, as `compress --widths` (default cap, as compress); Torch-Pruning is bisected to "
+        "the size it reaches",
+    )
     ap.add_argument("--pruners", nargs="+", default=list(PRUNERS), choices=PRUNERS)
     ap.add_argument("--baseline-epochs", type=float, default=15.0)
     ap.add_argument("--baseline-lr", type=float, default=2e-2)
@@ -238,7 +254,8 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, distill
             for theta in args.thetas:
                 result = slicer.slice(theta=theta, strategy="semantic")
                 ours = copy.deepcopy(dense).to(device)
-                restructure_(ours, slicer.layers, result.critical, example[:2], scores=result.scores, round_to=ROUND_TO)
+                keep = allocate_keep(args.widths, dense, slicer, result, example[:2], round_to=ROUND_TO)
+                restructure_(ours, slicer.layers, keep, example[:2], scores=result.scores, round_to=ROUND_TO)
                 candidates: list[tuple[str, nn.Module, float | None]] = [("edgeslice", ours, None)]
                 target = count_parameters(ours)
                 for pruner in args.pruners:
@@ -248,7 +265,7 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, distill
                     candidates.append((f"tp-{pruner}", model, ratio))
                 if args.hybrids:
                     lamp = next(m for method, m, _ in candidates if method == "tp-lamp")
-                    candidates += hybrids(dense, ours, lamp, slicer, result, example)
+                    candidates += hybrids(dense, ours, lamp, slicer, result, example, with_cap=args.widths != "cap")
                 for method, model, ratio in candidates:
                     before = evaluate(model.to(device), bundle.test, prepare=prepare, device=device, description=method)
                     after = finetune(model, distill, f"fine-tune {method}")
@@ -276,7 +293,8 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, distill
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"Baseline {args.baseline_epochs:g} epochs; every row fine-tuned {args.finetune_epochs:g} epoch(s) at lr "
-        f"{args.finetune_lr:g}, seed {args.seed + 1}; Torch-Pruning ratios bisected to within 1% of edgeslice's "
+        f"{args.finetune_lr:g}, seed {args.seed + 1}; edgeslice widths `{args.widths}`; "
+        f"Torch-Pruning ratios bisected to within 1% of edgeslice's "
         f"parameters; round_to={ROUND_TO}; latency: onnxruntime, batch 1, this machine.",
         "",
         "| model | data | distill | θ | method | params (removed) | MACs | latency ms | acc before FT | acc after FT "
