@@ -93,7 +93,7 @@ def hybrids(
     result: Any,
     example: torch.Tensor,
     *,
-    with_cap: bool = True,
+    widths: str = "theta",
 ) -> list:
     """Widths from one method, channels from another, at the same size: which of the two decides the accuracy.
 
@@ -103,6 +103,8 @@ def hybrids(
       within a layer: its normalisation is monotone in the magnitude);
     - ``edgeslice@cap-widths``: one cap K on every group's width (``min(N, K)``, the largest K within edgeslice's
       parameter count), channels by the semantic rank — no Torch-Pruning importance involved.
+
+    The ``edgeslice@<widths>-widths`` row is left out: with ``widths`` (the edgeslice row's rule) it is that row.
     """
     import torch_pruning as tp
 
@@ -116,21 +118,22 @@ def hybrids(
         return imp.view(-1, size).sum(0)
 
     semantic = rank_scores(semantic_rank(slicer, result.scores))
+    keeps = {
+        "edgeslice@lamp-widths": lambda m: keep_at_widths(
+            m, slicer.layers, example[:2], group_widths(lamp, roots), semantic
+        ),
+        "l2@edgeslice-widths": lambda m: keep_at_widths(m, slicer.layers, example[:2], group_widths(ours, roots), l2),
+        "edgeslice@cap-widths": lambda m: cap_widths(
+            m, slicer.layers, example[:2], count_parameters(ours), semantic, round_to=ROUND_TO
+        )[1],
+    }
     out = []
-    for label, widths_of, score in (
-        ("edgeslice@lamp-widths", lamp, semantic),
-        ("l2@edgeslice-widths", ours, l2),
-    ):
+    for label, keep_of in keeps.items():
+        if label == f"edgeslice@{widths}-widths":
+            continue
         model = copy.deepcopy(dense).eval()
-        keep = keep_at_widths(model, slicer.layers, example[:2], group_widths(widths_of, roots), score)
-        restructure_(model, slicer.layers, keep, example[:2], scores=result.scores, round_to=ROUND_TO)
+        restructure_(model, slicer.layers, keep_of(model), example[:2], scores=result.scores, round_to=ROUND_TO)
         out.append((label, model, None))
-    if not with_cap:  # the edgeslice row already has cap widths
-        return out
-    model = copy.deepcopy(dense).eval()
-    _, keep = cap_widths(model, slicer.layers, example[:2], count_parameters(ours), semantic, round_to=ROUND_TO)
-    restructure_(model, slicer.layers, keep, example[:2], scores=result.scores, round_to=ROUND_TO)
-    out.append(("edgeslice@cap-widths", model, None))
     return out
 
 
@@ -265,7 +268,7 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, distill
                     candidates.append((f"tp-{pruner}", model, ratio))
                 if args.hybrids:
                     lamp = next(m for method, m, _ in candidates if method == "tp-lamp")
-                    candidates += hybrids(dense, ours, lamp, slicer, result, example, with_cap=args.widths != "cap")
+                    candidates += hybrids(dense, ours, lamp, slicer, result, example, widths=args.widths)
                 for method, model, ratio in candidates:
                     before = evaluate(model.to(device), bundle.test, prepare=prepare, device=device, description=method)
                     after = finetune(model, distill, f"fine-tune {method}")
@@ -294,8 +297,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"Baseline {args.baseline_epochs:g} epochs; every row fine-tuned {args.finetune_epochs:g} epoch(s) at lr "
         f"{args.finetune_lr:g}, seed {args.seed + 1}; edgeslice widths `{args.widths}`; "
-        f"Torch-Pruning ratios bisected to within 1% of edgeslice's "
-        f"parameters; round_to={ROUND_TO}; latency: onnxruntime, batch 1, this machine.",
+        "Torch-Pruning ratios bisected to within 1% of edgeslice's parameters; "
+        f"round_to={ROUND_TO}; latency: onnxruntime, batch 1, this machine.",
         "",
         "| model | data | distill | θ | method | params (removed) | MACs | latency ms | acc before FT | acc after FT "
         "| dense control |",
