@@ -168,6 +168,7 @@ def load_data(
     root: str | Path | None = None,
     preprocess: dict | None = None,
     workers: int | None = None,
+    min_classes: int = 2,
 ) -> DataBundle:
     """Loads a named dataset into memory, or opens an ImageFolder tree for streaming.
 
@@ -182,6 +183,7 @@ def load_data(
         preprocess: Folders only: timm's data config of the model (``edgeslice.models.data_config``: input
             size, interpolation, crop, mean/std); None uses timm's defaults with ImageNet mean/std.
         workers: Folders only: ``DataLoader`` worker processes that decode images (None: :func:`default_workers`).
+        min_classes: Folders only: fewest class folders accepted (2 for slicing; 1 for a class-incremental step).
 
     Returns:
         The loaded ``DataBundle``.
@@ -201,7 +203,9 @@ def load_data(
         return _LOADERS[key](image_size=image_size, seed=seed, download=download, root=_data_root(root))
     path = Path(name_or_path).expanduser()
     if path.exists():
-        return _load_folder(path, image_size=image_size, seed=seed, preprocess=preprocess, workers=workers)
+        return _load_folder(
+            path, image_size=image_size, seed=seed, preprocess=preprocess, workers=workers, min_classes=min_classes
+        )
     if os.sep in name_or_path or "/" in name_or_path or name_or_path.startswith((".", "~")):
         raise DataError(f"data folder not found: {name_or_path}")
     raise DataError(
@@ -610,7 +614,13 @@ class ImageFolderStream(Dataset):
 
 
 def _load_folder(
-    path: Path, *, image_size: int | None, seed: int, preprocess: dict | None = None, workers: int | None = None
+    path: Path,
+    *,
+    image_size: int | None,
+    seed: int,
+    preprocess: dict | None = None,
+    workers: int | None = None,
+    min_classes: int = 2,
 ) -> DataBundle:
     from PIL import Image
 
@@ -632,8 +642,9 @@ def _load_folder(
         raise DataError(f"no images in {path / 'train'} (expected {path}/train/<class>/*.png)")
     if held_out is not None and not test_items:
         raise DataError(f"no images in {held_out} (expected {held_out}/<class>/*.png, or remove it to split train/)")
-    if len(classes) < 2:
-        raise DataError(f"{path / 'train'} has {len(classes)} class folder: slicing needs at least 2 classes")
+    if len(classes) < min_classes:
+        need = "slicing needs at least 2 classes" if min_classes == 2 else f"at least {min_classes} are needed"
+        raise DataError(f"{path / 'train'} has {len(classes)} class folder(s): {need}")
     empty = [c for c in classes if not train_files[c]]
     if empty:
         # Calibration samples the train split per class: a class without images would have no neurons to find.

@@ -177,8 +177,9 @@ class ClassStats:
                 f"class statistics are over {self.dims.numel()} features, the classifier reads {head.in_features}"
             )
         if head.out_features != len(self.classes):
-            model.reset_classifier(len(self.classes))
-            head = model.get_classifier().to(self.means.device)
+            from ..models import resize_classifier_
+
+            head = resize_classifier_(model, len(self.classes)).to(self.means.device)
         w, b = self.logits_only().head()
         with torch.no_grad():
             head.weight.zero_()

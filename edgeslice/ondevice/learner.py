@@ -34,7 +34,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from ..data import ArrayDataset, calibration_indices, normalize, targets_of
 from ..errors import EdgesliceError
 from ..index import CriticalIndex
-from ..models import ModelMeta, fingerprint
+from ..models import ModelMeta, fingerprint, resize_classifier_
 from ..slicing.metrics import get_metric
 from ..slicing.observe import Layer, eval_mode, find_layers
 from ..train import iterate_batches
@@ -117,7 +117,8 @@ class IncrementResult:
 def grow_classifier_(model: nn.Module, extra: int, *, seed: int = 0) -> int:
     """Add ``extra`` outputs to the classifier in place, keeping the old rows; returns the old class count.
 
-    Uses timm's ``reset_classifier`` (new rows get timm's initialisation, seeded) and copies the old rows back.
+    Replaces the classifier (:func:`edgeslice.models.resize_classifier_`: new rows get ``nn.Linear``'s initialisation,
+    seeded; works on restructured models) and copies the old rows back.
     """
     if extra < 1:
         raise ValueError(f"extra classes must be >= 1, got {extra}")
@@ -126,10 +127,7 @@ def grow_classifier_(model: nn.Module, extra: int, *, seed: int = 0) -> int:
         raise EdgesliceError(f"cannot grow a {type(head).__name__} classifier (a Linear is needed)")
     old = head.out_features
     weight, bias = head.weight.detach().clone(), None if head.bias is None else head.bias.detach().clone()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model.reset_classifier(old + extra)
-    new = model.get_classifier().to(device=weight.device, dtype=weight.dtype)
+    new = resize_classifier_(model, old + extra, seed=seed)  # not timm's reset_classifier: see its docstring
     with torch.no_grad():
         new.weight[:old].copy_(weight)
         if bias is not None and new.bias is not None:

@@ -199,14 +199,21 @@ def _baseline_key_suffix(
 
 
 def load_checkpoint_data(
-    meta: ModelMeta, data: str, *, seed: int, download: bool = False, workers: int | None = None
+    meta: ModelMeta,
+    data: str,
+    *,
+    seed: int,
+    download: bool = False,
+    workers: int | None = None,
+    min_classes: int = 2,
 ) -> DataBundle:
     """``data`` read as the checkpoint's model reads images: at its input size, through its timm data config
     (:func:`~edgeslice.models.preprocess_of`), so every command that takes a checkpoint opens a folder exactly as
     the train and compress runs that made it did."""
     return load_data(
-        data, image_size=meta.input_size, seed=seed, download=download, workers=workers, preprocess=preprocess_of(meta)
-    )
+        data, image_size=meta.input_size, seed=seed, download=download, workers=workers, preprocess=preprocess_of(meta),
+        min_classes=min_classes,
+    )  # fmt: skip
 
 
 def load_compress_data(cfg: CompressConfig, timm_name: str) -> DataBundle:
