@@ -22,6 +22,7 @@ from ._common import (
     MetricOpt,
     ModelArg,
     PrunerName,
+    QuietOpt,
     RatioOpt,
     SeedOpt,
     SimilarityName,
@@ -121,6 +122,16 @@ def compress_command(
             "the channels that become critical first as θ grows.",
         ),
     ] = WidthRule.cap,
+    grow_theta: Annotated[
+        float,
+        typer.Option(
+            "--grow-theta",
+            min=0.0,
+            max=1.0,
+            help="θ at which the compact model is sliced again for the device: its critical channels stay frozen when "
+            "the device grows new classes (edgeslice increment), the others are what growth trains.",
+        ),
+    ] = 0.95,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
     quantize: Annotated[
         QuantizeMode,
@@ -137,6 +148,7 @@ def compress_command(
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
     pretrained: PretrainedOpt = False,
     pretrained_file: PretrainedFileOpt = None,
     use_ema: UseEmaOpt = False,
@@ -154,7 +166,7 @@ def compress_command(
 
     Without --checkpoint a baseline is trained on --data and cached under $EDGESLICE_HOME (~/.cache/edgeslice).
     """
-    device_ = setup(json_out, device_type, seed)
+    device_ = setup(json_out, device_type, seed, quiet)
     from edgeslice.models import resolve_model_name
     from edgeslice.pipeline import CompressConfig, SliceConfig, compress
     from edgeslice.pruning import IterativePruneConfig
@@ -190,6 +202,7 @@ def compress_command(
         download=download,
         round_to=round_to,
         widths=widths.value,
+        grow_theta=grow_theta,
         device=device,
         quantize=quantize.value,
         classes=classes,

@@ -18,6 +18,7 @@ from ._common import (
     DownloadOpt,
     JsonOpt,
     OptimizerName,
+    QuietOpt,
     SeedOpt,
     claim_out,
     console,
@@ -46,15 +47,29 @@ def _pick_classes(spec: str | None, available: list[str], known: list[str]) -> l
 
 @handle_errors
 def increment_command(
+    bundle_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[BUNDLE]",
+            help="The folder compress (or an earlier increment) wrote: its model.safetensors and critical_index.",
+        ),
+    ] = None,
     checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", exists=True, help="The deployed model.safetensors (model.json beside it).")
-    ],
+        Path | None,
+        typer.Option("--checkpoint", exists=True, help="The deployed model.safetensors (model.json beside it)."),
+    ] = None,
     index: Annotated[
-        Path, typer.Option("--index", exists=True, dir_okay=False, help="critical_index sliced from this checkpoint.")
-    ],
+        Path | None,
+        typer.Option("--index", exists=True, dir_okay=False, help="critical_index sliced from this checkpoint."),
+    ] = None,
     new_data: Annotated[
-        str, typer.Option("--new-data", help="Data of the new classes: a data-set name or an ImageFolder directory.")
-    ],
+        str,
+        typer.Option(
+            "--new-data",
+            help="Data of the new classes: a data-set name or an ImageFolder directory (NEW/train/<class>/; one "
+            "class folder of at least 5 images is enough).",
+        ),
+    ] = "",
     classes: Annotated[
         str | None,
         typer.Option(
@@ -102,6 +117,7 @@ def increment_command(
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Learn new classes: by default (--head routed) class-incremental, one argmax over old and new classes: grow the
     classifier, train only non-critical channels isolated from the critical ones (old-class logits stay exact), and
@@ -109,13 +125,22 @@ def increment_command(
     the router (task-incremental). Slice the new classes, and write OUT/model.safetensors + model.json,
     critical_index, model.onnx
     (parity-checked with onnxruntime), report.json and manifest.json."""
-    device = setup(json_out, device_type, seed)
+    device = setup(json_out, device_type, seed, quiet)
+    from edgeslice.deploy.bundle import bundle_inputs, check_new_class_sizes, read_bundle_stats
+    from edgeslice.errors import EdgesliceError
+
+    if not new_data:
+        raise EdgesliceError("--new-data is required (a data-set name or an ImageFolder directory)")
+    checkpoint, index = bundle_inputs(bundle_dir, checkpoint, index)
+    old_stats = read_bundle_stats(checkpoint.parent)  # verifies a device bundle before any work
     claim_out(out)
+    import torch
+
     from edgeslice.artifacts.files import atomic_write_json
     from edgeslice.artifacts.manifest import write_manifest
     from edgeslice.artifacts.staging import staging_dir
+    from edgeslice.data import targets_of
     from edgeslice.deploy.export import check_parity, export_onnx
-    from edgeslice.errors import EdgesliceError
     from edgeslice.index import CriticalIndex
     from edgeslice.models import load_checkpoint, save_checkpoint
     from edgeslice.ondevice import IncrementConfig, learn_increment, relabel, sample_fraction, stored_bytes
@@ -134,11 +159,17 @@ def increment_command(
     )
     net, meta = load_checkpoint(checkpoint)
     idx = CriticalIndex.load(index)
-    bundle = load_checkpoint_data(meta, new_data, seed=seed, download=download)
+    bundle = load_checkpoint_data(meta, new_data, seed=seed, download=download, min_classes=1)
     if bundle.in_chans != meta.in_chans:
         raise EdgesliceError(f"the new data has {bundle.in_chans} channels, the model takes {meta.in_chans}")
     picked = _pick_classes(classes, list(bundle.classes), list(meta.classes))
     names = [bundle.classes[i] for i in picked]
+    clash = sorted(set(names) & set(meta.classes))
+    if clash:
+        raise EdgesliceError(f"the model already has class(es) {', '.join(clash)}")
+    all_labels = torch.cat([targets_of(bundle.train), targets_of(bundle.test)])
+    counts = torch.bincount(all_labels, minlength=len(bundle.classes))
+    check_new_class_sizes(names, [int(counts[i]) for i in picked])
     old = len(meta.classes)
     mapping = {src: old + j for j, src in enumerate(picked)}
     new_train, new_test = relabel(bundle.train, mapping), relabel(bundle.test, mapping)
@@ -182,6 +213,7 @@ def increment_command(
         atol = 1e-3 if cfg.head == "routed" else 1e-4
         report["onnx_parity_max_abs"] = check_parity(model, stage / "model.onnx", x_check, atol=atol)
         report["index_bytes_after"] = (stage / "critical_index").stat().st_size
+        report["bundle"] = _write_bundle(stage, model, result, old_stats, new_train, names, old, seed, device)
         atomic_write_json(stage / "report.json", report)
         write_manifest(stage, cfg.to_dict(), seed)
     report["out"] = str(out)
@@ -216,6 +248,27 @@ def increment_command(
         + (f" + replay {fmt_bytes(report['bytes_kept']['replay_buffer'])}" if replay_set is not None else "")
         + f"; ONNX parity {report['onnx_parity_max_abs']:.2g} → {out}"
     )
+
+
+def _write_bundle(stage, model, result, old_stats, new_train, names, old, seed, device) -> dict[str, Any] | None:
+    """Keep a device bundle a bundle: statistics restricted to the classifier inputs that stayed frozen, plus the
+    new classes'; None (a plain output folder) when the input was no bundle or no input stayed frozen."""
+    from edgeslice.deploy.bundle import grown_statistics, write_bundle
+    from edgeslice.models import read_meta
+    from edgeslice.pipeline import make_prepare
+
+    stats_block = result.index.class_stats
+    dims = None if stats_block is None else stats_block.dims
+    meta = read_meta(stage / "model.json")
+    stats = grown_statistics(old_stats, model, dims, new_train, names, make_prepare(meta), first_label=old, seed=seed,
+                             device=device)  # fmt: skip
+    model.cpu()
+    if stats is None:
+        return None
+    head = result.report.get("head") or "trained"
+    write_bundle(stage, model, meta, stats, history=[{"op": "increment", "path": "host", "classes": list(names)}],
+                 head=head)  # fmt: skip
+    return {"head": head, "stats_features": int(stats.means.shape[1]), "classes": len(meta.classes)}
 
 
 def _label_onnx(path: Path, classes: list[str], head: str, tasks: list[list[int]] | None = None) -> None:

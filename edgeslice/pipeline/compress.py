@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._progress import stage
 from ..artifacts.files import atomic_write_json
 from ..artifacts.manifest import write_manifest
 from ..artifacts.staging import claim_output, staging_dir
@@ -63,8 +64,11 @@ class Timer:
 
     @contextmanager
     def span(self, key: str) -> Iterator[None]:
+        """Time one stage under ``key``; without a terminal it also logs its start and end (``budget_search_s`` →
+        ``[edgeslice] budget search: start``, see :func:`edgeslice._progress.stage`)."""
         t = time.perf_counter()
-        yield
+        with stage(key.removesuffix("_s").replace("_", " ")):
+            yield
         self.seconds[key] = time.perf_counter() - t
 
     def finish(self) -> None:
@@ -173,14 +177,14 @@ def load_stage(cfg: CompressConfig, device: torch.device, timer: Timer) -> Loade
             data_cfg = replace(cfg, image_size=cfg.image_size if cfg.image_size is not None else meta.input_size)
             bundle = select_classes(load_compress_data(data_cfg, timm_name), cfg.classes, min_classes=2)
             check_against_data(meta, bundle)
-            preflight(model, bundle)
+            preflight(model, bundle, cfg)
             model.to(device)
             source, cached = str(cfg.checkpoint), True
         else:
             bundle = select_classes(load_compress_data(cfg, timm_name), cfg.classes, min_classes=2)
             check_data(bundle)
             preflight(create_model(timm_name, num_classes=len(bundle.classes), in_chans=bundle.in_chans,
-                                   input_size=bundle.image_size), bundle)  # fmt: skip
+                                   input_size=bundle.image_size), bundle, cfg)  # fmt: skip
             model, meta, path, cached = cached_baseline(
                 cfg.model, bundle, epochs=cfg.train_epochs, seed=cfg.seed, device=device,
                 batch_size=cfg.batch_size, lr=cfg.lr, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
@@ -196,21 +200,24 @@ def load_stage(cfg: CompressConfig, device: torch.device, timer: Timer) -> Loade
     return Loaded(timm_name, bundle, model, meta, prepare, source, cached, acc, warnings)
 
 
-def preflight(model: nn.Module, bundle: DataBundle) -> None:
-    """Refuse, in one line and before any training, a model family that restructuring cannot handle.
+def preflight(model: nn.Module, bundle: DataBundle, cfg: CompressConfig) -> None:
+    """Refuse, in one line and before any training, a model family that restructuring or ``cfg.widths`` cannot handle.
 
-    Runs on a perturbed copy (:func:`edgeslice.restructure.check_restructurable`) with the global RNG forked, so the
-    run's artifacts are the same with or without it.
+    Runs on perturbed copies (:func:`edgeslice.restructure.check_restructurable`, then
+    :func:`edgeslice.allocation.check_allocatable`: a slice of random images, the width rule, restructure, masked
+    equivalence) with the global RNG forked, so the run's artifacts are the same with or without it.
 
     Raises:
-        ModelError: naming the layer and the reason.
+        ModelError: naming the layer (or the width rule) and the reason.
     """
+    from ..allocation import check_allocatable
     from ..restructure import check_restructurable
 
     with torch.random.fork_rng(devices=[]):
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, bundle.in_chans, bundle.image_size, bundle.image_size, generator=g)
         check_restructurable(model, x)  # works on its own perturbed copy: ``model`` (on the CPU here) is untouched
+        check_allocatable(model, x, cfg.widths, theta=cfg.slicing.theta, round_to=cfg.round_to)
 
 
 def _cache_relative(path: Path) -> str:
@@ -334,8 +341,11 @@ def ship(
     with staging_dir(out) as stage:
         with timer.span("export_s"):
             exported = export_stage(cfg, effective, stage, search, loaded, sliced, model, rs, tuned)
+        with timer.span("bundle_s"):
+            bundled = bundle_stage(cfg, stage, loaded, model, device)
         timer.finish()
         report = build_report(effective, device, timer, search, loaded, sliced, model, rs, tuned, exported)
+        report["bundle"] = bundled
         atomic_write_json(stage / "report.json", report)
         write_manifest(stage, effective.to_dict(), cfg.seed)
     return report
@@ -364,7 +374,9 @@ def export_stage(
     meta, bundle, result, index = loaded.meta, loaded.bundle, sliced.result, sliced.index
     if cfg.widths != "theta":  # the shipped model has the θ slice's size, not necessarily its critical channels
         index = replace(index, params={**index.params, "widths": cfg.widths})
-    index_path = index.save(stage / "critical_index")
+    # The slice of the dense model that decided what to remove; the device's critical_index (bound to the compact
+    # model) is written by bundle_stage.
+    index_path = index.save(stage / SOURCE_INDEX)
     pruning = (
         None
         if tuned.prune_report is None
@@ -402,6 +414,35 @@ def export_stage(
     title = f"{loaded.timm_name} on {bundle.name}: critical channels per layer ({describe_slice(result)})"
     plot_layer_ratios(rows, stage / "critical_ratio.png", title)
     return Exported(index_path.stat().st_size, after, before, parity, int8, budget, rows)
+
+
+#: The dense model's slice (what restructuring removed); ``critical_index`` is the compact model's own.
+SOURCE_INDEX = "source_index"
+
+
+def bundle_stage(cfg: CompressConfig, stage: Path, loaded: Loaded, model: nn.Module, device: torch.device) -> dict:
+    """Stage 7b: make ``stage`` the device bundle: the compact model re-sliced at ``cfg.grow_theta`` (its own
+    ``critical_index``: the channels growth keeps frozen, bound to the shipped weights), the class statistics over
+    its classifier inputs, the preprocessing, and ``bundle.json`` binding them (``edgeslice_device``'s format)."""
+    from ..deploy.bundle import class_statistics, write_bundle
+    from ..models import read_meta
+
+    meta = read_meta(stage / "model.json")
+    grow = replace(cfg.slicing, strategy="semantic", theta=cfg.grow_theta)
+    model.to(device)
+    _, result, index = slice_model(model, meta, loaded.bundle, grow, seed=cfg.seed, device=device)
+    index.save(stage / "critical_index")
+    stats = class_statistics(model, loaded.bundle.train, meta.classes, loaded.prepare, seed=cfg.seed, device=device)
+    model.cpu()
+    write_bundle(stage, model, meta, stats, history=[{"op": "compress", "path": "host", "classes": meta.classes}])
+    return {
+        "grow_theta": cfg.grow_theta,
+        "critical_channels": result.kept_channels,
+        "trainable_channels": result.total_channels - result.kept_channels,
+        "total_channels": result.total_channels,
+        "stats_features": int(stats.means.shape[1]),
+        "stats_items": int(stats.counts.sum()),
+    }
 
 
 def build_report(

@@ -123,6 +123,9 @@ class CompressConfig:
     #: critical channels), ``cap`` or ``lamp`` (θ sets the parameter budget, the semantic rank picks the channels).
     #: ``cap`` by measurement: it beat ``theta`` in all six runs of README "Widths" (3 families × θ 0.90/0.95).
     widths: str = "cap"
+    #: θ at which the shipped compact model is sliced again for the device: its critical channels stay frozen when
+    #: a device grows new classes, the rest are what growth may train (``bundle_stage``).
+    grow_theta: float = 0.95
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -146,6 +149,8 @@ class CompressConfig:
             raise ValueError("distill-temperature must be > 0 and distill-alpha in [0, 1]")
         if self.checkpoint and (self.pretrained or self.pretrained_file):
             raise ValueError("--pretrained/--pretrained-file start a new baseline: they do not go with --checkpoint")
+        if not 0.0 < self.grow_theta <= 1.0:
+            raise ValueError(f"grow-theta must be in (0, 1], got {self.grow_theta}")
         if self.workers is not None and self.workers < 0:
             raise ValueError("workers must be >= 0")
 
