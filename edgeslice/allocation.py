@@ -13,12 +13,13 @@ can be set by a different rule and the two compared at equal size:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .restructure import GroupChannels, RestructureReport
 from .slicing.observe import Layer, classifier_names
 from .slicing.slicer import SemanticSlicer
 
@@ -88,32 +89,43 @@ class _Slots:
 def group_slots(
     model: nn.Module, layers: list[Layer], example: torch.Tensor, position_score: PositionScore
 ) -> dict[str, _Slots]:
-    """root → its group's positions ranked by ``position_score``, for every group holding sliced channels (traced
-    once; :func:`masks_at` then gives the keep masks of any widths without tracing again)."""
-    from .restructure import channel_groups, dependency_groups, out_channel_items
+    """root → its group's positions ranked by ``position_score``, for every group that may lose channels (traced
+    once; :func:`masks_at` then gives the keep masks of any widths without tracing again).
 
-    names = {m: n for n, m in model.named_modules()}
-    sliced = {la.name for la in layers}
-    dg, groups = dependency_groups(model, example)
+    Which groups may lose channels, and through which items, is the restructure's own answer
+    (:func:`~edgeslice.restructure.sliced_groups`): a group it keeps whole (attention, cross-channel norms) has no
+    slots, so every width rule leaves its channels alone, as the restructure would.
+    """
+    from .restructure import sliced_groups
+
+    return _slots(sliced_groups(model, layers, example)[1], position_score)
+
+
+def _slots(groups: list[GroupChannels], position_score: PositionScore) -> dict[str, _Slots]:
     out = {}
-    for group in groups:
-        items = list(out_channel_items(dg, group, names, sliced))
-        if not items:
+    for gc in groups:
+        if not gc.removable:
             continue
-        chunks = channel_groups(dg, group)
-        channels = int(dg.get_out_channels(group[0].dep.target.module))
-        size = channels // chunks
-        scores = position_score(group, items, size)
-        out[names[group[0].dep.target.module]] = _Slots(
-            channels,
-            chunks,
+        scores = position_score(gc.group, gc.items, gc.size)
+        out[gc.root] = _Slots(
+            gc.channels,
+            gc.chunks,
             [
-                (n, torch.as_tensor(i, dtype=torch.long), torch.as_tensor(r, dtype=torch.long) % size)
-                for n, i, r in items
+                (n, torch.as_tensor(i, dtype=torch.long), torch.as_tensor(r, dtype=torch.long) % gc.size)
+                for n, i, r in gc.items
             ],
             torch.sort(-scores, stable=True).indices,
         )
     return out
+
+
+def fixed_roots(model: nn.Module, layers: list[Layer], example: torch.Tensor) -> list[str]:
+    """Roots of the groups the restructure never narrows (kept whole, or without a sliced layer): what a
+    torch-pruning pruner must leave alone for its widths to be ones the restructure can reach."""
+    from .restructure import sliced_groups
+
+    _, groups = sliced_groups(model, layers, example)
+    return [gc.root for gc in groups if not gc.removable]
 
 
 def masks_at(slots: dict[str, _Slots], layers: list[Layer], widths: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -181,12 +193,10 @@ def cap_widths(
     Returns:
         (widths, keep masks for :func:`~edgeslice.restructure.restructure_`).
     """
-    import copy
+    from .restructure import plan_restructure, restructured_params, sliced_groups
 
-    from .models import count_parameters
-    from .restructure import restructure_
-
-    slots = group_slots(model, layers, example, position_score)
+    traced = sliced_groups(model, layers, example)  # once: every cap below plans on the same groups
+    slots = _slots(traced[1], position_score)
     if not slots:  # nothing torch-pruning can narrow: every channel stays
         return {}, {la.name: torch.ones(la.channels, dtype=torch.bool) for la in layers}
     step = max(1, round_to)
@@ -194,9 +204,8 @@ def cap_widths(
     def at(k: int) -> tuple[dict[str, int], dict[str, torch.Tensor], int]:
         widths = {r: min(slot.channels, k) for r, slot in slots.items()}
         keep = masks_at(slots, layers, widths)
-        probe = copy.deepcopy(model)
-        restructure_(probe, layers, keep, example, round_to=round_to)
-        return widths, keep, count_parameters(probe)
+        _, plans, _ = plan_restructure(model, layers, keep, example, round_to=round_to, traced=traced)
+        return widths, keep, restructured_params(model, plans, example)
 
     lo, hi = 1, max(1, -(-max(slot.channels for slot in slots.values()) // step))  # caps in units of step
     best = at(lo * step)
@@ -227,14 +236,16 @@ def tp_pruned(
     global_pruning: bool,
     round_to: int,
     before_step: Callable[[nn.Module], None] | None = None,
+    fixed: Collection[str] = (),
 ) -> nn.Module:
-    """A copy of ``dense`` pruned by Torch-Pruning's ``MetaPruner`` at ``ratio`` (the classifier kept)."""
+    """A copy of ``dense`` pruned by Torch-Pruning's ``MetaPruner`` at ``ratio`` (the classifier kept, and every
+    group rooted at a layer named in ``fixed``, e.g. :func:`fixed_roots`)."""
     import copy
 
     import torch_pruning as tp
 
     model = copy.deepcopy(dense).eval()
-    heads = classifier_names(model)
+    heads = {*classifier_names(model), *fixed}
     ignored = [m for n, m in model.named_modules() if n in heads and isinstance(m, (nn.Linear, nn.Conv2d))]
     pruner = tp.pruner.MetaPruner(
         model,
@@ -311,11 +322,59 @@ def allocate_keep(
         return cap_widths(model, slicer.layers, example, target, semantic, round_to=round_to)[1]
     import torch_pruning as tp
 
+    fixed = fixed_roots(model, slicer.layers, example)  # LAMP may only narrow what the restructure can
     lamp, _ = bisect_ratio(
         target,
         lambda r: tp_pruned(
-            model, example, tp.importance.LAMPImportance(p=2), r, global_pruning=True, round_to=round_to
+            model, example, tp.importance.LAMPImportance(p=2), r, global_pruning=True, round_to=round_to, fixed=fixed
         ),
     )
     roots = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     return keep_at_widths(model, slicer.layers, example, group_widths(lamp, roots), semantic)
+
+
+def check_allocatable(
+    model: nn.Module, example_inputs: torch.Tensor, rule: str, *, theta: float, round_to: int, seed: int = 0
+) -> RestructureReport:
+    """Refuse, in one line, a model whose widths ``rule`` cannot be allocated and restructured.
+
+    On a perturbed copy (:func:`~edgeslice.restructure.perturbed_copy`): calibrate on a few random images of two
+    classes (the ``avg`` metric: the structure is checked here, not the scores), slice at ``theta``, allocate the
+    widths by ``rule`` (:func:`allocate_keep`), restructure and compare with the masked copy, as the pipeline does
+    after training. Seconds at 32 px, so run it before training.
+
+    Returns:
+        The perturbed copy's restructure report.
+
+    Raises:
+        ModelError: naming the rule and what failed.
+    """
+    import copy
+
+    from .errors import ModelError
+    from .restructure import perturbed_copy, restructure_
+
+    x = example_inputs[:2]
+    what = f"cannot allocate --widths {rule} for {type(model).__name__}"
+    try:
+        twin = perturbed_copy(model, seed)
+        g = torch.Generator().manual_seed(seed)
+        calib = torch.randn(8, *x.shape[1:], generator=g)  # (8, C, H, W): 4 images of each of 2 classes
+        slicer = SemanticSlicer(twin, x[:1], metric="avg")
+        slicer.calibrate([(calib, torch.arange(8) % 2)], num_classes=2)
+        result = slicer.slice(theta=theta)
+        keep = allocate_keep(rule, twin, slicer, result, x, round_to=round_to)
+        pruned = copy.deepcopy(twin)
+        report = restructure_(pruned, slicer.layers, keep, x, scores=result.scores, round_to=round_to)
+        with torch.no_grad(), report.masked(twin, slicer.layers):
+            masked = twin(x)
+        with torch.no_grad():
+            diff = float((masked - pruned.eval()(x)).abs().max()) / max(1.0, float(masked.abs().max()))
+    except ModelError:
+        raise
+    except Exception as e:  # a group the width rule does not handle: say so before any training
+        message = str(e).splitlines()[0] if str(e) else ""
+        raise ModelError(f"{what}: {type(e).__name__}: {message}") from None
+    if diff > 1e-3:  # the pipeline's own guard
+        raise ModelError(f"{what}: the restructured model differs from the masked one (relative {diff:.2g})")
+    return report

@@ -35,20 +35,29 @@ def _toy(seed: int) -> tuple[ArrayDataset, torch.nn.Module]:
     return ArrayDataset(images, labels), torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
 
 
+def _centre(x: torch.Tensor) -> torch.Tensor:
+    return (x - 0.5) * 4  # pixels in [0, 1] → [-2, 2]: centred inputs, so 60 epochs fit the teacher on any seed
+
+
 def _agreement(a: torch.nn.Module, b: torch.nn.Module, ds: ArrayDataset) -> float:
-    x = ds.images.float() / 255
+    x = _centre(ds.images.float() / 255)
     with torch.no_grad():
         return float((a(x).argmax(1) == b(x).argmax(1)).float().mean())
 
 
+@pytest.mark.learning
 def test_student_follows_the_teacher_only_with_distillation() -> None:
+    """Measured, toy seeds (teacher, student) = (s, s + 1) for s = 0..4: the student agrees 0.965-0.977, the plain
+    model 0.23-0.32. (On raw [0, 1] pixels 30 epochs reached 0.66-1.0 depending on the seed.)"""
     ds, teacher = _toy(0)
     with torch.no_grad():
         teacher[1].weight.mul_(20)  # a confident teacher with its own decision rule
     _, plain = _toy(1)
     _, student = _toy(1)
-    train_model(plain, ds, epochs=30, batch_size=64, lr=3e-2, seed=0)
-    train_model(student, ds, epochs=30, batch_size=64, lr=3e-2, seed=0, teacher=teacher, distill_alpha=1.0)
+    train_model(plain, ds, epochs=60, batch_size=64, lr=3e-2, seed=0, prepare=_centre)
+    train_model(
+        student, ds, epochs=60, batch_size=64, lr=3e-2, seed=0, prepare=_centre, teacher=teacher, distill_alpha=1.0
+    )
     assert _agreement(student, teacher, ds) > 0.9
     assert _agreement(student, teacher, ds) > _agreement(plain, teacher, ds) + 0.2
     assert not teacher.training and teacher[1].weight.grad is None  # the teacher is not trained

@@ -106,10 +106,10 @@ class _DenseConcat(nn.Module):
 def test_concat_read_by_a_norm_masks_the_norm_too():
     """Removing a concatenated channel removes it from the norm that reads the concat: the masked model must zero it
     there too (zeroing the producer alone leaves the norm's shift), and the restructured model equals that."""
-    from edgeslice.restructure import _perturbed_copy, check_restructurable
+    from edgeslice.restructure import perturbed_copy, check_restructurable
 
     torch.manual_seed(0)
-    model = _perturbed_copy(_DenseConcat(), seed=0)
+    model = perturbed_copy(_DenseConcat(), seed=0)
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     check_restructurable(model, x[:2])
     layers = find_layers(model, x[:1])

@@ -229,6 +229,16 @@ def _check_restructured(index, timm_name: str, layers: list[dict[str, Any]]) -> 
             )
 
 
+def _grown_on_device(folder: Path) -> int:
+    """How many classes ``edgeslice-device add-class`` added since report.json was written (0 without a bundle):
+    the device grows the classifier and does not rewrite the host's report."""
+    try:
+        doc = json.loads((folder / "bundle.json").read_text(encoding="utf-8"))
+        return sum(1 for e in doc.get("history", []) if e.get("op") == "add-class")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return 0
+
+
 def _check_report(folder: Path, model, add) -> None:
     path = folder / "report.json"
     if not path.is_file():
@@ -237,6 +247,10 @@ def _check_report(folder: Path, model, add) -> None:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         add(Check("report", "fail", f"report.json is not JSON: {e}"))
+        return
+    grown = _grown_on_device(folder)
+    if grown:
+        add(Check("report", "ok", f"valid JSON (describes the model before {grown} device increment(s))"))
         return
     if model is not None and isinstance(report, dict) and isinstance(report.get("params_after"), int):
         n = sum(p.numel() for p in model.parameters())

@@ -84,6 +84,14 @@ DataOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for initialisation, shuffling and calibration sampling.")]
 DeviceOpt = Annotated[DeviceType, typer.Option("--device-type", help="Where to run: auto picks CUDA when present.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout and nothing else.")]
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet",
+        "-q",
+        help="No progress on stderr (bars on a terminal, plain [edgeslice] lines otherwise); errors still print.",
+    ),
+]
 CheckpointOpt = Annotated[
     Path | None,
     typer.Option(
@@ -182,8 +190,11 @@ def handle_errors(fn):
     return wrapper
 
 
-def setup(json_out: bool, device_type: DeviceType, seed: int):
-    """Common start of a command: progress bars off under --json, seeded torch, the torch device.
+def setup(json_out: bool, device_type: DeviceType, seed: int, quiet: bool = False):
+    """Common start of a command: progress on stderr unless ``quiet``, seeded torch, the torch device.
+
+    Progress never touches stdout, so it stays on under ``--json`` (``json_out``): a pipeline reads the one JSON
+    document from stdout and the plain progress lines from stderr (:mod:`edgeslice._progress`).
 
     Under torchrun (``WORLD_SIZE`` > 1) this also joins the process group (gloo on CPU, nccl on CUDA with the
     device ``cuda:LOCAL_RANK``) and silences stdout on every rank but 0; errors still reach stderr from any rank.
@@ -192,7 +203,7 @@ def setup(json_out: bool, device_type: DeviceType, seed: int):
     from edgeslice._progress import set_enabled
     from edgeslice.models import resolve_device
 
-    set_enabled(not json_out)
+    set_enabled(not quiet)
     import torch
 
     torch.manual_seed(seed)  # the same seed on every rank: identical initial weights and shuffles

@@ -6,15 +6,23 @@ from typing import Annotated
 
 import typer
 
-from ._common import JsonOpt, console, emit_json, fmt_bytes, handle_errors, table
+from ._common import JsonOpt, QuietOpt, console, emit_json, fmt_bytes, handle_errors, table
 
 app = typer.Typer(no_args_is_help=True, help="Device profiles: flash, RAM and latency budgets for `compress --device`.")
 
 
+def _quiet(quiet: bool) -> None:
+    """``--quiet`` on every command: these draw no progress today, and stay silent if they ever do."""
+    from edgeslice._progress import set_enabled
+
+    set_enabled(not quiet)
+
+
 @app.command("list")
 @handle_errors
-def list_command(json_out: JsonOpt = False) -> None:
+def list_command(json_out: JsonOpt = False, quiet: QuietOpt = False) -> None:
     """List the bundled device profiles."""
+    _quiet(quiet)
     from edgeslice.deploy.devices import get_device, list_devices
 
     profiles = [get_device(name) for name in list_devices()]
@@ -40,8 +48,10 @@ def list_command(json_out: JsonOpt = False) -> None:
 def show_command(
     name: Annotated[str, typer.Argument(help="A profile name from `edgeslice devices list`, or a .toml file.")],
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Show one device profile: budgets, throughput figures and where they come from."""
+    _quiet(quiet)
     from edgeslice.deploy.devices import get_device
 
     p = get_device(name)

@@ -20,6 +20,7 @@ from ._common import (
     JsonOpt,
     MetricName,
     ModelArg,
+    QuietOpt,
     SeedOpt,
     SimilarityName,
     SimilarityOpt,
@@ -115,6 +116,7 @@ def evaluate_command(
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """RQ1 of the paper: accuracy with only the critical channels kept vs compression rate, for every metric and
     strategy, from ONE calibration pass. Writes OUT/rq1.csv, rq1.json, rq1.png (like the paper's Fig. 5) and
@@ -123,7 +125,7 @@ def evaluate_command(
         thetas=_floats(thetas, "--thetas"),
         ratios=_floats(ratios, "--ratios"),
     )
-    device = setup(json_out, device_type, seed)
+    device = setup(json_out, device_type, seed, quiet)
     claim_out(out)
     from edgeslice.artifacts.files import atomic_write_bytes, atomic_write_json
     from edgeslice.artifacts.staging import staging_dir

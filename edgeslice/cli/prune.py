@@ -15,6 +15,7 @@ from ._common import (
     JsonOpt,
     ModelArg,
     PrunerName,
+    QuietOpt,
     SeedOpt,
     claim_out,
     console,
@@ -81,12 +82,13 @@ def prune_command(
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Prune MODEL iteratively: remove --prune-step of the weights, fine-tune, test; stop before the accuracy drop
     exceeds --max-acc-drop. Writes model.onnx, model.safetensors + model.json, report.json, manifest.json and
     accuracy_vs_cr.png to --out (all or nothing). The state is saved after each iteration: --resume continues.
     """
-    device = setup(json_out, device_type, seed)
+    device = setup(json_out, device_type, seed, quiet)
     claim_out(out)
     from edgeslice.models import count_parameters, load_checkpoint, resolve_model_name
     from edgeslice.pipeline import check_against_data, load_checkpoint_data

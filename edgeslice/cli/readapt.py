@@ -16,6 +16,7 @@ from ._common import (
     JsonOpt,
     ModelArg,
     OptimizerName,
+    QuietOpt,
     SeedOpt,
     claim_out,
     console,
@@ -63,13 +64,14 @@ def readapt_command(
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Repair MODEL (paper Eq. 6-7): train only the index's critical channels on clean + adversarial samples.
 
     Writes OUT/model.safetensors + model.json (the repaired checkpoint), report.json (TPR, RA, RAA, PGD-20 and clean
     accuracy before/after, attack settings) and manifest.json. Every other parameter stays bit-identical.
     """
-    device = setup(json_out, device_type, seed)
+    device = setup(json_out, device_type, seed, quiet)
     claim_out(out)
     from dataclasses import replace
 

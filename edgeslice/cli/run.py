@@ -8,7 +8,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import DeviceOpt, DeviceType, JsonOpt, claim_out, console, emit_json, handle_errors, setup, table
+from ._common import (
+    DeviceOpt,
+    DeviceType,
+    JsonOpt,
+    QuietOpt,
+    claim_out,
+    console,
+    emit_json,
+    handle_errors,
+    setup,
+    table,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +62,7 @@ def run_command(
     list_recipes: Annotated[bool, typer.Option("--list", help="List the shipped recipes and exit.")] = False,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run a RECIPE: compress as the recipe says, write the artifacts, recipe.effective.toml and manifest.json.
 
@@ -65,7 +77,7 @@ def run_command(
         raise typer.BadParameter("give a recipe name or file (edgeslice run --list shows the shipped ones)")
     path = recipes.find_recipe(recipe)
     cfg = recipes.load_recipe(path, [*(overrides or []), *([f"seed={seed}"] if seed is not None else [])])
-    device = setup(json_out, device_type, cfg.seed)
+    device = setup(json_out, device_type, cfg.seed, quiet)
     if threads is not None:
         import torch
 

@@ -21,6 +21,7 @@ from ._common import (
     MetricName,
     MetricOpt,
     ModelArg,
+    QuietOpt,
     RatioOpt,
     SeedOpt,
     SimilarityName,
@@ -62,6 +63,7 @@ def slice_command(
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
     emit_c_header: Annotated[
         bool, typer.Option("--emit-c-header", help="Also write critical_index.h: the index as C bitset arrays.")
     ] = False,
@@ -77,7 +79,7 @@ def slice_command(
     workers: WorkersOpt = None,
 ) -> None:
     """Slice MODEL: score channels per class on a calibration sample; write OUT/critical_index and a chart."""
-    device = setup(json_out, device_type, seed)
+    device = setup(json_out, device_type, seed, quiet)
     claim_out(out)
     from edgeslice.artifacts.files import atomic_write_json
     from edgeslice.artifacts.staging import staging_dir

@@ -16,6 +16,7 @@ from ._common import (
     ImageSizeOpt,
     JsonOpt,
     ModelArg,
+    QuietOpt,
     SeedOpt,
     claim_out,
     console,
@@ -53,6 +54,7 @@ def train_command(
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
     pretrained: PretrainedOpt = False,
     pretrained_file: PretrainedFileOpt = None,
     use_ema: UseEmaOpt = False,
@@ -63,7 +65,7 @@ def train_command(
     amp: AmpOpt = False,
 ) -> None:
     """Train MODEL on --data (from scratch, or from --pretrained weights); writes OUT/model.safetensors + model.json."""
-    device = setup(json_out, device_type, seed)
+    device = setup(json_out, device_type, seed, quiet)
     claim_out(out)
     from edgeslice.artifacts.staging import staging_dir
     from edgeslice.classes import select_classes

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import JsonOpt, console, emit_json, err_console, handle_errors
+from ._common import JsonOpt, QuietOpt, console, emit_json, err_console, handle_errors
 
 _STYLE = {"ok": "[green]ok[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
 
@@ -16,6 +16,7 @@ _STYLE = {"ok": "[green]ok[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[
 def verify_command(
     folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Artifact folder with manifest.json.")],
     json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Verify FOLDER: every file against manifest.json, the checkpoint, ONNX parity, the index, device budgets.
 
@@ -26,7 +27,7 @@ def verify_command(
     from edgeslice._progress import set_enabled
     from edgeslice.artifacts.verify import verify
 
-    set_enabled(not json_out)
+    set_enabled(not quiet)
     result = verify(folder)
     if json_out:
         emit_json(result.to_dict())

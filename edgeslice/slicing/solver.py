@@ -1,7 +1,7 @@
 """The semantic-slicing solver: the fewest top-ranked channels whose Gram similarity to the whole layer reaches θ.
 
 With F the (n × N) features of one class at one layer and G = FᵀF the channel Gram matrix, the sample Gram matrix of
-a channel subset S is K_S = Σ_{i∈S} f_i f_iᵀ and (see shared DESIGN.md)
+a channel subset S is K_S = Σ_{i∈S} f_i f_iᵀ and, as ⟨f_i f_iᵀ, f_j f_jᵀ⟩ = G_ij² (docs/slicing.md),
 
     ⟨K_S, K_all⟩ = Σ_{i∈S} r_i,  r_i = Σ_j G_ij²;   ‖K_S‖² = Σ_{i,j∈S} G_ij²;   ‖K_all‖² = Σ_{i,j} G_ij².
 

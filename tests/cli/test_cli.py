@@ -44,7 +44,9 @@ def trained(tmp_path_factory) -> Path:
     )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert doc["test_accuracy"] > 50.0  # learned something (chance is 10%)
+    # Learned something (chance is 10%). Not a `learning` test: 98.3% measured, so the margin is wide on any kernels,
+    # and 8 epochs of MobileNetV3 take minutes once oneDNN is held to SSE4.1.
+    assert doc["test_accuracy"] > 50.0
     return out
 
 
@@ -184,8 +186,8 @@ def test_bad_input(tmp_path, args, code, message):
     assert r.exit_code == code
     assert message in r.stderr
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
-    if code == 1:
-        assert len(r.stderr.strip().splitlines()) == 1
+    if code == 1:  # one error line; plain progress lines may come first (stderr is no terminal)
+        assert len([ln for ln in r.stderr.strip().splitlines() if not ln.startswith("[edgeslice] ")]) == 1, r.stderr
     assert not out.exists()
 
 
@@ -349,11 +351,14 @@ def test_compress_device_nothing_fits(trained_mlp, tmp_path):
     r = _compress_mlp(trained_mlp, out, "--device", str(device))
     assert r.exit_code == 1
     assert "no model fits" in r.stderr and "flash" in r.stderr and "θ=0.8" in r.stderr and "over by" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr + r.stdout
+    errors = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("[edgeslice] ")]  # progress aside
+    assert len(errors) == 1, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.toml"]  # no staging folder left behind
 
 
+@pytest.mark.learning
 def test_compress_int8_only_device_and_quantize(trained_mlp, tmp_path):
     r = _compress_mlp(trained_mlp, tmp_path / "esp", "--device", "esp32-s3", "--json")
     assert r.exit_code == 0, r.output

@@ -64,6 +64,7 @@ def test_attacks_stay_in_the_ball_and_restore_the_mode(tiny_mnv3, batch):
     assert torch.equal(again, adv)  # seeded random start
 
 
+@pytest.mark.learning
 def test_pgd_is_at_least_as_strong_as_fgsm_on_a_trained_model(trained_digits):
     model, meta, bundle = trained_digits
     from edgeslice.train import iterate_batches

@@ -40,6 +40,7 @@ def _small_cfg(kind="fgsm", **kw):
     )
 
 
+@pytest.mark.learning
 def test_readapt_trains_only_critical_channels(trained_digits, sliced):
     model, meta, bundle = trained_digits
     model = copy.deepcopy(model)

@@ -114,8 +114,15 @@ def test_budget_bounds_the_rank_and_merge_pools():
         large.extend(large)
 
 
+@pytest.mark.learning
 def test_class_il_head_beats_plain_isolation_and_keeps_features(task_a):
-    """Digits 0-4 → 5-9, seeded: one argmax over all 10 classes is right far more often with the LDA head."""
+    """Digits 0-4 → 5-9, seeded: one argmax over all 10 classes is right more often with the LDA head, which keeps
+    the old digits that plain isolation loses entirely.
+
+    Measured, class-IL % over 10 digits, LDA / plain isolation (old digits 0-4 alone in brackets):
+    default kernels (AVX2) seed 0: 72.4 / 42.1; seed 1: 51.3 / 43.5; seed 2: 54.9 / 41.5 (70.0 / 0.0);
+    AVX-512 (AMD EPYC) seed 0: 64.1 / < 49. The wide margin is the old digits; the overall one is 7.8 at worst.
+    """
     folder, bundle = task_a
     index = CriticalIndex.load(folder / "critical_index")
     test = relabel(bundle.test, {c: c for c in range(10)})
@@ -139,7 +146,12 @@ def test_class_il_head_beats_plain_isolation_and_keeps_features(task_a):
     cfg = IncrementConfig(epochs=2, lr=1e-2, isolate=True, seed=0, slice_new=False)
     iso = learn_increment(plain, meta, index, new_train, bundle.classes[5:], cfg)
     acc_iso = task_accuracy(iso.model, test, range(10), seen=10, prepare=prepare)["class_il"]
-    assert acc_lda > acc_iso + 15 and acc_lda > 70, (acc_lda, acc_iso)
+    assert acc_lda > acc_iso + 3 and acc_lda > 40, (acc_lda, acc_iso)  # chance: 10
+    old = relabel(bundle.test, {c: c for c in range(5)})
+    old_lda, old_iso = (
+        task_accuracy(m, old, range(10), seen=10, prepare=prepare)["class_il"] for m in (lda.model, iso.model)
+    )
+    assert old_lda > old_iso + 40, (old_lda, old_iso)
 
 
 def test_lda_head_needs_statistics(task_a):
@@ -151,8 +163,13 @@ def test_lda_head_needs_statistics(task_a):
         learn_increment(model, meta, index, relabel(bundle.train, NEW), bundle.classes[5:], IncrementConfig(head="lda"))
 
 
+@pytest.mark.learning
 def test_increment_cli_is_class_incremental_by_default(task_a, tmp_path):
-    """`edgeslice increment` without --head: the exported ONNX model predicts all 10 digits with one argmax."""
+    """`edgeslice increment` without --head: the exported ONNX model predicts all 10 digits with one argmax.
+
+    Measured accuracy over 10 digits: default kernels (AVX2) seed 0: 0.752, seed 1: 0.805; AVX-512 (AMD EPYC) seed 0:
+    0.607. Chance is 0.1; plain isolation reaches 0.37-0.51 (see the routed-head test).
+    """
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -183,7 +200,7 @@ def test_increment_cli_is_class_incremental_by_default(task_a, tmp_path):
     logits = sess.run(None, {sess.get_inputs()[0].name: make_prepare(meta)(x).numpy()})[0]
     assert logits.shape[1] == 10
     assert props["edgeslice.head"] == "routed" and json.loads(props["edgeslice.tasks"]) == doc["tasks"]
-    assert float((np.argmax(logits, 1) == y.numpy()).mean()) > 0.7
+    assert float((np.argmax(logits, 1) == y.numpy()).mean()) > 0.5
     # Replay belongs to the trained head; isolation to the trained (and, always, the routed) head.
     r = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "o2"), "--replay", "digits"])
     assert r.exit_code == 1 and "--head trained" in r.stderr and not (tmp_path / "o2").exists()
@@ -201,8 +218,14 @@ def _routed_index(task_a, tmp_path):
     return tmp_path / "critical_index_099"
 
 
+@pytest.mark.learning
 def test_routed_head_is_class_incremental_keeps_old_logits_and_grows_again(task_a, tmp_path):
-    """Digits 0-4 → 5-7 → 8-9: the router picks the task, old logits stay exact, the checkpoint reloads bit for bit."""
+    """Digits 0-4 → 5-7 → 8-9: the router picks the task, old logits stay exact, the checkpoint reloads bit for bit.
+
+    Measured, class-IL % over 10 digits, routed / plain isolation (old digits 0-4 alone in brackets):
+    default kernels (AVX2) seed 0: 75.2 / 36.8; seed 1: 75.2 / 39.6; seed 2: 66.9 / 36.5 (81.7 / 0.0);
+    AVX-512 (AMD EPYC) seed 0: 58.2 / 51.0. The wide margin is the old digits; the overall one is 7.2 at worst.
+    """
     from edgeslice.models import save_checkpoint
 
     folder, bundle = task_a
@@ -245,7 +268,12 @@ def test_routed_head_is_class_incremental_keeps_old_logits_and_grows_again(task_
         IncrementConfig(epochs=2, lr=1e-2, isolate=True, seed=0, slice_new=False),
     )  # fmt: skip
     acc_iso = task_accuracy(iso.model, test, range(10), seen=10, prepare=prepare)["class_il"]
-    assert acc > acc_iso + 15 and acc > 60, (acc, acc_iso)
+    assert acc > acc_iso + 3 and acc > 45, (acc, acc_iso)  # chance: 10
+    old = relabel(bundle.test, {c: c for c in range(5)})
+    old_acc, old_iso = (
+        task_accuracy(m, old, range(10), seen=10, prepare=prepare)["class_il"] for m in (second.model, iso.model)
+    )
+    assert old_acc > old_iso + 40, (old_acc, old_iso)
     # Other heads refuse a routed model; the routed head refuses statistics that are not over isolated features.
     with pytest.raises(Exception, match="routed"):
         learn_increment(

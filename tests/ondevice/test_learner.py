@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -52,6 +53,7 @@ def test_grow_classifier_keeps_old_outputs(task_a):
     assert not torch.allclose(after[:, 5:], after[:, :3], atol=1e-3)  # the new rows are new
 
 
+@pytest.mark.learning
 def test_learn_increment_keeps_critical_channels_and_old_rows_bit_identical(task_a):
     folder, bundle = task_a
     model, meta = load_checkpoint(folder)
@@ -78,7 +80,8 @@ def test_learn_increment_keeps_critical_channels_and_old_rows_bit_identical(task
             assert torch.equal(old, new), name
             continue
         assert torch.equal(old[~mask], new[~mask]), f"{name}: a critical row moved"
-        if mask.any() and old.is_floating_point():
+        # An all-zero bias behind a dead activation gets no gradient, and weight decay leaves zeros (seen at seed 1).
+        if mask.any() and old.is_floating_point() and old[mask].any():
             assert not torch.equal(old[mask], new[mask]), f"{name}: non-critical rows did not train"
     assert result.report["training"]["max_drift"] == 0.0
     assert 0 < result.report["frozen_channels"] < result.report["total_channels"]

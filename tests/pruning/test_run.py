@@ -86,6 +86,7 @@ def test_stops_at_the_accuracy_budget_and_keeps_the_last_good_iteration(trained_
     assert report.compression_rate == pytest.approx((N_MLP_PRUNABLE - n_alive_2) / N_MLP)
 
 
+@pytest.mark.learning
 def test_budget_against_a_higher_dense_baseline(trained_mlp, digits28):
     model, meta = trained_mlp
     before = {k: v.clone() for k, v in model.state_dict().items()}
