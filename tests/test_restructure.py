@@ -106,7 +106,7 @@ class _DenseConcat(nn.Module):
 def test_concat_read_by_a_norm_masks_the_norm_too():
     """Removing a concatenated channel removes it from the norm that reads the concat: the masked model must zero it
     there too (zeroing the producer alone leaves the norm's shift), and the restructured model equals that."""
-    from edgeslice.restructure import perturbed_copy, check_restructurable
+    from edgeslice.restructure import check_restructurable, perturbed_copy
 
     torch.manual_seed(0)
     model = perturbed_copy(_DenseConcat(), seed=0)

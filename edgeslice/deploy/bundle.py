@@ -144,7 +144,7 @@ def meta_feature_dim(model: nn.Module) -> int:
     linear = head if isinstance(head, nn.Linear) else getattr(head, "linear", None)
     if isinstance(linear, nn.Linear):
         return linear.in_features
-    return int(getattr(head, "in_features"))
+    return int(head.in_features)
 
 
 #: Fewest images of a new class an increment accepts (host and device alike).

@@ -177,7 +177,7 @@ class ClassStats:
                 f"class statistics are over {self.dims.numel()} features, the classifier reads {head.in_features}"
             )
         if head.out_features != len(self.classes):
-            from ..models import resize_classifier_
+            from ..heads import resize_classifier_
 
             head = resize_classifier_(model, len(self.classes)).to(self.means.device)
         w, b = self.logits_only().head()

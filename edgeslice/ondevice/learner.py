@@ -33,8 +33,9 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ..data import ArrayDataset, calibration_indices, normalize, targets_of
 from ..errors import EdgesliceError
+from ..heads import resize_classifier_
 from ..index import CriticalIndex
-from ..models import ModelMeta, fingerprint, resize_classifier_
+from ..models import ModelMeta, fingerprint
 from ..slicing.metrics import get_metric
 from ..slicing.observe import Layer, eval_mode, find_layers
 from ..train import iterate_batches
