@@ -36,6 +36,10 @@ DETERMINISTIC = (
     "model.json",
     "model.onnx",
     "critical_ratio.png",
+    "source_index",
+    "class_stats.safetensors",
+    "preprocess.json",
+    "bundle.json",
     EFFECTIVE_NAME,
     "manifest.json",
 )

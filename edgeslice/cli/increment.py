@@ -106,20 +106,22 @@ def increment_command(
         str,
         typer.Option(
             "--head",
-            help="routed (default): class-incremental, one argmax over all classes: train the new rows and "
+            help="auto (default): routed when the index's class statistics are over isolated features, else lda "
+            "(else trained when the index has no statistics, or with --replay/--isolate). "
+            "routed: class-incremental, one argmax over all classes: train the new rows and "
             "non-critical channels isolated from the old ones, then a router from the index's class statistics "
             "picks the task and that task's rows pick the class. lda: nothing trains, the classifier becomes the "
             "linear discriminant of the class statistics. trained: isolated or plain training without the router "
             "(task-incremental).",
         ),
-    ] = "routed",
+    ] = "auto",
     download: DownloadOpt = False,
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Learn new classes: by default (--head routed) class-incremental, one argmax over old and new classes: grow the
+    """Learn new classes: by default (--head auto: routed where the index allows) class-incremental, one argmax over old and new classes: grow the
     classifier, train only non-critical channels isolated from the critical ones (old-class logits stay exact), and
     route each input to a task with the index's class statistics; --head lda trains nothing, --head trained skips
     the router (task-incremental). Slice the new classes, and write OUT/model.safetensors + model.json,
@@ -147,6 +149,9 @@ def increment_command(
     from edgeslice.pipeline import load_checkpoint_data, make_prepare
     from edgeslice.train import iterate_batches
 
+    head = _head(head, isolate, replay)  # before any work
+    net, meta = load_checkpoint(checkpoint)
+    idx = CriticalIndex.load(index)
     cfg = IncrementConfig(
         epochs=epochs,
         batch_size=batch_size,
@@ -155,10 +160,8 @@ def increment_command(
         calib_per_class=calib_per_class,
         isolate=isolate,
         seed=seed,
-        head=_head(head, isolate, replay),
+        head=head if head != "auto" else _auto_head(net, idx, isolate, replay),
     )
-    net, meta = load_checkpoint(checkpoint)
-    idx = CriticalIndex.load(index)
     bundle = load_checkpoint_data(meta, new_data, seed=seed, download=download, min_classes=1)
     if bundle.in_chans != meta.in_chans:
         raise EdgesliceError(f"the new data has {bundle.in_chans} channels, the model takes {meta.in_chans}")
@@ -288,10 +291,28 @@ def _label_onnx(path: Path, classes: list[str], head: str, tasks: list[list[int]
     onnx.save(proto, str(path))
 
 
+def _auto_head(model, index, isolate: bool, replay: str | None) -> str:
+    """The head ``--head auto`` picks: the routed head where the index supports it (or the model already has one),
+    the discriminant where the statistics are not over isolated features, the trained head where there are none
+    or where the network must train (--replay, --isolate)."""
+    from edgeslice.ondevice.classil import RoutedHead
+
+    if isinstance(model.get_classifier(), RoutedHead):
+        return "routed"
+    if replay is not None or isolate:
+        return "trained"
+    stats = index.class_stats
+    if stats is None:
+        return "trained"
+    return "routed" if stats.isolated else "lda"
+
+
 def _head(head: str, isolate: bool, replay: str | None) -> str:
     from edgeslice.errors import EdgesliceError
     from edgeslice.ondevice.learner import HEADS
 
+    if head == "auto":
+        return head
     if head not in HEADS:
         raise EdgesliceError(f"--head must be one of {', '.join(HEADS)}, not {head!r}")
     if head == "lda" and (isolate or replay is not None):

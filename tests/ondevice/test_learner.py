@@ -169,7 +169,8 @@ def test_increment_cli_writes_checkpoint_index_and_parity_checked_onnx(task_a, t
     assert idx.model_fingerprint == meta.fingerprint and len(meta.classes) == 10
 
     # An index that belongs to another model is refused with one line and exit code 1.
-    r = runner.invoke(app, [*args, "--checkpoint", str(tmp_path / "o" / "model.safetensors"), "--out",
+    # (the grown model's index with task A's model: the new classes are new to that model, so only the index is wrong)
+    r = runner.invoke(app, [*args, "--index", str(tmp_path / "o" / "critical_index"), "--out",
                             str(tmp_path / "refused")])  # fmt: skip
     assert r.exit_code == 1 and "index" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "refused").exists()
