@@ -121,12 +121,12 @@ def increment_command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Learn new classes: by default (--head auto: routed where the index allows) class-incremental, one argmax over old and new classes: grow the
-    classifier, train only non-critical channels isolated from the critical ones (old-class logits stay exact), and
-    route each input to a task with the index's class statistics; --head lda trains nothing, --head trained skips
-    the router (task-incremental). Slice the new classes, and write OUT/model.safetensors + model.json,
-    critical_index, model.onnx
-    (parity-checked with onnxruntime), report.json and manifest.json."""
+    """Learn new classes: by default (--head auto: routed where the index allows) class-incremental, one argmax
+    over old and new classes: grow the classifier, train only non-critical channels isolated from the critical ones
+    (old-class logits stay exact), and route each input to a task with the index's class statistics; --head lda
+    trains nothing, --head trained skips the router (task-incremental). Slice the new classes, and write
+    OUT/model.safetensors + model.json, critical_index, model.onnx (parity-checked with onnxruntime), report.json
+    and manifest.json; from a BUNDLE, a bundle again."""
     device = setup(json_out, device_type, seed, quiet)
     from edgeslice.deploy.bundle import bundle_inputs, check_new_class_sizes, read_bundle_stats
     from edgeslice.errors import EdgesliceError
