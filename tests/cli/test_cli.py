@@ -123,6 +123,11 @@ def test_compress_end_to_end(trained, tmp_path):
         "report.json",
         "manifest.json",
         "critical_ratio.png",
+        # the device bundle (docs/device.md): compress's output is what a device runs and grows
+        "source_index",
+        "class_stats.safetensors",
+        "preprocess.json",
+        "bundle.json",
     }
     assert expected == {p.name for p in out.iterdir()}
     assert report["params_after"] < report["params_before"]
@@ -144,8 +149,11 @@ def test_compress_end_to_end(trained, tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     assert abs(sess.run(None, {"input": x.numpy()})[0] - ref).max() < 1e-4
+    # The shipped index is bound to the compact model it ships; the dense model's slice is kept beside it.
     idx = CriticalIndex.load(out / "critical_index")
-    assert idx.model_fingerprint == load_checkpoint(trained)[1].fingerprint
+    assert idx.model_fingerprint == meta.fingerprint
+    src = CriticalIndex.load(out / "source_index")
+    assert src.model_fingerprint == load_checkpoint(trained)[1].fingerprint != meta.fingerprint
 
 
 def test_compress_human_output(trained, tmp_path):

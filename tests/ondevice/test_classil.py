@@ -202,7 +202,8 @@ def test_increment_cli_is_class_incremental_by_default(task_a, tmp_path):
     assert props["edgeslice.head"] == "routed" and json.loads(props["edgeslice.tasks"]) == doc["tasks"]
     assert float((np.argmax(logits, 1) == y.numpy()).mean()) > 0.5
     # Replay belongs to the trained head; isolation to the trained (and, always, the routed) head.
-    r = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "o2"), "--replay", "digits"])
+    # (--head auto with --replay picks the trained head; asking for the routed one is refused)
+    r = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "o2"), "--replay", "digits", "--head", "routed"])
     assert r.exit_code == 1 and "--head trained" in r.stderr and not (tmp_path / "o2").exists()
     r = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "o3"), "--isolate", "--head", "lda"])
     assert r.exit_code == 1 and "--head trained" in r.stderr and not (tmp_path / "o3").exists()
