@@ -107,7 +107,7 @@ def score(folder: Path, data: Path) -> dict:
         "per_class": acc,
         "mean": float(np.mean(list(acc.values()))),
         "old": float(np.mean([acc[c] for c in TASK_A])),
-        "new": float(np.mean([acc[c] for c in NEW if c in acc])),
+        "new": float(np.mean([acc[c] for c in NEW if c in acc])) if any(c in acc for c in NEW) else None,
     }
 
 
@@ -196,7 +196,7 @@ def main() -> None:
         for protocol in args.protocols:
             files = shots(args.folder, SHOTS[protocol], seed)
             jobs = []
-            for g, (bundle, _) in bundles.items():
+            for g in bundles:
                 if "device" in args.paths and g == args.grow_theta[0]:
                     jobs.append(("device", g))
                 if "host" in args.paths:

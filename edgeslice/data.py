@@ -627,11 +627,18 @@ def _load_folder(
     path = path.resolve()
     if not path.is_dir():
         raise DataError(f"not a data folder: {path}")
-    if not (path / "train").is_dir():
-        raise DataError(f"no train/ folder in {path} (expected {path}/train/<class>/*.png)")
-    train_files = _list_images(path / "train")
+    train_root = path / "train"
+    splits = [path / s for s in ("val", "test") if (path / s).is_dir()]
+    if not train_root.is_dir():
+        # Class folders straight under the path (NEW/<class>/*.png: what a user has of a new thing) are the train
+        # split, held-out images split off it; a val/ or test/ folder without train/ is a layout mistake.
+        direct = {} if splits else _list_images(path)
+        if not any(direct.values()):
+            raise DataError(f"no train/ folder in {path} (expected {path}/train/<class>/*.png or {path}/<class>/*.png)")
+        train_root, splits = path, []
+    train_files = _list_images(train_root)
     classes = sorted(train_files)
-    held_out = next((path / s for s in ("val", "test") if (path / s).is_dir()), None)
+    held_out = splits[0] if splits else None
     test_files = _list_images(held_out) if held_out is not None else {}
     extra = sorted(set(test_files) - set(classes))
     if extra:
@@ -639,16 +646,16 @@ def _load_folder(
     train_items = [(p, classes.index(c)) for c in classes for p in train_files[c]]
     test_items = [(p, classes.index(c)) for c in sorted(test_files) for p in test_files[c]]
     if not train_items:
-        raise DataError(f"no images in {path / 'train'} (expected {path}/train/<class>/*.png)")
+        raise DataError(f"no images in {train_root} (expected {path}/train/<class>/*.png)")
     if held_out is not None and not test_items:
         raise DataError(f"no images in {held_out} (expected {held_out}/<class>/*.png, or remove it to split train/)")
     if len(classes) < min_classes:
         need = "slicing needs at least 2 classes" if min_classes == 2 else f"at least {min_classes} are needed"
-        raise DataError(f"{path / 'train'} has {len(classes)} class folder(s): {need}")
+        raise DataError(f"{train_root} has {len(classes)} class folder(s): {need}")
     empty = [c for c in classes if not train_files[c]]
     if empty:
         # Calibration samples the train split per class: a class without images would have no neurons to find.
-        raise DataError(f"class {empty[0]!r} has no images in {path / 'train'} (calibration needs every class)")
+        raise DataError(f"class {empty[0]!r} has no images in {train_root} (calibration needs every class)")
 
     # One pass over the headers only (PIL opens lazily): channels and the default size, and a readable file each.
     gray, first_size = True, None
@@ -690,7 +697,7 @@ def _load_folder(
     else:
         tr, te = _stratified_split(train.targets, seed)
         train, test = train.subset(tr), train.subset(te)
-        source = f"ImageFolder: {path} (train/ split 80/20, seed {seed})"
+        source = f"ImageFolder: {path} ({'train/' if train_root != path else 'class folders'} split 80/20, seed {seed})"
     crop = f"crop_pct {cfg.get('crop_pct')}, {cfg.get('interpolation')}"
     source = f"{source}, streamed ({crop})"
     return DataBundle(str(path), train, test, classes, in_chans, size, mean, std, source)

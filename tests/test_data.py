@@ -292,6 +292,21 @@ def test_image_folder_rgb_split(tmp_path: Path) -> None:
     assert again.test.files == bundle.test.files
 
 
+def test_image_folder_of_class_folders_without_train(tmp_path: Path) -> None:
+    """NEW/<class>/*.png (what a user has of one new thing) reads as the train split, held-out images split off;
+    a val/ folder without train/ stays an error, not a class named "val"."""
+    for i in range(6):
+        _write_png(tmp_path / "new" / "fox" / f"{i}.png", 20 * i, "L")
+    one = load_data(str(tmp_path / "new"), workers=0, min_classes=1)
+    assert one.classes == ["fox"] and (len(one.train), len(one.test)) == (5, 1)
+    assert "class folders split" in one.source
+    with pytest.raises(DataError, match="at least 2 classes"):
+        load_data(str(tmp_path / "new"), workers=0)
+    _write_png(tmp_path / "odd" / "val" / "fox" / "0.png", 0, "L")
+    with pytest.raises(DataError, match="no train/"):
+        load_data(str(tmp_path / "odd"), workers=0, min_classes=1)
+
+
 def test_image_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found") as err:
         load_data(str(tmp_path / "missing"))

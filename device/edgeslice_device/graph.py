@@ -147,7 +147,9 @@ def _set_shape(value_info: Any, shape: tuple[int, ...]) -> None:
 
 
 def session(model_bytes: bytes, threads: int | None = None) -> Any:
-    """A quiet onnxruntime CPU session (``threads`` intra-op threads, else ``EDGESLICE_DEVICE_THREADS`` or ORT's).
+    """A quiet onnxruntime CPU session with ``threads`` intra-op threads, else ``EDGESLICE_DEVICE_THREADS``, else
+    the CPUs this process may run on (``taskset``, cgroups' cpusets: onnxruntime's own default counts the machine's
+    cores and would oversubscribe a pinned process).
 
     Raises:
         BundleError: onnxruntime cannot load the model.
@@ -157,6 +159,8 @@ def session(model_bytes: bytes, threads: int | None = None) -> Any:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     threads = threads or int(os.environ.get("EDGESLICE_DEVICE_THREADS", "0") or 0)
+    if not threads and hasattr(os, "sched_getaffinity"):
+        threads = len(os.sched_getaffinity(0))
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -152,6 +152,12 @@ def increment_command(
     head = _head(head, isolate, replay)  # before any work
     net, meta = load_checkpoint(checkpoint)
     idx = CriticalIndex.load(index)
+    if idx.class_stats is None and old_stats is not None and list(old_stats.classes) == list(meta.classes):
+        # A bundle grown on a device: its index lost the host's statistics, the bundle's exact ones stand in.
+        from edgeslice.deploy.bundle import index_stats_from_bundle, meta_feature_dim
+
+        idx.class_stats = index_stats_from_bundle(old_stats, meta_feature_dim(net))
+        idx.params["class_stats"] = "from the bundle's class_stats.safetensors (grown on a device)"
     cfg = IncrementConfig(
         epochs=epochs,
         batch_size=batch_size,

@@ -192,6 +192,22 @@ def read_bundle_stats(folder: Path):
         raise EdgesliceError(str(e)) from e
 
 
+def index_stats_from_bundle(stats, feature_dim: int):
+    """The host index's class statistics (``edgeslice.ondevice.classil.ClassStats``, not isolated) from a bundle's
+    exact ones — what ``edgeslice-device add-class`` keeps up to date when it drops the index's own."""
+    from ..ondevice.classil import stats_from_moments
+
+    dims = torch.zeros(feature_dim, dtype=torch.bool)
+    dims[torch.from_numpy(np.asarray(stats.dims, dtype=np.int64))] = True
+    return stats_from_moments(
+        list(stats.classes),
+        dims,
+        torch.from_numpy(np.asarray(stats.counts)).round().to(torch.int64),
+        torch.from_numpy(np.asarray(stats.means)),
+        torch.from_numpy(np.asarray(stats.scatter)),
+    )
+
+
 def check_new_class_sizes(classes: Sequence[str], counts: Sequence[int], minimum: int = MIN_IMAGES) -> None:
     """Refuse a new class with fewer than ``minimum`` images (train and held-out together)."""
     from ..errors import EdgesliceError

@@ -859,6 +859,25 @@ def set_classifier_(model: nn.Module, module: nn.Module) -> None:
     raise IndexFileError("the classifier is not a sub-module of the model")
 
 
+def stats_from_moments(
+    classes: Sequence[str],
+    dims: torch.Tensor,
+    counts: torch.Tensor,
+    means: torch.Tensor,
+    scatter: torch.Tensor,
+    *,
+    shrinkage: float = DEFAULT_SHRINKAGE,
+    budget: int = DEFAULT_BUDGET,
+) -> ClassStats:
+    """Index statistics (not isolated) from exact moments: per-class counts and means and the pooled within-class
+    scatter (a sum) over the classifier inputs ``dims`` (bool, (D,)) — e.g. a device bundle's statistics, which a
+    device grows in closed form. The covariance is the scatter over ``N − C`` (over ``N`` when that is not positive).
+    """
+    n, c = float(counts.sum()), len(classes)
+    cov = scatter.double() / (n - c if n > c else max(n, 1.0))
+    return _fit(list(classes), dims.bool(), counts, means.double(), cov, shrinkage=shrinkage, budget=budget)
+
+
 __all__ = [
     "DEFAULT_BUDGET",
     "ClassStats",
@@ -876,5 +895,6 @@ __all__ = [
     "routed_spec",
     "set_classifier_",
     "stats_for_index",
+    "stats_from_moments",
     "unwrap_routed_",
 ]
