@@ -1,8 +1,9 @@
 """Device budgets: what growing and running a shipped bundle costs on one core, torch-free and with torch.
 
 Every figure is one command as a device runs it, start-up included, pinned to one core (``taskset -c 0``): wall
-seconds and the peak resident memory of that process (``os.wait4``'s ``ru_maxrss``), median wall and largest RSS of
-``--repeats`` runs, each ``add-class`` / ``increment`` on a fresh copy of the bundle (the copy is not timed).
+seconds and the peak resident memory of that process (``ru_maxrss`` through GNU time or a bare launcher), median
+wall and largest RSS of ``--repeats`` runs, each ``add-class`` / ``increment`` on a fresh copy of the bundle (the
+copy is not timed).
 
 * ``edgeslice-device add-class`` (torch-free, from a venv holding only ``pip install ./device``) of one new class
   from 20 images; ``edgeslice-device predict`` of one image; the venv's size on disk.
@@ -35,19 +36,45 @@ BUDGETS = {"add_class_s": 2.0, "add_class_mb": 120.0, "predict_s": 0.5, "venv_mb
 N_IMAGES = 20
 
 
+# A small launcher measures each command. Linux carries a parent's peak RSS into ``ru_maxrss`` of the child it forks
+# (the high-water mark survives fork and exec), so ``wait4`` from this process, which holds Pillow and scikit-learn,
+# would report its own ~120 MB for every command. GNU time (about 2 MB) or, without it, an isolated bare interpreter
+# (about 9 MB) forks instead; ``floor_mb`` measures that floor with ``true`` and is printed beside the table.
+_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[2:], stdout=open(sys.argv[1], 'wb'), stderr=subprocess.STDOUT)\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "print(usage.ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def measure_rss(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of ``cmd`` pinned to CPU 0 (``taskset`` execs it: same process); exits on
-    failure. Output goes to a file so the parent can ``wait4`` the child itself."""
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-device-{os.getpid()}.log"
-    with open(log, "wb") as f:
+    failure."""
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    log, rss_file = tmp / f"bench-device-{os.getpid()}.log", tmp / f"bench-device-{os.getpid()}.rss"
+    pinned = ["taskset", "-c", "0", *cmd]
+    gnu_time = Path("/usr/bin/time").is_file()
+    if gnu_time:  # the command's output to the log, its peak RSS (KB) to rss_file
+        launcher = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *pinned]
+    else:  # the launcher writes the command's output to the log and its peak RSS (KB) on its own stderr
+        launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(log), *pinned]
+    with open(log if gnu_time else rss_file, "wb") as out:
         t = time.perf_counter()
-        proc = subprocess.Popen(["taskset", "-c", "0", *cmd], stdout=f, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+        if gnu_time:
+            proc = subprocess.run(launcher, stdout=out, stderr=subprocess.STDOUT, env=env)
+        else:
+            proc = subprocess.run(launcher, stderr=out, env=env)
         wall = time.perf_counter() - t
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{log.read_text(errors='replace')[-2000:]}")
-    return wall, usage.ru_maxrss / 1024.0
+    return wall, int(rss_file.read_text().split()[-1]) / 1024.0
+
+
+def floor_mb() -> float:
+    """Peak RSS the launcher reports for ``true``: the most it can add to any figure."""
+    return measure_rss(["true"])[1]
 
 
 def repeated(make_cmd, repeats: int, env: dict | None = None, before=None) -> dict:
@@ -182,8 +209,10 @@ def main() -> None:
     }
     results = {k: bench_bundle(k.replace(" ", ""), b, args.work, venv, args.repeats) for k, b in bundles.items()}
 
+    floor = floor_mb()
     lines = [
         f"device venv (`pip install ./device`, no torch): {venv_mb:.0f} MB on disk (budget {BUDGETS['venv_mb']:.0f})",
+        f"launcher floor (peak RSS reported for `true`): {floor:.1f} MB",
         "",
         "| bundle | command | wall s (median) | peak RSS MB | budget |",
         "|---|---|---|---|---|",
@@ -207,8 +236,8 @@ def main() -> None:
     print("\n".join(lines))
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")  # fmt: skip
-    doc = {"cpu": cpu, "pinned": "taskset -c 0", "venv_mb": venv_mb, "budgets": BUDGETS, "verdicts": verdicts,
-           "bundles": results}  # fmt: skip
+    doc = {"cpu": cpu, "pinned": "taskset -c 0", "venv_mb": venv_mb, "floor_mb": floor, "budgets": BUDGETS,
+           "verdicts": verdicts, "bundles": results}  # fmt: skip
     path = args.json_out or args.work / "bench_device.json"
     path.write_text(json.dumps(doc, indent=2))
     print(f"wrote {path}")

@@ -206,13 +206,13 @@ class Bundle:
         if run_model:
             sess = session(model_bytes)
             h, w = self.preprocess.input_size
-            x = np.zeros((2, self.preprocess.channels, h, w), np.float32)
+            x = np.zeros((1, self.preprocess.channels, h, w), np.float32)  # one image: a device's memory
             try:
                 logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
             except Exception as e:  # onnxruntime raises its own exception types
                 raise BundleError(f"model.onnx does not run: {' '.join(str(e).split())[:300]}") from e
-            if logits.shape != (2, c) or not np.isfinite(logits).all():
-                raise BundleError(f"model.onnx gives logits of shape {logits.shape}, expected (2, {c}), finite")
+            if logits.shape != (1, c) or not np.isfinite(logits).all():
+                raise BundleError(f"model.onnx gives logits of shape {logits.shape}, expected (1, {c}), finite")
 
 
 def open_bundle(path: str | Path) -> Bundle:

@@ -8,6 +8,7 @@ data input is the d-dim feature vector the class statistics are measured on.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,11 +191,16 @@ def input_name(sess: Any) -> str:
     return sess.get_inputs()[0].name
 
 
-def run_features(sess: Any, x: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Run a :func:`feature_session` over ``x`` (n, C, H, W) in batches: (logits (n, C), features (n, d))."""
+def run_features(
+    sess: Any, x: np.ndarray, batch: int = 16, prepare: Callable[[np.ndarray], np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run a :func:`feature_session` over ``x`` (n, C, H, W) in batches: (logits (n, C), features (n, d));
+    ``prepare`` turns each batch into the model's float32 input (e.g. :meth:`Preprocess.normalize` of uint8 pixels).
+    """
     name, logits, feats = input_name(sess), [], []
     for start in range(0, len(x), max(int(batch), 1)):
-        out = sess.run(None, {name: np.ascontiguousarray(x[start : start + batch], dtype=np.float32)})
+        part = x[start : start + batch]
+        out = sess.run(None, {name: np.ascontiguousarray(prepare(part) if prepare else part, dtype=np.float32)})
         logits.append(out[0])
         feats.append(out[1].reshape(len(out[1]), -1))
     return np.concatenate(logits), np.concatenate(feats)

@@ -21,12 +21,10 @@ from .bundle import LINEAR_HEADS, Bundle, bundle_document, open_bundle
 from .checkpoint import grow_checkpoint, read_checkpoint
 from .errors import BundleError
 from .graph import feature_session, load_model, run_features, session, with_head
-from .images import DEFAULT_MIN_IMAGES, list_images, read_images
+from .images import DEFAULT_MIN_IMAGES, batch_size_for, list_images, read_pixels
 from .index_file import grow_index, index_bytes
 from .safetensors_io import dumps
 from .stats import DEFAULT_SHRINKAGE
-
-DEFAULT_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ def add_class(
     *,
     min_images: int = DEFAULT_MIN_IMAGES,
     shrinkage: float = DEFAULT_SHRINKAGE,
-    batch: int = DEFAULT_BATCH,
+    batch: int | None = None,
 ) -> AddClassReport:
     """Add class ``name``, learned from the images in ``images_dir``, to the bundle at ``bundle_path`` (in place).
 
@@ -91,7 +89,8 @@ def add_class(
         )
     _check_name(name, bundle.classes)
     files = list_images(images_dir, min_images=min_images)
-    x = read_images(files, bundle.preprocess)  # (n, C, H, W); every image checked before any work
+    x = read_pixels(files, bundle.preprocess)  # uint8 (n, C, H, W); every image checked before any work
+    batch = batch or batch_size_for(x.shape[1:])
     stage = _commit.create_staging(folder)
     try:
         report = _build(bundle, stage, name, x, shrinkage=shrinkage, batch=batch)
@@ -105,7 +104,7 @@ def add_class(
 def _build(bundle: Bundle, stage: Path, name: str, x: np.ndarray, *, shrinkage: float, batch: int) -> AddClassReport:
     """Write the grown bundle into ``stage`` and check it; returns the report."""
     model_bytes = bundle.model_bytes()
-    _, feats = run_features(feature_session(model_bytes), x, batch)
+    _, feats = run_features(feature_session(model_bytes), x, batch, bundle.preprocess.normalize)
     if feats.shape[1] != bundle.feature_dim:
         raise BundleError(f"the model's features have {feats.shape[1]} dims, bundle.json says {bundle.feature_dim}")
     classes = [*bundle.classes, name]
@@ -145,7 +144,8 @@ def _build(bundle: Bundle, stage: Path, name: str, x: np.ndarray, *, shrinkage: 
     open_bundle(stage).verify(run_model=True)
     sess = session(new_model)
     inp = sess.get_inputs()[0].name
-    logits = np.concatenate([sess.run(None, {inp: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+    norm = bundle.preprocess.normalize
+    logits = np.concatenate([sess.run(None, {inp: norm(x[i : i + batch])})[0] for i in range(0, len(x), batch)])
     if logits.shape[1] != len(classes):
         raise BundleError(f"the new model gives {logits.shape[1]} logits for {len(classes)} classes")
     recall = float(np.mean(logits.argmax(1) == len(classes) - 1))

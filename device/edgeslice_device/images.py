@@ -35,7 +35,16 @@ def list_images(folder: str | Path, *, min_images: int = DEFAULT_MIN_IMAGES) -> 
 
 
 def read_image(path: str | Path, preprocess: Preprocess) -> np.ndarray:
-    """Decode one image as the bundle's model reads it: float32 (C, H, W).
+    """Decode one image as the bundle's model reads it: float32 (C, H, W) (see :func:`read_pixels`).
+
+    Raises:
+        BundleError: unreadable file, or a colour image for a grayscale bundle (or the reverse).
+    """
+    return preprocess.normalize(read_image_pixels(path, preprocess))
+
+
+def read_image_pixels(path: str | Path, preprocess: Preprocess) -> np.ndarray:
+    """Decode one image as the bundle's model reads it, before normalisation: uint8 (C, H, W).
 
     EXIF orientation is applied; 16/32-bit grayscale is scaled to 8 bits and palette images with transparency go
     through RGBA, as on the host. An image whose channel count is not the bundle's is refused, not converted: a
@@ -61,7 +70,7 @@ def read_image(path: str | Path, preprocess: Preprocess) -> np.ndarray:
                 im = im.convert("RGBA")
             im = im.convert(preprocess.color)
             im.load()
-            return preprocess(im)
+            return preprocess.pixels(im)
     except BundleError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -76,7 +85,31 @@ def _gray_palette(im: object) -> bool:
 
 def read_images(paths: Sequence[str | Path], preprocess: Preprocess) -> np.ndarray:
     """Decode every image (all are checked before any work is done on them): float32 (n, C, H, W)."""
-    return np.stack([read_image(p, preprocess) for p in paths]) if paths else np.zeros((0, preprocess.channels, 1, 1))
+    return preprocess.normalize(read_pixels(paths, preprocess))
+
+
+def read_pixels(paths: Sequence[str | Path], preprocess: Preprocess) -> np.ndarray:
+    """Decode every image (all are checked before any work is done on them): uint8 (n, C, H, W), resized and
+    cropped; :meth:`Preprocess.normalize` makes a batch of them the model's input. Filled in place (stacking a list
+    would hold every image twice at the peak)."""
+    if not paths:
+        return np.zeros((0, preprocess.channels, *preprocess.input_size), dtype=np.uint8)
+    first = read_image_pixels(paths[0], preprocess)
+    out = np.empty((len(paths), *first.shape), dtype=np.uint8)
+    out[0] = first
+    for i, p in enumerate(paths[1:], start=1):
+        out[i] = read_image_pixels(p, preprocess)
+    return out
+
+
+def batch_size_for(shape: Sequence[int], cap: int = 16) -> int:
+    """Images per model run for inputs of ``shape`` (C, H, W): at most ``cap``, and about one 224-px RGB image's
+    worth of input at a time, so that activations stay small on a device (a 224-px batch of 16 costs ~25 MB more
+    peak memory than one image at a time, for no gain in a command that runs a few dozen images)."""
+    elems = 1
+    for s in shape:
+        elems *= int(s)
+    return max(1, min(int(cap), (3 * 224 * 224) // max(elems, 1)))
 
 
 def batches(array: np.ndarray, size: int) -> Iterator[np.ndarray]:

@@ -11,9 +11,7 @@ import numpy as np
 from .bundle import Bundle, open_bundle
 from .errors import BundleError
 from .graph import session
-from .images import read_images
-
-DEFAULT_BATCH = 16
+from .images import batch_size_for, read_pixels
 
 
 class Prediction(NamedTuple):
@@ -35,7 +33,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict(
-    bundle: Bundle | str | Path, image_paths: Sequence[str | Path], *, batch: int = DEFAULT_BATCH
+    bundle: Bundle | str | Path, image_paths: Sequence[str | Path], *, batch: int | None = None
 ) -> list[Prediction]:
     """Predict the class of every image (all images are read and checked before the model runs).
 
@@ -47,12 +45,13 @@ def predict(
         'cat'
     """
     b = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
-    x = read_images(list(image_paths), b.preprocess)
+    x = read_pixels(list(image_paths), b.preprocess)
+    batch = batch or batch_size_for(x.shape[1:])
     sess = session(b.model_bytes())
     name = sess.get_inputs()[0].name
     out = []
     for start in range(0, len(x), batch):
-        probs = softmax(sess.run(None, {name: x[start : start + batch]})[0])
+        probs = softmax(sess.run(None, {name: b.preprocess.normalize(x[start : start + batch])})[0])
         if probs.shape[1] != len(b.classes):
             raise BundleError(f"model.onnx gives {probs.shape[1]} logits for the bundle's {len(b.classes)} classes")
         for i, row in enumerate(probs):

@@ -119,6 +119,11 @@ class Preprocess:
 
     def __call__(self, image: Any) -> np.ndarray:
         """A Pillow image already in :attr:`color` mode → float32 (C, H, W), normalised."""
+        return self.normalize(self.pixels(image))
+
+    def pixels(self, image: Any) -> np.ndarray:
+        """A Pillow image already in :attr:`color` mode → uint8 (C, H, W): resized and cropped, not normalised (a
+        quarter of the float32 image's memory, for holding many images)."""
         from PIL import Image
 
         resample = {
@@ -134,7 +139,12 @@ class Preprocess:
         if size != (w, h):
             image = image.resize(size, resample=resample)
         arr = _center_crop(np.asarray(image, dtype=np.uint8), self.crop)
-        x = arr.astype(np.float32).reshape(arr.shape[0], arr.shape[1], -1).transpose(2, 0, 1) / np.float32(255)
+        return np.ascontiguousarray(arr.reshape(arr.shape[0], arr.shape[1], -1).transpose(2, 0, 1))
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (..., C, H, W) from :meth:`pixels` → float32, scaled to [0, 1] and normalised by mean and std
+        (element-wise, so a batch gives exactly the values of its images one by one)."""
+        x = pixels.astype(np.float32) / np.float32(255)
         mean = np.asarray(self.mean, np.float32).reshape(-1, 1, 1)
         std = np.asarray(self.std, np.float32).reshape(-1, 1, 1)
         return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
