@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ __all__ = [
     "ImageFolderStream",
     "default_workers",
     "training_view",
+    "augment_recipe",
+    "size_of_images",
     "with_normalization",
     "calibration_indices",
     "class_subset",
@@ -112,6 +115,8 @@ class DataBundle:
         mean: Per-channel normalisation mean (len == in_chans).
         std: Per-channel normalisation std (len == in_chans).
         source: One line saying where the data came from.
+        size_source: Why ``image_size`` is what it is, when a folder chose it (``images``: the median side of its
+            images; ``model``: the model's data config; ``given``: asked for); empty for the built-in sets.
     """
 
     name: str
@@ -123,6 +128,7 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
+    size_source: str = ""
 
     def __post_init__(self) -> None:
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
@@ -140,6 +146,7 @@ class DataBundle:
             "image_size": self.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
+            **({"image_size_source": self.size_source} if self.size_source else {}),
         }
 
 
@@ -169,6 +176,7 @@ def load_data(
     preprocess: dict | None = None,
     workers: int | None = None,
     min_classes: int = 2,
+    size_from_images: bool = False,
 ) -> DataBundle:
     """Loads a named dataset into memory, or opens an ImageFolder tree for streaming.
 
@@ -176,7 +184,7 @@ def load_data(
         name_or_path: A name from ``list_datasets()`` (case-insensitive; "fmnist" is an alias) or a folder
             laid out as ``DIR/train/<class>/*.png`` with optional ``DIR/val/`` (or ``DIR/test/``).
         image_size: Resize every split once to this square side; None keeps the dataset's default (folders:
-            ``preprocess``'s input size, else the first image's shorter side capped at 224).
+            ``preprocess``'s input size, else the images' own, :func:`size_of_images`).
         seed: Seed for the train/test split of datasets that have none (digits, folders without val/).
         download: Let torchvision download missing datasets.
         root: Torchvision data root; defaults to ``$EDGESLICE_DATA`` or ``~/.cache/edgeslice/data``.
@@ -184,6 +192,8 @@ def load_data(
             size, interpolation, crop, mean/std); None uses timm's defaults with ImageNet mean/std.
         workers: Folders only: ``DataLoader`` worker processes that decode images (None: :func:`default_workers`).
         min_classes: Folders only: fewest class folders accepted (2 for slicing; 1 for a class-incremental step).
+        size_from_images: Folders only, with ``image_size`` None: the images' own size (:func:`size_of_images`)
+            instead of ``preprocess``'s (a model trained from scratch reads the data as it is).
 
     Returns:
         The loaded ``DataBundle``.
@@ -204,8 +214,9 @@ def load_data(
     path = Path(name_or_path).expanduser()
     if path.exists():
         return _load_folder(
-            path, image_size=image_size, seed=seed, preprocess=preprocess, workers=workers, min_classes=min_classes
-        )
+            path, image_size=image_size, seed=seed, preprocess=preprocess, workers=workers, min_classes=min_classes,
+            size_from_images=size_from_images,
+        )  # fmt: skip
     if os.sep in name_or_path or "/" in name_or_path or name_or_path.startswith((".", "~")):
         raise DataError(f"data folder not found: {name_or_path}")
     raise DataError(
@@ -282,6 +293,20 @@ def with_normalization(bundle: DataBundle, mean: Sequence[float] | None, std: Se
     return replace(bundle, **new) if new else bundle
 
 
+def size_of_images(sides: Sequence[int]) -> int:
+    """The input size a folder's images suggest: the median of their shorter sides (the lower median: a side one of
+    them has), at most 224 (photos are read at timm's ImageNet size, not at camera resolution). timm's CNNs take any
+    side, so it is not rounded: 28-px images are read at 28 px.
+
+    Example:
+        >>> size_of_images([28, 28, 30]), size_of_images([3000, 4000]), size_of_images([10, 64, 65, 70])
+        (28, 224, 64)
+    """
+    if not sides:
+        raise ValueError("no image sizes")
+    return int(min(statistics.median_low(sides), _MAX_DEFAULT_SIZE))
+
+
 def default_workers() -> int:
     """Image-decoding worker processes: the usable CPUs minus one for the training process, at most 8."""
     try:
@@ -291,18 +316,45 @@ def default_workers() -> int:
     return max(1, min(8, cpus - 1))
 
 
-def training_view(dataset: Dataset, augment: bool) -> Dataset:
-    """``dataset`` as training sees it: streamed folders switch to timm's train-time augmentation when ``augment``.
+#: Train-time augmentation recipes of streamed folders (:class:`ImageFolderStream`).
+AUGMENT_RECIPES = ("timm", "small")
+#: ``--augment`` values: ``auto`` picks a recipe by input size (:func:`augment_recipe`); ``none`` switches it off.
+AUGMENT_MODES = ("auto", *AUGMENT_RECIPES, "none")
+#: Inputs up to this side (px) train with the ``small`` recipe under ``auto``.
+SMALL_IMAGE_MAX = 64
+
+
+def augment_recipe(mode: str | bool, image_size: int) -> str | None:
+    """The recipe ``mode`` means at ``image_size``: ``auto`` (or True) is ``small`` up to :data:`SMALL_IMAGE_MAX` px
+    and ``timm`` above; ``none`` (or False) is None; ``timm`` and ``small`` are themselves.
+
+    Example:
+        >>> augment_recipe("auto", 28), augment_recipe("auto", 224), augment_recipe("none", 28)
+        ('small', 'timm', None)
+    """
+    if mode is False or mode == "none":
+        return None
+    if mode is True or mode == "auto":
+        return "small" if int(image_size) <= SMALL_IMAGE_MAX else "timm"
+    if mode not in AUGMENT_RECIPES:
+        raise ValueError(f"unknown augment mode {mode!r}; valid: {', '.join(AUGMENT_MODES)}")
+    return str(mode)
+
+
+def training_view(dataset: Dataset, augment: str | bool = "auto") -> Dataset:
+    """``dataset`` as training sees it: streamed folders switch to a train-time transform
+    (:func:`augment_recipe` of ``augment`` at their input size; ``none``/False keeps the eval transform).
 
     Subsets keep their indices; in-memory datasets come back unchanged (they have no augmentation).
     """
-    if not augment:
+    if augment is False or augment == "none":
         return dataset
     if isinstance(dataset, Subset):
         inner = training_view(dataset.dataset, augment)
         return dataset if inner is dataset.dataset else Subset(inner, dataset.indices)
     if isinstance(dataset, ImageFolderStream):
-        return dataset.augmented()
+        recipe = augment_recipe(augment, int(dataset.preprocess["input_size"][-1]))
+        return dataset.augmented(recipe) if recipe else dataset
     return dataset
 
 
@@ -558,7 +610,11 @@ class ImageFolderStream(Dataset):
         gray: decode as one channel (``L``) instead of RGB.
         preprocess: timm data config (``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``).
         workers: ``DataLoader`` worker processes for batches of this dataset (0 decodes in the calling process).
-        train: use timm's train-time transform (random resized crop, flip, colour jitter).
+        train: a train-time transform, by ``recipe``.
+        recipe: ``timm``: timm's train transform (random resized crop, flip, colour jitter), for photo-sized
+            inputs; ``small``: the CIFAR recipe (the eval resize and crop, then a random crop from a zero border of
+            an eighth of the side, and a horizontal flip), for small images that a resized crop down to 8% of the
+            area would destroy. See :func:`augment_recipe`.
     """
 
     def __init__(
@@ -570,20 +626,32 @@ class ImageFolderStream(Dataset):
         preprocess: dict,
         workers: int,
         train: bool = False,
+        recipe: str = "timm",
     ) -> None:
         from timm.data import create_transform
 
+        if recipe not in AUGMENT_RECIPES:
+            raise ValueError(f"unknown augmentation recipe {recipe!r}; valid: {', '.join(AUGMENT_RECIPES)}")
         self.files = list(files)
         self.targets = targets.to(torch.int64)
         self.gray, self.preprocess, self.num_workers, self.train = gray, dict(preprocess), int(workers), train
-        self.transform = create_transform(
+        self.recipe = recipe
+        common = dict(
             input_size=self.preprocess["input_size"],
-            is_training=train,
             interpolation=self.preprocess.get("interpolation", "bilinear"),
             crop_pct=self.preprocess.get("crop_pct"),
             crop_mode=self.preprocess.get("crop_mode"),
             normalize=False,  # uint8 tensors out: workers send a quarter of the bytes; prepare() normalises
         )
+        if train and recipe == "small":
+            from torchvision import transforms as T
+
+            ev = create_transform(is_training=False, **common)  # Resize, CenterCrop, to uint8 tensor
+            side = int(self.preprocess["input_size"][-1])
+            jitter = [T.RandomCrop(side, padding=max(1, side // 8)), T.RandomHorizontalFlip()]
+            self.transform = T.Compose([*ev.transforms[:-1], *jitter, ev.transforms[-1]])
+        else:
+            self.transform = create_transform(is_training=train, **common)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -601,16 +669,19 @@ class ImageFolderStream(Dataset):
             preprocess=self.preprocess,
             workers=self.num_workers,
             train=self.train,
+            recipe=self.recipe,
         )
 
-    def augmented(self) -> ImageFolderStream:
-        """The same files through timm's train-time transform."""
+    def augmented(self, recipe: str = "timm") -> ImageFolderStream:
+        """The same files through a train-time transform (``recipe``: ``timm`` or ``small``)."""
         return ImageFolderStream(
-            self.files, self.targets, gray=self.gray, preprocess=self.preprocess, workers=self.num_workers, train=True
-        )
+            self.files, self.targets, gray=self.gray, preprocess=self.preprocess, workers=self.num_workers, train=True,
+            recipe=recipe,
+        )  # fmt: skip
 
     def __repr__(self) -> str:
-        return f"ImageFolderStream(n={len(self)}, input_size={self.preprocess['input_size']}, train={self.train})"
+        kind = f"train={self.train}" + (f", recipe={self.recipe}" if self.train else "")
+        return f"ImageFolderStream(n={len(self)}, input_size={self.preprocess['input_size']}, {kind})"
 
 
 def _load_folder(
@@ -621,6 +692,7 @@ def _load_folder(
     preprocess: dict | None = None,
     workers: int | None = None,
     min_classes: int = 2,
+    size_from_images: bool = False,
 ) -> DataBundle:
     from PIL import Image
 
@@ -658,21 +730,21 @@ def _load_folder(
         raise DataError(f"class {empty[0]!r} has no images in {train_root} (calibration needs every class)")
 
     # One pass over the headers only (PIL opens lazily): channels and the default size, and a readable file each.
-    gray, first_size = True, None
+    gray, sides = True, []
     for p, _ in train_items + test_items:
         try:
             with Image.open(p) as im:
                 gray = gray and im.mode in _GRAY_MODES
-                first_size = first_size or im.size
+                sides.append(min(im.size))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise DataError(f"unreadable image {p}: {' '.join(str(e).split())}") from e
     in_chans = 1 if gray else 3
     if image_size is not None:
-        size = image_size
-    elif preprocess is not None:
-        size = int(preprocess["input_size"][-1])
+        size, size_source = image_size, "given"
+    elif preprocess is not None and not size_from_images:
+        size, size_source = int(preprocess["input_size"][-1]), "model"
     else:
-        size = min(min(first_size), _MAX_DEFAULT_SIZE)
+        size, size_source = size_of_images(sides[: len(train_items)]), "images"
     if preprocess is None:
         from timm.data import DEFAULT_CROP_PCT
 
@@ -700,4 +772,4 @@ def _load_folder(
         source = f"ImageFolder: {path} ({'train/' if train_root != path else 'class folders'} split 80/20, seed {seed})"
     crop = f"crop_pct {cfg.get('crop_pct')}, {cfg.get('interpolation')}"
     source = f"{source}, streamed ({crop})"
-    return DataBundle(str(path), train, test, classes, in_chans, size, mean, std, source)
+    return DataBundle(str(path), train, test, classes, in_chans, size, mean, std, source, size_source)

@@ -259,7 +259,7 @@ def test_image_folder_grayscale_with_val(tmp_path: Path) -> None:
     bundle = load_data(str(tmp_path), workers=0)
     assert bundle.name == str(tmp_path.resolve())
     assert bundle.classes == ["cat", "dog"]
-    assert (bundle.in_chans, bundle.image_size) == (1, 10)  # min side of the first image
+    assert (bundle.in_chans, bundle.image_size) == (1, 10)  # the images' median side
     assert (len(bundle.train), len(bundle.test)) == (6, 1)
     assert bundle.train.targets.tolist() == [0, 0, 0, 1, 1, 1]
     assert targets_of(bundle.test).tolist() == [1]

@@ -12,7 +12,9 @@ import typer
 class AugmentMode(str, Enum):
     """Train-time augmentation of streamed image folders (the built-in in-memory sets have none)."""
 
+    auto = "auto"
     timm = "timm"
+    small = "small"
     none = "none"
 
 
@@ -57,7 +59,12 @@ MeanOpt = Annotated[
 StdOpt = Annotated[str | None, typer.Option("--std", help="Normalisation std, one value per channel.")]
 AugmentOpt = Annotated[
     AugmentMode,
-    typer.Option("--augment", help="timm: timm's train-time augmentation for image folders; none: switch it off."),
+    typer.Option(
+        "--augment",
+        help="Train-time augmentation of image folders. auto: small up to 64 px, timm above; small: padded random "
+        "crop + horizontal flip (the CIFAR recipe); timm: timm's train transform (random resized crop, for photos); "
+        "none: off.",
+    ),
 ]
 WorkersOpt = Annotated[
     int | None,

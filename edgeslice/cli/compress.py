@@ -154,7 +154,7 @@ def compress_command(
     use_ema: UseEmaOpt = False,
     mean: MeanOpt = None,
     std: StdOpt = None,
-    augment: AugmentOpt = AugmentMode.timm,
+    augment: AugmentOpt = AugmentMode.auto,
     workers: WorkersOpt = None,
     distill: DistillOpt = False,
     distill_temperature: DistillTemperatureOpt = 4.0,

@@ -60,7 +60,7 @@ def train_command(
     use_ema: UseEmaOpt = False,
     mean: MeanOpt = None,
     std: StdOpt = None,
-    augment: AugmentOpt = AugmentMode.timm,
+    augment: AugmentOpt = AugmentMode.auto,
     workers: WorkersOpt = None,
     amp: AmpOpt = False,
 ) -> None:
@@ -99,7 +99,7 @@ def train_command(
         pretrained=pretrained,
         pretrained_file=opts.pretrained_file,
         use_ema=use_ema,
-        augment=augment.value != "none",
+        augment=augment.value,
         amp=amp,
     )
     with staging_dir(out) as stage:

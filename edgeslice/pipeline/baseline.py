@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from ..data import DataBundle, DataError, load_data, normalize, targets_of
+from ..data import DataBundle, DataError, ImageFolderStream, augment_recipe, load_data, normalize, targets_of
 from ..errors import ModelError
 from ..models import ModelMeta, create_model, load_checkpoint, preprocess_of, resolve_model_name, save_checkpoint
 from ..train import evaluate, train_model
@@ -64,7 +65,7 @@ def train_baseline(
     pretrained: bool = False,
     pretrained_file: str | None = None,
     use_ema: bool = False,
-    augment: bool = True,
+    augment: str | bool = "auto",
     amp: bool = False,
 ) -> tuple[nn.Module, ModelMeta]:
     """Train a model on ``bundle`` (from scratch, or from timm's pretrained weights) and measure its test accuracy.
@@ -112,6 +113,9 @@ def train_baseline(
     )
     if pretrained or pretrained_file:
         meta.info["weights"] = weights_source(pretrained, pretrained_file)
+    train = bundle.train.dataset if isinstance(bundle.train, Subset) else bundle.train
+    if isinstance(train, ImageFolderStream):
+        meta.info["augment"] = augment_recipe(augment, bundle.image_size) or "none"
     return model, meta
 
 
@@ -135,13 +139,14 @@ def cached_baseline(
     pretrained: bool = False,
     pretrained_file: str | None = None,
     use_ema: bool = False,
-    augment: bool = True,
+    augment: str | bool = "auto",
     amp: bool = False,
 ) -> tuple[nn.Module, ModelMeta, Path, bool]:
     """The baseline for (model, data, seed, epochs, batch size, lr): loaded from the cache, or trained and cached.
 
     The key also names the initial weights (timm hub, or a file by content hash) and, for streamed folders,
-    ``noaug`` without augmentation and ``amp`` with mixed precision; the default key is unchanged.
+    ``noaug`` without augmentation, ``aug-small`` with the small-image recipe (``edgeslice.data.augment_recipe``)
+    and ``amp`` with mixed precision; a timm-augmented fp32 baseline's key is unchanged.
 
     Returns:
         (model on ``device``, meta, checkpoint path, whether it came from the cache).
@@ -181,18 +186,21 @@ def cached_baseline(
 
 
 def _baseline_key_suffix(
-    bundle: DataBundle, pretrained: bool, pretrained_file: str | None, use_ema: bool, augment: bool, amp: bool
+    bundle: DataBundle, pretrained: bool, pretrained_file: str | None, use_ema: bool, augment: str | bool, amp: bool
 ) -> str:
     """The part of a baseline's cache key beyond today's: empty for a from-scratch fp32 baseline."""
-    from ..data import ImageFolderStream
 
     parts = []
     source = weights_source(pretrained, pretrained_file)
     if source != "scratch":
         parts.append(source.replace(":", "-") + ("-ema" if use_ema else ""))
     train = bundle.train.dataset if isinstance(bundle.train, Subset) else bundle.train
-    if isinstance(train, ImageFolderStream) and not augment:
-        parts.append("noaug")
+    if isinstance(train, ImageFolderStream):
+        recipe = augment_recipe(augment, bundle.image_size)
+        if recipe is None:
+            parts.append("noaug")
+        elif recipe == "small":
+            parts.append("aug-small")
     if amp:
         parts.append("amp")
     return "".join(f"-{p}" for p in parts)
@@ -231,6 +239,9 @@ def load_compress_data(cfg: CompressConfig, timm_name: str) -> DataBundle:
     plain = bool(cfg.checkpoint) and not has_sidecar(cfg.checkpoint)
     plain = plain and Path(cfg.checkpoint).name.lower().endswith((".safetensors", *TORCH_SUFFIXES))
     image_size = cfg.image_size or (int(preprocess["input_size"][-1]) if plain else None)
+    # Trained from scratch, a model reads a folder at its images' own size (timm's ImageNet size would upscale
+    # 28-px images 8×, for worse accuracy at 13× the time); pretrained weights and checkpoints keep theirs.
+    from_scratch = not (cfg.checkpoint or cfg.pretrained or cfg.pretrained_file)
     bundle = load_data(
         cfg.data,
         image_size=image_size,
@@ -238,7 +249,15 @@ def load_compress_data(cfg: CompressConfig, timm_name: str) -> DataBundle:
         download=cfg.download,
         preprocess=preprocess,
         workers=cfg.workers,
+        size_from_images=from_scratch,
     )
+    if bundle.size_source == "images":
+        timm_side = int(preprocess["input_size"][-1])
+        note = f"input size {bundle.image_size} px: the median side of the images (training from scratch"
+        if timm_side != bundle.image_size:
+            note += f"; --image-size to choose, --pretrained reads {timm_side} px"
+        note += ")"
+        sys.stderr.write(f"note: {note}\n")
     if cfg.pretrained or cfg.pretrained_file or plain:
         bundle = with_normalization(bundle, preprocess["mean"], preprocess["std"])
     elif cfg.mean is not None or cfg.std is not None:

@@ -188,7 +188,7 @@ def load_stage(cfg: CompressConfig, device: torch.device, timer: Timer) -> Loade
             model, meta, path, cached = cached_baseline(
                 cfg.model, bundle, epochs=cfg.train_epochs, seed=cfg.seed, device=device,
                 batch_size=cfg.batch_size, lr=cfg.lr, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
-                use_ema=cfg.use_ema, augment=cfg.augment != "none", amp=cfg.amp,
+                use_ema=cfg.use_ema, augment=cfg.augment, amp=cfg.amp,
             )  # fmt: skip
             source = _cache_relative(path)
     prepare = make_prepare(meta)
@@ -506,7 +506,7 @@ def finetune_options(cfg: CompressConfig, dense: nn.Module) -> dict[str, Any]:
         "batch_size": cfg.batch_size,
         "lr": cfg.finetune_lr,
         "seed": cfg.seed + 1,
-        "augment": cfg.augment != "none",
+        "augment": cfg.augment,
         "amp": cfg.amp,
         "teacher": dense if cfg.distill else None,
         "distill_temperature": cfg.distill_temperature,

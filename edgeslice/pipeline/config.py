@@ -21,7 +21,7 @@ CONFIG_VERSION = 1
 
 
 QUANTIZE_MODES = ("none", "int8")
-AUGMENT_MODES = ("timm", "none")
+AUGMENT_MODES = ("auto", "timm", "small", "none")  # edgeslice.data.AUGMENT_MODES
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,9 @@ class CompressConfig:
     #: Normalisation instead of the data's (built-in sets) or the model's pretrained cfg (folders, weights).
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    #: ``timm``: streamed folders train through timm's train-time augmentation; ``none``: the eval transform.
-    augment: str = "timm"
+    #: Train-time augmentation of streamed folders (``edgeslice.data.augment_recipe``): ``auto`` picks ``small``
+    #: (padded random crop + flip) up to 64 px and ``timm`` above; ``none``: the eval transform.
+    augment: str = "auto"
     #: DataLoader workers decoding streamed folders (None: the CPU count minus one, at most 8).
     workers: int | None = None
     #: Distil from the dense model during the post-restructure fine-tune (loss: (1-α)·CE + α·T²·KL). Off by default:
