@@ -6,6 +6,8 @@ command that reads the folder decides the resolution (e.g. 64). Reads the Debian
 (``apt-get install -y dataset-fashion-mnist``) or any folder holding the four ``*-idx?-ubyte.gz`` files.
 
     python benchmarks/fmnist_folder.py /tmp/fmnist-rgb --train-per-class 1000 --val-per-class 200
+    python benchmarks/fmnist_folder.py /tmp/fmnist-a --gray --classes 0 1 2 3 4 --train-per-class 1000   # 28-px L
+    python benchmarks/fmnist_folder.py /tmp/fmnist-64 --size 64 --classes 0 1 2 3 4                   # 64-px RGB
 """
 
 from __future__ import annotations
@@ -28,14 +30,28 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def write_split(images: np.ndarray, labels: np.ndarray, out: Path, per_class: int | None) -> int:
+def write_split(
+    images: np.ndarray,
+    labels: np.ndarray,
+    out: Path,
+    per_class: int | None,
+    *,
+    gray: bool = False,
+    size: int = 28,
+    classes: list[int] | None = None,
+) -> int:
     written = 0
     for c, name in enumerate(CLASSES):
+        if classes is not None and c not in classes:
+            continue
         d = out / name
         d.mkdir(parents=True, exist_ok=True)
         idx = np.flatnonzero(labels == c)[:per_class]
         for i in idx:
-            Image.fromarray(np.repeat(images[i][..., None], 3, axis=2), "RGB").save(d / f"{i:05d}.png")
+            im = Image.fromarray(images[i], "L")
+            if size != im.width:
+                im = im.resize((size, size), Image.BICUBIC)
+            (im if gray else im.convert("RGB")).save(d / f"{i:05d}.png")
         written += len(idx)
     return written
 
@@ -46,7 +62,11 @@ def main() -> None:
     ap.add_argument("--source", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     ap.add_argument("--train-per-class", type=int, default=None, help="first N per class (default: all 6,000)")
     ap.add_argument("--val-per-class", type=int, default=None, help="first N per class (default: all 1,000)")
+    ap.add_argument("--gray", action="store_true", help="grayscale PNGs (default: the gray value in RGB)")
+    ap.add_argument("--size", type=int, default=28, help="side in px (bicubic from 28; default 28, unchanged)")
+    ap.add_argument("--classes", type=int, nargs="+", default=None, help="class indices to write (default: all)")
     args = ap.parse_args()
+    opts = {"gray": args.gray, "size": args.size, "classes": args.classes}
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out} is not empty: choose a new folder")
     src = args.source
@@ -55,14 +75,18 @@ def main() -> None:
         read_idx(src / "train-labels-idx1-ubyte.gz"),
         args.out / "train",
         args.train_per_class,
+        **opts,
     )
     n_val = write_split(
         read_idx(src / "t10k-images-idx3-ubyte.gz"),
         read_idx(src / "t10k-labels-idx1-ubyte.gz"),
         args.out / "val",
         args.val_per_class,
+        **opts,
     )
-    print(f"{args.out}: {n_train} training and {n_val} validation RGB PNGs in {len(CLASSES)} classes")
+    kind = f"{args.size}-px {'grayscale' if args.gray else 'RGB'}"
+    n_cls = len(args.classes) if args.classes else len(CLASSES)
+    print(f"{args.out}: {n_train} training and {n_val} validation {kind} PNGs in {n_cls} classes")
 
 
 if __name__ == "__main__":
