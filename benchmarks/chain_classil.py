@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--protocols", nargs="+", default=["I", "FS20", "FS100"], choices=list(SHOTS))
     ap.add_argument("--paths", nargs="+", default=["device", "host", "dense", "replay"],
                     choices=["device", "host", "dense", "replay"])  # fmt: skip
+    ap.add_argument("--task-a-root", type=Path, default=None, help="reuse ROOT/s<seed>/task_a of an earlier --work")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/chain_classil.json"))
     args = ap.parse_args()
     missing = [c for c in TASK_A + NEW if not (args.folder / "train" / c).is_dir()]
@@ -170,10 +171,14 @@ def main() -> None:
         w = args.work / f"s{seed}"
         common = ["--device-type", "cpu", "--seed", str(seed), "--quiet"]
         data_a = view(args.folder, w / "data_a", TASK_A)
-        _, s_train = run(["train", args.model, "--data", str(data_a), "--image-size", str(args.image_size),
-                          "--epochs", str(args.a_epochs), "--lr", str(args.a_lr), "--batch-size", "64",
-                          "--out", str(w / "task_a"), *common])  # fmt: skip
-        print(f"seed {seed}: task A trained in {s_train:.0f} s", flush=True)
+        if args.task_a_root is not None:  # an earlier run's task-A model of this seed
+            shutil.copytree(args.task_a_root / f"s{seed}" / "task_a", w / "task_a")
+            print(f"seed {seed}: task A from {args.task_a_root}", flush=True)
+        else:
+            _, s_train = run(["train", args.model, "--data", str(data_a), "--image-size", str(args.image_size),
+                              "--epochs", str(args.a_epochs), "--lr", str(args.a_lr), "--batch-size", "64",
+                              "--out", str(w / "task_a"), *common])  # fmt: skip
+            print(f"seed {seed}: task A trained in {s_train:.0f} s", flush=True)
         dense_index = None
         if {"dense", "replay"} & set(args.paths):
             _, s = run(["slice", args.model, "--checkpoint", str(w / "task_a" / "model.safetensors"), "--data",
