@@ -83,11 +83,6 @@ def _gray_palette(im: object) -> bool:
     return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
 
 
-def read_images(paths: Sequence[str | Path], preprocess: Preprocess) -> np.ndarray:
-    """Decode every image (all are checked before any work is done on them): float32 (n, C, H, W)."""
-    return preprocess.normalize(read_pixels(paths, preprocess))
-
-
 def read_pixels(paths: Sequence[str | Path], preprocess: Preprocess) -> np.ndarray:
     """Decode every image (all are checked before any work is done on them): uint8 (n, C, H, W), resized and
     cropped; :meth:`Preprocess.normalize` makes a batch of them the model's input. Filled in place (stacking a list

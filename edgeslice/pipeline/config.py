@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..allocation import WIDTH_RULES
+from ..data import AUGMENT_MODES
 from ..pruning.iterative import IterativePruneConfig
 from ..slicing import STRATEGIES
 from ..slicing.deeplift import BASELINES
@@ -21,7 +22,6 @@ CONFIG_VERSION = 1
 
 
 QUANTIZE_MODES = ("none", "int8")
-AUGMENT_MODES = ("auto", "timm", "small", "none")  # edgeslice.data.AUGMENT_MODES
 
 
 @dataclass(frozen=True)
