@@ -2,8 +2,39 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
+
+#: The seed of every training the ``learning`` tests assert on: 0 in the suite. ``benchmarks/audit_learning.py`` runs
+#: those tests again with 1 and 2 (and under other instruction sets) to measure how far each value moves.
+LEARNING_SEED = int(os.environ.get("EDGESLICE_TEST_SEED", "0"))
+
+
+@pytest.fixture(scope="session")
+def learning_seed() -> int:
+    return LEARNING_SEED
+
+
+@pytest.fixture()
+def measure(request, record_property):
+    """``measure(name, value, bound)``: note a learned value beside the bound its test asserts (``bound`` is the
+    assert's text, e.g. ``"> 0.9"``). It lands in the JUnit XML's properties and, when ``EDGESLICE_AUDIT_LOG`` names
+    a file, as one JSON line there: the audit's table of value vs bound per test, setting and seed."""
+
+    def note(name: str, value: float, bound: str) -> float:
+        record_property(name, f"{value} (bound {bound})")
+        log = os.environ.get("EDGESLICE_AUDIT_LOG")
+        if log:
+            row = {"test": request.node.nodeid, "name": name, "value": float(value), "bound": bound,
+                   "seed": LEARNING_SEED, "isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default")}  # fmt: skip
+            with open(log, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return value
+
+    return note
 
 
 @pytest.fixture(autouse=True)

@@ -93,7 +93,9 @@ def critical_index(model: nn.Module, classes: list[str], fp: str) -> bytes:
     return index.to_bytes()
 
 
-def build_bundle(folder: Path, images: np.ndarray, labels: np.ndarray, *, manifest: bool = True) -> nn.Module:
+def build_bundle(
+    folder: Path, images: np.ndarray, labels: np.ndarray, *, manifest: bool = True, seed: int = 0
+) -> nn.Module:
     """Write a complete bundle of a model trained on ``labels`` 0..4 into ``folder``; returns the model."""
     from edgeslice_device import ClassStatistics, Preprocess, write_bundle_meta
     from edgeslice_device.graph import feature_session, run_features
@@ -104,7 +106,7 @@ def build_bundle(folder: Path, images: np.ndarray, labels: np.ndarray, *, manife
     from edgeslice.models import fingerprint, module_shapes
 
     folder.mkdir(parents=True)
-    model = train_model(images, labels, len(BASE_CLASSES))
+    model = train_model(images, labels, len(BASE_CLASSES), seed=seed)
     x = torch.from_numpy(to_input(images[:2]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice

@@ -43,7 +43,9 @@ def digit_data() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def base_bundle(tmp_path_factory: pytest.TempPathFactory, digit_data: dict[str, np.ndarray]) -> Path:
+def base_bundle(
+    tmp_path_factory: pytest.TempPathFactory, digit_data: dict[str, np.ndarray], learning_seed: int
+) -> Path:
     """A bundle of the CNN trained on digits 0-4 (built once; tests copy it)."""
     import torch
 
@@ -51,7 +53,7 @@ def base_bundle(tmp_path_factory: pytest.TempPathFactory, digit_data: dict[str, 
     images, labels, train = digit_data["images"], digit_data["labels"], digit_data["train"]
     keep = train[labels[train] < len(_build.BASE_CLASSES)]
     folder = tmp_path_factory.mktemp("base") / "bundle"
-    _build.build_bundle(folder, images[keep], labels[keep])
+    _build.build_bundle(folder, images[keep], labels[keep], seed=learning_seed)
     return folder
 
 

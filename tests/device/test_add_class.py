@@ -27,7 +27,7 @@ def _accuracy(bundle, pngs, digits):
     return float(np.mean([p.class_name == t for p, t in zip(predict(bundle, files), truth, strict=True)]))
 
 
-def test_add_class_torch_free_then_host_compatible(bundle, class_dirs, test_pngs):
+def test_add_class_torch_free_then_host_compatible(bundle, class_dirs, test_pngs, measure):
     import torch
     from safetensors.torch import load_file
 
@@ -43,8 +43,8 @@ def test_add_class_torch_free_then_host_compatible(bundle, class_dirs, test_pngs
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["classes"] == [*old, "5"] and report["images"] == 20
-    assert _accuracy(bundle, test_pngs, ["5"]) >= 0.6
-    assert _accuracy(bundle, test_pngs, old) >= before - 0.08
+    assert measure("new digit accuracy", _accuracy(bundle, test_pngs, ["5"]), ">= 0.6") >= 0.6
+    assert measure("old digits: after - before", _accuracy(bundle, test_pngs, old) - before, ">= -0.08") >= -0.08
 
     b = open_bundle(bundle)
     assert b.doc["head"] == "lda" and b.doc["history"][-1] == {
@@ -81,12 +81,12 @@ def run_features_logits(bundle, x):
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-def test_five_increments_in_a_row_keep_one_argmax(bundle, class_dirs, test_pngs):
+def test_five_increments_in_a_row_keep_one_argmax(bundle, class_dirs, test_pngs, measure):
     for digit in "56789":
         proc = run_device("add-class", bundle, class_dirs[digit], "--name", digit)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith(f"added '{digit}'")
     assert open_bundle(bundle).classes == list("0123456789")
-    assert _accuracy(bundle, test_pngs, list("56789")) >= 0.6
-    assert _accuracy(bundle, test_pngs, list("01234")) >= 0.88
-    assert _accuracy(bundle, test_pngs, list("0123456789")) >= 0.75
+    assert measure("new digits accuracy", _accuracy(bundle, test_pngs, list("56789")), ">= 0.6") >= 0.6
+    assert measure("old digits accuracy", _accuracy(bundle, test_pngs, list("01234")), ">= 0.88") >= 0.88
+    assert measure("all digits accuracy", _accuracy(bundle, test_pngs, list("0123456789")), ">= 0.75") >= 0.75

@@ -7,7 +7,7 @@ import torch
 
 
 @pytest.fixture(scope="session")
-def trained_digits():
+def trained_digits(learning_seed):
     """mobilenetv3_small_050 trained on scikit-learn digits (32 px): (model, meta, bundle)."""
     from edgeslice.data import load_data
     from edgeslice.pipeline import train_baseline
@@ -15,7 +15,13 @@ def trained_digits():
     torch.set_num_threads(1)
     bundle = load_data("digits", seed=0)
     model, meta = train_baseline(
-        "mobilenetv3_small_050", bundle, epochs=6, seed=0, device=torch.device("cpu"), batch_size=64, lr=1e-2
+        "mobilenetv3_small_050",
+        bundle,
+        epochs=6,
+        seed=learning_seed,
+        device=torch.device("cpu"),
+        batch_size=64,
+        lr=1e-2,
     )
     from edgeslice.models import fingerprint
 

@@ -65,7 +65,7 @@ def test_attacks_stay_in_the_ball_and_restore_the_mode(tiny_mnv3, batch):
 
 
 @pytest.mark.learning
-def test_pgd_is_at_least_as_strong_as_fgsm_on_a_trained_model(trained_digits):
+def test_pgd_is_at_least_as_strong_as_fgsm_on_a_trained_model(trained_digits, measure):
     model, meta, bundle = trained_digits
     from edgeslice.train import iterate_batches
 
@@ -74,7 +74,9 @@ def test_pgd_is_at_least_as_strong_as_fgsm_on_a_trained_model(trained_digits):
     clean = accuracy(model, x, y, prepare=prepare)
     acc_fgsm = accuracy(model, attack(model, x, y, AttackConfig("fgsm", eps=0.1), prepare=prepare), y, prepare=prepare)
     acc_pgd = accuracy(model, attack(model, x, y, AttackConfig("pgd", eps=0.1), prepare=prepare), y, prepare=prepare)
-    assert clean > 60 and acc_fgsm < clean - 20 and acc_pgd <= acc_fgsm
+    assert measure("clean accuracy %", clean, "> 60") > 60
+    assert measure("clean - FGSM points", clean - acc_fgsm, "> 20") > 20
+    assert measure("FGSM - PGD points", acc_fgsm - acc_pgd, ">= 0") >= 0
 
 
 def test_config_validates():

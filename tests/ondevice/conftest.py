@@ -11,7 +11,7 @@ MODEL = "mobilenetv3_small_050"
 
 
 @pytest.fixture(scope="session")
-def task_a(tmp_path_factory):
+def task_a(tmp_path_factory, learning_seed):
     """(folder with model.safetensors + model.json + critical_index, bundle of all 10 digits)."""
     from edgeslice.data import load_data
     from edgeslice.models import create_model, save_checkpoint
@@ -25,13 +25,15 @@ def task_a(tmp_path_factory):
     task = dataclasses.replace(
         bundle, train=relabel(bundle.train, keep), test=relabel(bundle.test, keep), classes=bundle.classes[:5]
     )
-    torch.manual_seed(0)
+    torch.manual_seed(learning_seed)
     model = create_model(MODEL, num_classes=5, in_chans=1)
-    train_model(model, task.train, epochs=6, batch_size=64, lr=1e-2, seed=0, prepare=make_prepare(task))
+    train_model(model, task.train, epochs=6, batch_size=64, lr=1e-2, seed=learning_seed, prepare=make_prepare(task))
     meta = meta_for(model_name := "mobilenetv3_small_050", task, data="digits 0-4")
     assert meta.timm_name == model_name
     folder = tmp_path_factory.mktemp("task_a")
     save_checkpoint(model, meta, folder / "model.safetensors")
-    _, _, index = slice_model(model, meta, task, SliceConfig(calib_per_class=10, theta=0.9), seed=0, device="cpu")
+    _, _, index = slice_model(
+        model, meta, task, SliceConfig(calib_per_class=10, theta=0.9), seed=learning_seed, device="cpu"
+    )
     index.save(folder / "critical_index")
     return folder, bundle

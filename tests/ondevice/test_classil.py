@@ -115,7 +115,7 @@ def test_budget_bounds_the_rank_and_merge_pools():
 
 
 @pytest.mark.learning
-def test_class_il_head_beats_plain_isolation_and_keeps_features(task_a):
+def test_class_il_head_beats_plain_isolation_and_keeps_features(task_a, learning_seed, measure):
     """Digits 0-4 → 5-9, seeded: one argmax over all 10 classes is right more often with the LDA head, which keeps
     the old digits that plain isolation loses entirely.
 
@@ -135,7 +135,9 @@ def test_class_il_head_beats_plain_isolation_and_keeps_features(task_a):
     assert torch.equal(dims, index.class_stats.dims)
     with torch.no_grad():
         feats = pre_logits(isolated, x)[:, dims]
-    lda = learn_increment(model, meta, index, new_train, bundle.classes[5:], IncrementConfig(head="lda", seed=0))
+    lda = learn_increment(
+        model, meta, index, new_train, bundle.classes[5:], IncrementConfig(head="lda", seed=learning_seed)
+    )
     with torch.no_grad():
         # The features the statistics describe are exactly those of the isolated model (same shapes: same kernels).
         assert torch.equal(pre_logits(lda.model, x)[:, dims], feats)
@@ -143,15 +145,16 @@ def test_class_il_head_beats_plain_isolation_and_keeps_features(task_a):
     acc_lda = task_accuracy(lda.model, test, range(10), seen=10, prepare=prepare)["class_il"]
 
     plain, meta = load_checkpoint(folder)
-    cfg = IncrementConfig(epochs=2, lr=1e-2, isolate=True, seed=0, slice_new=False)
+    cfg = IncrementConfig(epochs=2, lr=1e-2, isolate=True, seed=learning_seed, slice_new=False)
     iso = learn_increment(plain, meta, index, new_train, bundle.classes[5:], cfg)
     acc_iso = task_accuracy(iso.model, test, range(10), seen=10, prepare=prepare)["class_il"]
-    assert acc_lda > acc_iso + 3 and acc_lda > 40, (acc_lda, acc_iso)  # chance: 10
+    assert measure("LDA class-IL %", acc_lda, "> 40") > 40  # chance: 10
+    assert measure("LDA - isolation points", acc_lda - acc_iso, "> 3") > 3, (acc_lda, acc_iso)
     old = relabel(bundle.test, {c: c for c in range(5)})
     old_lda, old_iso = (
         task_accuracy(m, old, range(10), seen=10, prepare=prepare)["class_il"] for m in (lda.model, iso.model)
     )
-    assert old_lda > old_iso + 40, (old_lda, old_iso)
+    assert measure("old digits: LDA - isolation points", old_lda - old_iso, "> 40") > 40, (old_lda, old_iso)
 
 
 def test_lda_head_needs_statistics(task_a):
@@ -164,7 +167,7 @@ def test_lda_head_needs_statistics(task_a):
 
 
 @pytest.mark.learning
-def test_increment_cli_is_class_incremental_by_default(task_a, tmp_path):
+def test_increment_cli_is_class_incremental_by_default(task_a, tmp_path, learning_seed, measure):
     """`edgeslice increment` without --head: the exported ONNX model predicts all 10 digits with one argmax.
 
     Measured accuracy over 10 digits: default kernels (AVX2) seed 0: 0.752, seed 1: 0.805; AVX-512 (AMD EPYC) seed 0:
@@ -178,10 +181,10 @@ def test_increment_cli_is_class_incremental_by_default(task_a, tmp_path):
     from edgeslice.cli import app
 
     folder, bundle = task_a
-    index_path = _routed_index(task_a, tmp_path)
+    index_path = _routed_index(task_a, tmp_path, learning_seed)
     args = ["increment", "--checkpoint", str(folder / "model.safetensors"), "--index", str(index_path),
             "--new-data", "digits", "--classes", "5-9", "--calib-per-class", "5", "--device-type", "cpu", "--json",
-            "--out", str(tmp_path / "o")]  # fmt: skip
+            "--seed", str(learning_seed), "--out", str(tmp_path / "o")]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
@@ -200,7 +203,7 @@ def test_increment_cli_is_class_incremental_by_default(task_a, tmp_path):
     logits = sess.run(None, {sess.get_inputs()[0].name: make_prepare(meta)(x).numpy()})[0]
     assert logits.shape[1] == 10
     assert props["edgeslice.head"] == "routed" and json.loads(props["edgeslice.tasks"]) == doc["tasks"]
-    assert float((np.argmax(logits, 1) == y.numpy()).mean()) > 0.5
+    assert measure("ONNX class-IL accuracy", float((np.argmax(logits, 1) == y.numpy()).mean()), "> 0.5") > 0.5
     # Replay belongs to the trained head; isolation to the trained (and, always, the routed) head.
     # (--head auto with --replay picks the trained head; asking for the routed one is refused)
     r = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "o2"), "--replay", "digits", "--head", "routed"])
@@ -209,18 +212,18 @@ def test_increment_cli_is_class_incremental_by_default(task_a, tmp_path):
     assert r.exit_code == 1 and "--head trained" in r.stderr and not (tmp_path / "o3").exists()
 
 
-def _routed_index(task_a, tmp_path):
+def _routed_index(task_a, tmp_path, seed=0):
     """The task-A checkpoint sliced at θ = 0.99 (the routed head's old rows read only the frozen features)."""
     folder, bundle = task_a
     model, meta = load_checkpoint(folder)
     task = replace(bundle, train=relabel(bundle.train, {c: c for c in range(5)}), classes=bundle.classes[:5])
-    _, _, index = slice_model(model, meta, task, SliceConfig(calib_per_class=10, theta=0.99), seed=0, device="cpu")
+    _, _, index = slice_model(model, meta, task, SliceConfig(calib_per_class=10, theta=0.99), seed=seed, device="cpu")
     index.save(tmp_path / "critical_index_099")
     return tmp_path / "critical_index_099"
 
 
 @pytest.mark.learning
-def test_routed_head_is_class_incremental_keeps_old_logits_and_grows_again(task_a, tmp_path):
+def test_routed_head_is_class_incremental_keeps_old_logits_and_grows_again(task_a, tmp_path, learning_seed, measure):
     """Digits 0-4 → 5-7 → 8-9: the router picks the task, old logits stay exact, the checkpoint reloads bit for bit.
 
     Measured, class-IL % over 10 digits, routed / plain isolation (old digits 0-4 alone in brackets):
@@ -230,7 +233,7 @@ def test_routed_head_is_class_incremental_keeps_old_logits_and_grows_again(task_
     from edgeslice.models import save_checkpoint
 
     folder, bundle = task_a
-    index = CriticalIndex.load(_routed_index(task_a, tmp_path))
+    index = CriticalIndex.load(_routed_index(task_a, tmp_path, learning_seed))
     test = relabel(bundle.test, {c: c for c in range(10)})
     model, meta = load_checkpoint(folder)
     prepare = make_prepare(meta)
@@ -238,7 +241,7 @@ def test_routed_head_is_class_incremental_keeps_old_logits_and_grows_again(task_
     with torch.no_grad():
         isolated, _, _ = isolated_features(model, index, 5, x[:2])
         old_logits = isolated(x)
-    cfg = IncrementConfig(epochs=2, lr=1e-2, head="routed", seed=0)
+    cfg = IncrementConfig(epochs=2, lr=1e-2, head="routed", seed=learning_seed)
     first = learn_increment(model, meta, index, relabel(bundle.train, {5: 5, 6: 6, 7: 7}), bundle.classes[5:8], cfg)
     head = first.model.get_classifier()
     assert isinstance(head, RoutedHead) and head.tasks() == [[0, 1, 2, 3, 4], [5, 6, 7]]
@@ -266,15 +269,16 @@ def test_routed_head_is_class_incremental_keeps_old_logits_and_grows_again(task_
     plain, meta = load_checkpoint(folder)
     iso = learn_increment(
         plain, meta, index, relabel(bundle.train, NEW), bundle.classes[5:],
-        IncrementConfig(epochs=2, lr=1e-2, isolate=True, seed=0, slice_new=False),
+        IncrementConfig(epochs=2, lr=1e-2, isolate=True, seed=learning_seed, slice_new=False),
     )  # fmt: skip
     acc_iso = task_accuracy(iso.model, test, range(10), seen=10, prepare=prepare)["class_il"]
-    assert acc > acc_iso + 3 and acc > 45, (acc, acc_iso)  # chance: 10
+    assert measure("routed class-IL %", acc, "> 45") > 45  # chance: 10
+    assert measure("routed - isolation points", acc - acc_iso, "> 3") > 3, (acc, acc_iso)
     old = relabel(bundle.test, {c: c for c in range(5)})
     old_acc, old_iso = (
         task_accuracy(m, old, range(10), seen=10, prepare=prepare)["class_il"] for m in (second.model, iso.model)
     )
-    assert old_acc > old_iso + 40, (old_acc, old_iso)
+    assert measure("old digits: routed - isolation points", old_acc - old_iso, "> 40") > 40, (old_acc, old_iso)
     # Other heads refuse a routed model; the routed head refuses statistics that are not over isolated features.
     with pytest.raises(Exception, match="routed"):
         learn_increment(

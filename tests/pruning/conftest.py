@@ -55,12 +55,14 @@ def digits28():
 
 
 @pytest.fixture(scope="session")
-def trained_mlp_state(digits28):
+def trained_mlp_state(digits28, learning_seed):
     """(state dict, meta) of the paper's MLP trained one epoch on digits (about 90% test accuracy)."""
     from edgeslice.pipeline import train_baseline
 
     torch.set_num_threads(1)
-    model, meta = train_baseline("mlp", digits28, epochs=1, seed=0, device=torch.device("cpu"), batch_size=64)
+    model, meta = train_baseline(
+        "mlp", digits28, epochs=1, seed=learning_seed, device=torch.device("cpu"), batch_size=64
+    )
     return {k: v.clone() for k, v in model.state_dict().items()}, meta
 
 
