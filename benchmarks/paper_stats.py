@@ -111,11 +111,12 @@ def _runs_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def load_runs(paths: list[Path]) -> dict[str, dict[int, dict[str, Any]]]:
-    """similarity → seed → ``{"models", "source"}`` over all files; settings other than the seed must agree.
+    """similarity → seed → ``{"models": {name: report}, "sources": {name: file}}`` over all files (one model's
+    seeds may come from one file and another model's from another); settings other than the seed must agree.
 
     Raises:
-        StatsInputError: a file that is not an ``rq1_slicing.py`` result, a (similarity, seed) pair twice, or runs
-            of one similarity with different settings (data, θs, ratios, metrics, test sample size, …).
+        StatsInputError: a file that is not an ``rq1_slicing.py`` result, a (model, similarity, seed) twice, or
+            runs of one similarity with different settings (data, θs, ratios, metrics, test sample size, …).
     """
     groups: dict[str, dict[int, dict[str, Any]]] = {}
     settings: dict[str, tuple[Any, dict[str, Any], Path]] = {}
@@ -136,9 +137,11 @@ def load_runs(paths: list[Path]) -> dict[str, dict[int, dict[str, Any]]]:
                 known = settings.setdefault(sim, (doc.get("data"), cfg, path))
                 if known[:2] != (doc.get("data"), cfg):
                     raise StatsInputError(f"{path} ({name}, seed {seed}) ran with other settings than {known[2]}")
-            if seed in groups.setdefault(sim, {}):
-                raise StatsInputError(f"seed {seed} ({sim}) is in both {groups[sim][seed]['source']} and {path}")
-            groups[sim][seed] = {"models": models, "source": str(path)}
+            run = groups.setdefault(sim, {}).setdefault(seed, {"models": {}, "sources": {}})
+            for name, rep in models.items():
+                if name in run["models"]:
+                    raise StatsInputError(f"{name}, seed {seed} ({sim}) is in both {run['sources'][name]} and {path}")
+                run["models"][name], run["sources"][name] = rep, str(path)
     return groups
 
 

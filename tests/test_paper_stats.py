@@ -155,15 +155,26 @@ def test_refuses_fewer_than_two_seeds(paper_stats, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_refuses_a_seed_twice_and_other_settings(paper_stats, tmp_path, capsys):
+def test_models_merge_across_files_but_a_seed_counts_once(paper_stats, tmp_path, capsys):
     a = write(tmp_path / "a.json", "cka", [0, 1])
-    b = write(tmp_path / "b.json", "cka", [1, 2])
-    assert paper_stats.main([str(a), str(b), "--out", str(tmp_path / "s.json")]) == 2
-    assert "seed 1 (cka) is in both" in capsys.readouterr().err
+    other = json.loads(a.read_text())
+    for run in other["runs"]:
+        run["models"] = {"mobilenetv3": run["models"].pop("mlp")}
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(other))  # the same seeds, another model: one run per seed with both models
+    out = tmp_path / "s.json"
+    assert paper_stats.main([str(a), str(b), "--out", str(out)]) == 0
+    assert set(json.loads(out.read_text())["strategies"]["cka"]) == {"mlp", "mobilenetv3"}
+    c = write(tmp_path / "c.json", "cka", [1, 2])
+    assert paper_stats.main([str(a), str(c), "--out", str(out)]) == 2
+    assert "mlp, seed 1 (cka) is in both" in capsys.readouterr().err
+
+
+def test_refuses_other_settings(paper_stats, tmp_path, capsys):
+    a = write(tmp_path / "a.json", "cka", [0, 1])
+    b = write(tmp_path / "b.json", "cka", [2])  # one seed: the layout of a single-seed run
     doc = json.loads(b.read_text())
-    for run in doc["runs"]:
-        run["seed"] += 10
-        run["models"]["mlp"]["config"]["test_limit"] = 500
+    doc["models"]["mlp"]["config"]["test_limit"] = 500
     b.write_text(json.dumps(doc))
     assert paper_stats.main([str(a), str(b), "--out", str(tmp_path / "s.json")]) == 2
     assert "other settings" in capsys.readouterr().err
