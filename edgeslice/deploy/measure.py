@@ -59,10 +59,20 @@ def gzip_size(raw: bytes) -> int:
     return len(gzip.compress(raw, compresslevel=9, mtime=0))
 
 
+#: Runtimes :func:`onnx_latency` times (OpenVINO needs the ``openvino`` extra).
+RUNTIMES = ("onnxruntime", "openvino")
+
+
 def onnx_latency(
-    path: str | Path, input_shape: tuple[int, ...], *, runs: int = 50, warmup: int = 5, threads: int | None = None
+    path: str | Path,
+    input_shape: tuple[int, ...],
+    *,
+    runs: int = 50,
+    warmup: int = 5,
+    threads: int | None = None,
+    runtime: str = "onnxruntime",
 ) -> dict[str, Any]:
-    """onnxruntime CPU latency of one batch of ``input_shape`` (median and p90 over ``runs``, in ms).
+    """CPU latency of one batch of ``input_shape`` (median and p90 over ``runs``, in ms).
 
     Args:
         path: the ONNX file.
@@ -70,25 +80,46 @@ def onnx_latency(
         runs: timed runs after ``warmup`` untimed ones.
         threads: intra-op threads; None: every available core. More than the available cores are not used (the
             record then also has ``threads_requested``).
+        runtime: ``onnxruntime``, or ``openvino`` (compiled for this static shape in f32, one stream, see
+            :func:`.openvino_runtime.compile_openvino`).
 
     Returns:
-        ``threads``, ``batch``, ``input_shape`` (one sample's), ``median_ms``, ``p90_ms``, ``runs``.
+        ``runtime``, ``threads``, ``batch``, ``input_shape`` (one sample's), ``median_ms``, ``p90_ms``, ``runs``.
+
+    Raises:
+        ValueError: an unknown runtime; MissingExtraError: ``openvino`` without the extra.
     """
     import numpy as np
 
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
     cores = available_threads()
     used = cores if threads is None else min(int(threads), cores)
-    sess = ort_session(path, used)
-    feed = {sess.get_inputs()[0].name: np.random.default_rng(0).random(input_shape, dtype=np.float32)}
+    x = np.random.default_rng(0).random(input_shape, dtype=np.float32)
+    if runtime == "openvino":
+        from .openvino_runtime import compile_openvino
+
+        compiled, _ = compile_openvino(path, shape=input_shape, threads=used)
+        request = compiled.create_infer_request()
+
+        def run() -> None:
+            request.infer({0: x})
+    else:
+        sess = ort_session(path, used)
+        feed = {sess.get_inputs()[0].name: x}
+
+        def run() -> None:
+            sess.run(None, feed)
+
     for _ in range(warmup):
-        sess.run(None, feed)
+        run()
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        sess.run(None, feed)
+        run()
         times.append((time.perf_counter() - t) * 1e3)
     times.sort()
-    record: dict[str, Any] = {"threads": used}
+    record: dict[str, Any] = {"runtime": runtime, "threads": used}
     if threads is not None and used != threads:
         record["threads_requested"] = int(threads)
     return {

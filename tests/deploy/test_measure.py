@@ -106,3 +106,12 @@ def test_reference_latency_at_224(tiny_mnv3, tmp_path):
 
     mlp = timm.create_model("edgeslice_mlp", num_classes=10, in_chans=1, img_size=28)
     assert "does not run at 224 px" in reference_latency(mlp, torch.zeros(1, 1, 28, 28))["skipped"]
+
+
+def test_openvino_latency_record(tiny_mnv3, tmp_path):
+    pytest.importorskip("openvino")
+    path = export_onnx(tiny_mnv3, torch.zeros(1, 1, 32, 32), tmp_path / "m.onnx")
+    rec = onnx_latency(path, (1, 1, 32, 32), threads=1, runs=3, warmup=1, runtime="openvino")
+    assert (rec["runtime"], rec["threads"], rec["batch"], rec["runs"]) == ("openvino", 1, 1, 3) and rec["median_ms"] > 0
+    with pytest.raises(ValueError, match="unknown runtime 'tflite'"):
+        onnx_latency(path, (1, 1, 32, 32), runtime="tflite")
