@@ -251,9 +251,8 @@ def _onnx_rows(before: dict[str, Any], after: dict[str, Any]) -> list[list[str]]
     for key, what in (("latency_device", ""), ("latency_reference_224", ", reference"), ("latency", ""),
                       ("latency_batch32", "")):  # fmt: skip
         measured = [r if r and "median_ms" in r else None for r in (before.get(key), after.get(key))]
-        if any(measured):  # absent in older reports; the 224 px reference is skipped for a model sized for its input
-            rec = measured[1] or measured[0]
-            rows.append([_latency_label(rec, what), *(f"{r['median_ms']:.3f}" if r else "" for r in measured)])
+        if measured[1]:  # absent in older reports, for int8 (224 px), and for a model sized for its input (224 px)
+            rows.append([_latency_label(measured[1], what), *(f"{r['median_ms']:.3f}" if r else "" for r in measured)])
     peaks = [before.get("peak_activation"), after.get("peak_activation")]
     if all(peaks):
         rows.append(["peak activations, batch 1 (ONNX graph)", *(fmt_bytes(p["peak_bytes"]) for p in peaks)])
