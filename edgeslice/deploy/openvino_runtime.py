@@ -28,7 +28,7 @@ INSTALL = "pip install 'edgeslice[openvino]'"
 PRECISION = "f32"
 WHY_F32 = (
     "the shipped model is fp32; OpenVINO's CPU plugin computes in bf16 by default on CPUs with bf16 units, which is "
-    "another model (max |Δ| 0.64 measured), so parity is checked with INFERENCE_PRECISION_HINT=f32"
+    "another model (max |Δ| 0.64 on such a CPU), so parity is checked with INFERENCE_PRECISION_HINT=f32"
 )
 
 
