@@ -21,3 +21,7 @@ class ExportError(EdgesliceError):
 
 class OutputError(EdgesliceError):
     """An output folder that cannot be used: a file, not writable, held by another run, or holding a user's file."""
+
+
+class MissingExtraError(EdgesliceError):
+    """A feature needs an optional dependency that is not installed (the message names the extra to install)."""

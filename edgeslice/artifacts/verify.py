@@ -18,6 +18,8 @@ from .manifest import check_files, read_manifest
 
 #: Random inputs used for the ONNX parity check (seeded, so a verification is repeatable).
 PARITY_SAMPLES = 8
+#: Runtimes that can run the ONNX checks (``openvino`` needs the ``edgeslice[openvino]`` extra).
+RUNTIMES = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class VerifyResult:
 
     folder: str
     checks: list[Check] = field(default_factory=list)
+    runtime: dict[str, Any] = field(default_factory=lambda: {"name": "onnxruntime"})
 
     @property
     def ok(self) -> bool:
@@ -55,27 +58,51 @@ class VerifyResult:
         return [c for c in self.checks if not c.ok]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"folder": self.folder, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+        return {
+            "folder": self.folder,
+            "ok": self.ok,
+            "runtime": self.runtime,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
-def verify(folder: str | Path, *, samples: int = PARITY_SAMPLES) -> VerifyResult:
+def verify(folder: str | Path, *, samples: int = PARITY_SAMPLES, runtime: str = "onnxruntime") -> VerifyResult:
     """Check an artifact folder written by ``compress``/``run`` (or any command that writes a manifest).
 
     In order: every file against ``manifest.json`` (missing, extra or changed files fail), the checkpoint loads and
-    matches its fingerprint, every ONNX file runs in onnxruntime (``model.onnx`` must match PyTorch within
+    matches its fingerprint, every ONNX file runs in ``runtime`` (``model.onnx`` must match PyTorch within
     :func:`edgeslice.deploy.export.check_parity`'s tolerance), the critical index reads and belongs to the model, the
     report's parameter count matches the checkpoint, and, when the configuration names a device, the artifacts meet
     its budgets. A step whose input is absent is skipped, never failed, except the manifest itself.
 
+    The reference outputs are the checkpoint's, computed with PyTorch on ``samples`` seeded random inputs (the same
+    inputs and reference for either runtime). With ``runtime="openvino"`` the ONNX files are compiled in f32
+    (:mod:`edgeslice.deploy.openvino_runtime` says why); ``result.runtime`` records the version, the precision used
+    and the CPU's default precision.
+
     Args:
         folder: the artifact folder.
         samples: random inputs for the parity check.
+        runtime: ``onnxruntime`` or ``openvino``.
 
     Returns:
         The checks; ``result.ok`` is False when any failed.
+
+    Raises:
+        ValueError: an unknown runtime; MissingExtraError: ``openvino`` without the extra (before any check).
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+    if runtime == "openvino":
+        from ..deploy.openvino_runtime import import_openvino
+
+        version = import_openvino().__version__.split("-")[0]
+    else:
+        import onnxruntime
+
+        version = onnxruntime.__version__
     folder = Path(folder)
-    result = VerifyResult(str(folder))
+    result = VerifyResult(str(folder), runtime={"name": runtime, "version": version})
     add = result.checks.append
     try:
         manifest = read_manifest(folder)
@@ -95,7 +122,7 @@ def verify(folder: str | Path, *, samples: int = PARITY_SAMPLES) -> VerifyResult
     config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
 
     model, meta = _check_checkpoint(folder, add)
-    _check_onnx(folder, model, meta, samples, add)
+    _check_onnx(folder, model, meta, samples, add, result if runtime == "openvino" else None)
     _check_index(folder, model, meta, add)
     _check_report(folder, model, add)
     _check_budgets(folder, config, "int8" if "model.int8.onnx" in manifest["files"] else "fp32", add)
@@ -118,7 +145,9 @@ def _check_checkpoint(folder: Path, add):
     return model, meta
 
 
-def _check_onnx(folder: Path, model, meta, samples: int, add) -> None:
+def _check_onnx(folder: Path, model, meta, samples: int, add, openvino: VerifyResult | None = None) -> None:
+    """Every ONNX file against the checkpoint, in onnxruntime, or in OpenVINO when ``openvino`` is the result to
+    record its runtime in."""
     import torch
 
     from ..deploy.export import check_parity
@@ -136,18 +165,57 @@ def _check_onnx(folder: Path, model, meta, samples: int, add) -> None:
     g = torch.Generator().manual_seed(0)
     size = meta.input_size
     x = make_prepare(meta)(torch.rand(samples, meta.in_chans, size, size, generator=g))
+    runtime = "onnxruntime" if openvino is None else "openvino"
     for p in paths:
-        name = f"onnx {p.name}"
+        name = f"onnx {p.name}" + (" (openvino)" if openvino is not None else "")
         try:
-            if p.name == "model.onnx":
+            if openvino is not None:
+                add(_openvino_onnx(p, model, x, name, openvino))
+            elif p.name == "model.onnx":
                 diff = check_parity(model, p, x)
                 add(Check(name, "ok", f"onnxruntime = PyTorch (max |Δ| {diff:.2e}, {samples} inputs)"))
             else:
                 add(_run_onnx(p, model, x, name))
         except EdgesliceError as e:
             add(Check(name, "fail", str(e)))
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a corrupt file
-            add(Check(name, "fail", f"onnxruntime cannot run {p.name}: {str(e).splitlines()[0] if str(e) else e!r}"))
+        except Exception as e:  # noqa: BLE001 - the runtimes raise their own types for a corrupt file
+            add(Check(name, "fail", f"{runtime} cannot run {p.name}: {str(e).splitlines()[0] if str(e) else e!r}"))
+
+
+def _openvino_onnx(path: Path, model, x, name: str, result: VerifyResult) -> Check:
+    """One ONNX file in OpenVINO (f32) against the PyTorch reference: ``model.onnx`` within the parity tolerance of
+    :func:`edgeslice.deploy.export.check_parity`; any other file (int8) must run with logits of the right shape,
+    its max |Δ| and top-1 agreement with PyTorch and with onnxruntime on the same file reported."""
+    import numpy as np
+    import torch
+
+    from ..deploy.export import ort_session, parity_tolerance
+    from ..deploy.openvino_runtime import run_openvino
+
+    got, info = run_openvino(path, x.numpy())
+    result.runtime.update(info)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    if got.shape != ref.shape or not np.isfinite(got).all():
+        return Check(name, "fail", f"output {got.shape} (finite: {bool(np.isfinite(got).all())}), expected {ref.shape}")
+    diff, agree = float(np.abs(got - ref).max()), float((got.argmax(1) == ref.argmax(1)).mean())
+    default = info["cpu_default_precision"]
+    how = f"OpenVINO {info['precision']} (forced with {info['forced']}; this CPU's default: {default})"
+    versus = f"max |Δ| {diff:.2e}, top-1 agreement {agree:.0%}, {len(x)} inputs"
+    if path.name == "model.onnx":
+        tol = parity_tolerance(ref)
+        if not diff <= tol:
+            return Check(name, "fail", f"{how} vs PyTorch: {versus}; parity needs max |Δ| <= {tol:.3g}")
+        return Check(name, "ok", f"{how} = PyTorch: {versus}")
+    sess = ort_session(path)
+    ort_out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    d_ort, a_ort = float(np.abs(got - ort_out).max()), float((got.argmax(1) == ort_out.argmax(1)).mean())
+    return Check(
+        name,
+        "ok",
+        f"{how} runs; vs PyTorch fp32: {versus}; vs onnxruntime on this file: max |Δ| {d_ort:.2e}, top-1 agreement "
+        f"{a_ort:.0%} (not a parity check: quantized)",
+    )
 
 
 def _run_onnx(path: Path, model, x, name: str) -> Check:

@@ -180,8 +180,11 @@ def handle_errors(fn):
                 finally:
                     _claims.pop()
         except (EdgesliceError, ValueError) as e:
+            from rich.markup import escape
+
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+            # escaped: a message may hold brackets that are not markup (pip install 'edgeslice[openvino]')
+            err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]")

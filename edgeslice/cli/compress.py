@@ -234,16 +234,31 @@ def compress_command(
     print_report(report, out)
 
 
+def _latency_label(rec: dict[str, Any], what: str = "") -> str:
+    threads = rec.get("threads")
+    who = "onnxruntime" if threads is None else f"onnxruntime, {threads} thread{'s' if threads != 1 else ''}"
+    size = rec.get("input_shape", [None])[-1]
+    return f"{who}, batch {rec.get('batch', 1)}" + (f", {size} px" if size else "") + what + " (ms)"
+
+
 def _onnx_rows(before: dict[str, Any], after: dict[str, Any]) -> list[list[str]]:
-    """Size and onnxruntime latency of two ONNX files (``file_sizes`` + latency entries of a report), side by side."""
-    return [
+    """Size, onnxruntime latency (the device figure first: batch 1 on the device's threads) and peak activation memory
+    of two ONNX files (entries of a report, see :func:`edgeslice.deploy.measure.onnx_cost`), side by side."""
+    rows = [
         ["ONNX size", fmt_bytes(before["raw_bytes"]), fmt_bytes(after["raw_bytes"])],
         ["ONNX size (gzip)", fmt_bytes(before["gzip_bytes"]), fmt_bytes(after["gzip_bytes"])],
-        *(
-            [f"onnxruntime latency, batch {n} (ms)", f"{before[k]['median_ms']:.3f}", f"{after[k]['median_ms']:.3f}"]
-            for n, k in ((1, "latency"), (32, "latency_batch32"))
-        ),
     ]
+    for key, what in (("latency_device", ""), ("latency_reference_224", ", reference"), ("latency", ""),
+                      ("latency_batch32", "")):  # fmt: skip
+        measured = [r if r and "median_ms" in r else None for r in (before.get(key), after.get(key))]
+        if measured[1]:  # absent in older reports, for int8 (224 px), and for a model sized for its input (224 px)
+            rows.append([_latency_label(measured[1], what), *(f"{r['median_ms']:.3f}" if r else "" for r in measured)])
+    peaks = [before.get("peak_activation"), after.get("peak_activation")]
+    if all(peaks):
+        rows.append(["peak activations, batch 1 (ONNX graph)", *(fmt_bytes(p["peak_bytes"]) for p in peaks)])
+        if all("budget_estimate_bytes" in p for p in peaks):
+            rows.append(["  RAM budget's estimate", *(fmt_bytes(p["budget_estimate_bytes"]) for p in peaks)])
+    return rows
 
 
 def print_report(report: dict[str, Any], out: Path, title_prefix: str = "") -> None:

@@ -66,6 +66,7 @@ def show_command(
         ["latency (estimated, batch 1)", f"{1e3 * p.latency_s:g} ms"],
         ["precisions", ", ".join(p.precisions)],
         ["ONNX opset (highest)", p.opset],
+        ["threads (one inference)", p.threads],
         *[[f"sustained {k} throughput", f"{v / 1e6:g} MMAC/s"] for k, v in p.macs_per_s.items()],
         ["file", p.source],
     ]

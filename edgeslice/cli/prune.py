@@ -203,7 +203,14 @@ def _print_report(report, timm_name: str, data_name: str, cfg, dense: int, out: 
         ["MA (test accuracy, %)", f"{report.accuracy:.2f}"],
         ["non-zero parameters", f"{report.nonzero_params:,} of {report.params:,} (dense model: {dense:,})"],
         ["ONNX size / gzip", f"{fmt_bytes(o['raw_bytes'])} / {fmt_bytes(o['gzip_bytes'])}"],
-        ["onnxruntime latency, batch 1 (ms)", f"{o['latency']['median_ms']:.3f}"],
+        *(
+            [
+                f"onnxruntime latency, {r['threads']} thread(s), batch 1, {r['input_shape'][-1]} px (ms)",
+                f"{r['median_ms']:.3f}",
+            ]
+            for r in (o.get("latency_device"), o.get("latency"))
+            if r and "threads" in r
+        ),
         ["ONNX parity max |Δ|", f"{o['parity_max_abs']:.2e}"],
         ["wall time (s)", f"{report.wall_s:.1f}"],
     ]

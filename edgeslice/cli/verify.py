@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,9 +13,25 @@ from ._common import JsonOpt, QuietOpt, console, emit_json, err_console, handle_
 _STYLE = {"ok": "[green]ok[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
 
 
+class Runtime(str, Enum):
+    """Which runtime runs the ONNX checks."""
+
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
 @handle_errors
 def verify_command(
     folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Artifact folder with manifest.json.")],
+    runtime: Annotated[
+        Runtime,
+        typer.Option(
+            "--runtime",
+            help="Runtime for the ONNX checks. openvino (needs `pip install 'edgeslice[openvino]'`) runs model.onnx "
+            "and model.int8.onnx in f32 (INFERENCE_PRECISION_HINT=f32, not the bf16 some CPUs default to) against "
+            "the same PyTorch reference outputs.",
+        ),
+    ] = Runtime.onnxruntime,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -22,13 +39,14 @@ def verify_command(
 
     Exit code 0 when every check passes, 1 when any fails (a missing, extra or changed file fails).
     """
+    from rich.markup import escape
     from rich.table import Table
 
     from edgeslice._progress import set_enabled
     from edgeslice.artifacts.verify import verify
 
     set_enabled(not quiet)
-    result = verify(folder)
+    result = verify(folder, runtime=runtime.value)
     if json_out:
         emit_json(result.to_dict())
     else:
@@ -36,12 +54,19 @@ def verify_command(
         for col in ("check", "status", "detail"):
             t.add_column(col)
         for c in result.checks:
-            t.add_row(c.name, _STYLE[c.status], c.detail)
+            t.add_row(escape(c.name), _STYLE[c.status], escape(c.detail))
         console.print(t)
+        rt = result.runtime
+        if rt.get("name") == "openvino" and "precision" in rt:
+            line = (
+                f"runtime: {rt['runtime']} on {rt['device']}, precision {rt['precision']} ({rt['forced']}; this CPU's "
+                f"default: {rt['cpu_default_precision']}): {rt['why']}"
+            )
+            console.print(escape(line), soft_wrap=True, highlight=False)
     if not result.ok:
         failed = result.failed
         names = f"{failed[0].name}: {failed[0].detail}" if len(failed) == 1 else ", ".join(c.name for c in failed)
-        err_console.print(f"[bold red]error:[/] verification failed: {names}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] verification failed: {escape(names)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if not json_out:
         console.print(f"all checks passed: {folder}", soft_wrap=True, highlight=False)

@@ -10,6 +10,7 @@ A profile is a small TOML file with explicit units::
     precisions = ["fp32", "int8"]
     opset = 17                  # highest ONNX opset the device's runtime takes
     ram_counts_weights = true   # false on MCUs whose runtime executes weights in place from flash
+    threads = 4                 # CPU threads the runtime runs one inference on (default 1)
 
     [macs_per_s]                # rough sustained throughput per precision (the latency estimate divides by it)
     fp32 = "1 GMAC/s"
@@ -17,7 +18,8 @@ A profile is a small TOML file with explicit units::
     macs_per_s_source = "..."   # where that figure comes from (top level)
 
 Estimated latency = MACs / ``macs_per_s[precision]``: a first-order number for choosing a model, not a measurement
-on the device.
+on the device. ``threads`` is how many threads ``compress --device`` gives onnxruntime when it measures
+``latency_device`` on the host (never more than the host's cores).
 
 Example:
     >>> from edgeslice.deploy.devices import get_device
@@ -163,6 +165,7 @@ _KEYS = {
     "precisions",
     "opset",
     "ram_counts_weights",
+    "threads",
     "notes",
     "version",
 }
@@ -184,6 +187,8 @@ class DeviceProfile:
         precisions: Supported precisions, in order of preference.
         opset: Highest ONNX opset the device's runtime accepts.
         ram_counts_weights: False where the runtime reads weights in place from flash (MCUs).
+        threads: CPU threads the device's runtime runs one inference on (``latency_device`` is measured with as
+            many, up to the host's cores).
         notes: Anything else a reader should know.
         source: File the profile was read from ("" when built in code).
     """
@@ -198,6 +203,7 @@ class DeviceProfile:
     precisions: tuple[str, ...] = ("fp32", "int8")
     opset: int = 17
     ram_counts_weights: bool = True
+    threads: int = 1
     notes: str = ""
     source: str = field(default="", compare=False)
     version: int = PROFILE_VERSION
@@ -223,6 +229,8 @@ class DeviceProfile:
             raise ProfileError(f"{where}: macs_per_s_source must say where the throughput figure comes from")
         if not (isinstance(self.opset, int) and not isinstance(self.opset, bool) and 7 <= self.opset <= 30):
             raise ProfileError(f"{where}: opset must be an integer in 7..30, got {self.opset!r}")
+        if not (isinstance(self.threads, int) and not isinstance(self.threads, bool) and 1 <= self.threads <= 256):
+            raise ProfileError(f"{where}: threads must be an integer in 1..256, got {self.threads!r}")
 
     # -- serialisation -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -279,6 +287,7 @@ class DeviceProfile:
             precisions=tuple(precisions),
             opset=data.get("opset", 17),
             ram_counts_weights=data.get("ram_counts_weights", True),
+            threads=data.get("threads", 1),
             notes=data.get("notes", ""),
             source=source,
         )

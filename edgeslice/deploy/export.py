@@ -90,7 +90,13 @@ def check_parity(model: nn.Module, path: str | Path, inputs: torch.Tensor, *, at
     if got.shape != ref.shape:
         raise ExportError(f"onnxruntime output shape {got.shape} differs from PyTorch {ref.shape}")
     diff = float(abs(got - ref).max())
-    tol = atol * max(1.0, float(abs(ref).max()))
+    tol = parity_tolerance(ref, atol)
     if not diff <= tol:
         raise ExportError(f"ONNX parity failed: max |onnxruntime - PyTorch| = {diff:.3g} > {tol:.3g}")
     return diff
+
+
+def parity_tolerance(reference, atol: float = 1e-4) -> float:
+    """The largest max |runtime − PyTorch| accepted for logits ``reference``: ``atol · max(1, max|reference|)`` (see
+    :func:`check_parity` for why it scales)."""
+    return atol * max(1.0, float(abs(reference).max()))

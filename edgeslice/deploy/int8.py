@@ -28,9 +28,16 @@ def numpy_inputs(dataset: Any, prepare: Callable[[torch.Tensor], torch.Tensor], 
 
 
 def int8_artifact(
-    fp32_path: Path, int8_path: Path, calib: Subset, test: Any, prepare: Callable[[torch.Tensor], torch.Tensor]
+    fp32_path: Path,
+    int8_path: Path,
+    calib: Subset,
+    test: Any,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Quantize ``fp32_path`` to ``int8_path`` on the calibration set, then measure it against fp32 on the test subset.
+    """Quantize ``fp32_path`` to ``int8_path`` on the calibration set, then measure it against fp32 on the test subset
+    (latency: :func:`.measure.onnx_cost`, ``latency_device`` on ``threads`` threads).
 
     Raises:
         ExportError: quantization failed or the int8 model disagrees with fp32 beyond the stated tolerance.
@@ -42,7 +49,7 @@ def int8_artifact(
     test_x, test_y = numpy_inputs(test, prepare, EVAL_SUBSET)
     parity = check_int8_parity(fp32_path, int8_path, test_x, labels=test_y)
     return {
-        **onnx_cost(int8_path, test_x.shape[1:]),
+        **onnx_cost(int8_path, test_x.shape[1:], threads=threads),
         "parity": parity,
         "calibration_samples": int(len(calib_x)),
         "eval_subset": f"first {parity['samples']} test samples",

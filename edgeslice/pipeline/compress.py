@@ -367,6 +367,8 @@ def export_stage(
     Raises:
         DoesNotFit: with a device profile, the measured artifacts miss a budget.
     """
+    from ..deploy.budget import measure_model
+    from ..deploy.devices import BYTES_PER_ELEMENT
     from ..deploy.export import check_parity
     from ..deploy.int8 import int8_artifact
     from ..deploy.measure import export_and_measure
@@ -391,15 +393,21 @@ def export_stage(
     model.cpu()
     save_checkpoint(model, meta_out, stage / "model.safetensors")
     x_cpu = sliced.example.cpu()
-    after = export_and_measure(model, x_cpu, stage / "model.onnx", search.opset)
+    threads = search.profile.threads if search.profile is not None else 1
+    after = export_and_measure(model, x_cpu, stage / "model.onnx", search.opset, threads=threads)
     parity = check_parity(model, stage / "model.onnx", x_cpu)
+    estimate = measure_model(model, sliced.input_shape, "fp32")["peak_activation_bytes"]
+    beside_estimate(after, estimate)
     int8 = None
     if effective.quantize == "int8":
         calib = calibration_set(bundle, cfg.slicing.calib_per_class, cfg.seed)
-        int8 = int8_artifact(stage / "model.onnx", stage / "model.int8.onnx", calib, bundle.test, loaded.prepare)
+        int8 = int8_artifact(stage / "model.onnx", stage / "model.int8.onnx", calib, bundle.test, loaded.prepare,
+                             threads=threads)  # fmt: skip
+        beside_estimate(int8, estimate * BYTES_PER_ELEMENT["int8"] // BYTES_PER_ELEMENT["fp32"])
     budget = budget_stage(cfg, effective, search, model, meta, stage, tuned.prune_report)
-    before = export_and_measure(sliced.original.cpu(), x_cpu, stage / "baseline.onnx", search.opset)
+    before = export_and_measure(sliced.original.cpu(), x_cpu, stage / "baseline.onnx", search.opset, threads=threads)
     (stage / "baseline.onnx").unlink()
+    beside_estimate(before, measure_model(sliced.original, sliced.input_shape, "fp32")["peak_activation_bytes"])
     if tuned.prune_report is not None:
         from ..pruning import curve_points, plot_prune_curves
 
@@ -414,6 +422,16 @@ def export_stage(
     title = f"{loaded.timm_name} on {bundle.name}: critical channels per layer ({describe_slice(result)})"
     plot_layer_ratios(rows, stage / "critical_ratio.png", title)
     return Exported(index_path.stat().st_size, after, before, parity, int8, budget, rows)
+
+
+def beside_estimate(cost: dict[str, Any], estimate_bytes: int) -> None:
+    """Put the RAM budget's activation estimate beside the peak measured on the ONNX graph (``cost`` in place)."""
+    cost["peak_activation"] = {
+        **cost["peak_activation"],
+        "budget_estimate_bytes": int(estimate_bytes),
+        "budget_estimate_method": "what the RAM budget counts (edgeslice.deploy.budget.count_macs): the largest "
+        "input + output of one PyTorch layer at batch 1, times bytes per element of the precision",
+    }
 
 
 #: The dense model's slice (what restructuring removed); ``critical_index`` is the compact model's own.

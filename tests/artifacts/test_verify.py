@@ -144,3 +144,62 @@ def test_manifest_cannot_point_outside_the_folder(folder):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     r, doc = _verify(folder)
     assert r.exit_code == 1 and doc["checks"][0]["name"] == "manifest" and "'../outside'" in doc["checks"][0]["detail"]
+
+
+# --- a second runtime: verify --runtime openvino -------------------------------------------------------------------
+
+
+def test_openvino_without_the_extra_is_a_one_line_error(folder, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
+    r = runner.invoke(app, ["verify", str(folder), "--runtime", "openvino", "--json"])
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.strip().count("\n") == 0 and "pip install 'edgeslice[openvino]'" in r.stderr
+    assert "Traceback" not in r.output
+
+
+def _with_int8(folder: Path) -> Path:
+    """Add an int8 copy of model.onnx (calibrated on seeded random inputs: enough to run it) and re-hash."""
+    import numpy as np
+
+    from edgeslice.deploy.quantize import quantize_int8
+
+    meta = json.loads((folder / "model.json").read_text())
+    calib = np.random.default_rng(0).random((32, meta["in_chans"], meta["input_size"], meta["input_size"]), "float32")
+    quantize_int8(folder / "model.onnx", folder / "model.int8.onnx", [calib])
+    manifest = read_manifest(folder)
+    write_manifest(folder, manifest["config"], manifest["seed"])
+    return folder
+
+
+def test_openvino_checks_fp32_and_int8_in_f32(folder):
+    pytest.importorskip("openvino")
+    _with_int8(folder)
+    r, doc = _verify(folder, "--runtime", "openvino")
+    assert r.exit_code == 0, r.output
+    status = _status(doc)
+    assert status["onnx model.onnx (openvino)"] == status["onnx model.int8.onnx (openvino)"] == "ok"
+    assert "onnx model.onnx" not in status  # the ONNX checks ran in OpenVINO, not onnxruntime
+    runtime = doc["runtime"]
+    assert runtime["name"] == "openvino" and runtime["precision"] == "f32"
+    assert runtime["forced"] == "INFERENCE_PRECISION_HINT=f32" and "bf16" in runtime["why"]
+    assert runtime["cpu_default_precision"] in ("f32", "bf16", "f16")
+    fp32 = next(c["detail"] for c in doc["checks"] if c["name"] == "onnx model.onnx (openvino)")
+    assert "= PyTorch: max |Δ|" in fp32 and "top-1 agreement" in fp32
+    int8 = next(c["detail"] for c in doc["checks"] if c["name"] == "onnx model.int8.onnx (openvino)")
+    assert "vs onnxruntime on this file" in int8
+    human = runner.invoke(app, ["verify", str(folder), "--runtime", "openvino"])
+    assert human.exit_code == 0 and "precision f32" in human.stdout and "INFERENCE_PRECISION_HINT=f32" in human.stdout
+
+
+def test_openvino_parity_compares_with_the_reference(folder):
+    pytest.importorskip("openvino")
+    _with_int8(folder)
+    # The quantized file in place of model.onnx (manifest re-hashed): it runs, but it is not the fp32 model.
+    (folder / "model.onnx").write_bytes((folder / "model.int8.onnx").read_bytes())
+    manifest = read_manifest(folder)
+    write_manifest(folder, manifest["config"], manifest["seed"])
+    r, doc = _verify(folder, "--runtime", "openvino")
+    assert r.exit_code == 1 and _status(doc)["onnx model.onnx (openvino)"] == "fail"
+    assert "parity needs max |Δ|" in r.stderr and "Traceback" not in r.output

@@ -134,6 +134,16 @@ def test_compress_end_to_end(trained, tmp_path):
     assert report["onnx_parity_max_abs"] <= 1e-4
     assert report["restructure_equivalence_max_abs"] < 1e-3
     assert report["onnx_after"]["raw_bytes"] < report["onnx_before"]["raw_bytes"]
+    for side in ("onnx_before", "onnx_after"):  # latency as the device runs it, and the 224 px reference (32 px < 96)
+        device, ref = report[side]["latency_device"], report[side]["latency_reference_224"]
+        assert (device["threads"], device["batch"], device["input_shape"]) == (1, 1, [1, 32, 32])
+        assert device["median_ms"] > 0 and device["runs"] > 0 and "threads" in report[side]["latency"]
+        assert (ref["threads"], ref["batch"], ref["input_shape"]) == (1, 1, [1, 224, 224])
+        assert "224 px" in ref["reference"]
+        peak = report[side]["peak_activation"]
+        assert peak["peak_bytes"] > 0 and peak["budget_estimate_bytes"] > 0 and "shape inference" in peak["method"]
+    peaks = [report[side]["peak_activation"]["peak_bytes"] for side in ("onnx_before", "onnx_after")]
+    assert peaks[1] <= peaks[0]  # fewer channels never need more activation memory
     manifest = json.loads((out / "manifest.json").read_text())
     for name, entry in manifest["files"].items():
         assert sha256_file(out / name) == entry["sha256"]
@@ -175,6 +185,10 @@ def test_compress_human_output(trained, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert "compression rate" in r.stdout and "ONNX size" in r.stdout
+    # The device figure (1 thread, batch 1, the model's input size) comes before the multi-thread ones.
+    device_row = r.stdout.index("onnxruntime, 1 thread, batch 1, 32 px")
+    assert device_row < r.stdout.index("224 px, reference") < r.stdout.index("batch 32")
+    assert "peak activations" in r.stdout and "RAM budget's estimate" in r.stdout
 
 
 @pytest.mark.parametrize(
@@ -279,6 +293,7 @@ ram = "1 MiB"
 latency = "10 ms"
 precisions = ["fp32", "int8"]
 opset = 17
+threads = 2
 macs_per_s_source = "made up for a test"
 
 [macs_per_s]
@@ -329,6 +344,8 @@ def test_compress_device_budget_search(trained_mlp, tmp_path):
     rep = json.loads(r.stdout)
     budget = rep["budget"]
     assert budget["ok"] and all(c["ok"] for c in budget["checks"])
+    device_latency = rep["onnx_after"]["latency_device"]  # the profile's threads (capped at this machine's cores)
+    assert device_latency.get("threads_requested", device_latency["threads"]) == 2 and device_latency["batch"] == 1
     assert {c["name"] for c in budget["checks"]} >= {"flash", "ram", "latency", "precision"}
     theta, precision = budget["theta"], budget["precision"]
     # The chosen θ is the largest that fits: every larger candidate of that precision failed its flash budget.
@@ -384,6 +401,9 @@ def test_compress_int8_only_device_and_quantize(trained_mlp, tmp_path, measure):
     assert measure("|int8 - fp32| accuracy points", drop, "<= 3.0") <= 3.0
     assert q["raw_bytes"] < 0.4 * rep["onnx_after"]["raw_bytes"]
     assert q["latency"]["median_ms"] > 0 and q["latency_batch32"]["median_ms"] > 0
+    assert (q["latency_device"]["threads"], q["latency_device"]["batch"]) == (1, 1)
+    # An MLP's first layer is sized for its input: no 224 px reference, and the report says why.
+    assert "does not run at 224 px" in rep["onnx_after"]["latency_reference_224"]["skipped"]
     assert "model.int8.onnx" in json.loads((out / "manifest.json").read_text())["files"]
     assert rep["budget"] is None and rep["precision"] == "int8"
 

@@ -52,6 +52,7 @@ def test_bundled_profiles_load():
         assert "not measured by edgeslice" in p.macs_per_s_source  # the figure's honesty note
         assert set(p.precisions) <= set(p.macs_per_s)
     assert get_device("esp32-s3").precisions == ("int8",)
+    assert get_device("rpi4").threads == 4 and get_device("stm32h7").threads == 1
     assert get_device("stm32h7").flash_bytes == 1536 * 1024 and not get_device("stm32h7").ram_counts_weights
 
 
@@ -93,7 +94,9 @@ def test_load_good_profile_and_round_trip(tmp_path):
     p = load_profile(_write(tmp_path, GOOD))
     assert (p.flash_bytes, p.ram_bytes, p.latency_s, p.opset) == (2 * 1024**2, 512 * 1024, 0.05, 13)
     assert p.macs_per_s == {"fp32": 1e8, "int8": 2e8}
+    assert p.threads == 1  # absent: one thread
     assert DeviceProfile.from_dict(p.to_dict()) == p
+    assert load_profile(_write(tmp_path, GOOD.replace("opset = 13", "opset = 13\nthreads = 4"), "4.toml")).threads == 4
     assert get_device(str(tmp_path / "toy.toml")) == p  # a path works wherever a name does
 
 
@@ -112,6 +115,9 @@ def test_load_good_profile_and_round_trip(tmp_path):
         ('flash = "2 MiB"\n', "", "missing key 'flash'"),
         ("opset = 13", 'opset = "13"', "opset must be an integer"),
         ('macs_per_s_source = "made up for a test"', 'macs_per_s_source = " "', "macs_per_s_source must say"),
+        ("opset = 13", "opset = 13\nthreads = 0", "threads must be an integer in 1..256"),
+        ("opset = 13", 'opset = 13\nthreads = "4"', "threads must be an integer"),
+        ("opset = 13", "opset = 13\nthreads = true", "threads must be an integer"),
     ],
 )
 def test_invalid_profiles(tmp_path, old, new, message):
