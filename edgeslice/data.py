@@ -320,22 +320,24 @@ def default_workers() -> int:
 AUGMENT_RECIPES = ("timm", "small")
 #: ``--augment`` values: ``auto`` picks a recipe by input size (:func:`augment_recipe`); ``none`` switches it off.
 AUGMENT_MODES = ("auto", *AUGMENT_RECIPES, "none")
-#: Inputs up to this side (px) train with the ``small`` recipe under ``auto``.
+#: Inputs up to this side (px) train without augmentation under ``auto``; larger ones with timm's recipe. Measured
+#: (README, "Defaults from the data"): Fashion-MNIST at 28 px, 1,000 images per class, no augmentation beats the
+#: padded-crop + flip recipe by 20.8 / 8.8 / 1.8 points after 3 / 5 / 15 epochs, and ties it at 64 px (+0.3).
 SMALL_IMAGE_MAX = 64
 
 
 def augment_recipe(mode: str | bool, image_size: int) -> str | None:
-    """The recipe ``mode`` means at ``image_size``: ``auto`` (or True) is ``small`` up to :data:`SMALL_IMAGE_MAX` px
-    and ``timm`` above; ``none`` (or False) is None; ``timm`` and ``small`` are themselves.
+    """The recipe ``mode`` means at ``image_size``: ``auto`` (or True) is None (no augmentation) up to
+    :data:`SMALL_IMAGE_MAX` px and ``timm`` above; ``none`` (or False) is None; ``timm`` and ``small`` are themselves.
 
     Example:
-        >>> augment_recipe("auto", 28), augment_recipe("auto", 224), augment_recipe("none", 28)
-        ('small', 'timm', None)
+        >>> augment_recipe("auto", 28), augment_recipe("auto", 224), augment_recipe("small", 28)
+        (None, 'timm', 'small')
     """
     if mode is False or mode == "none":
         return None
     if mode is True or mode == "auto":
-        return "small" if int(image_size) <= SMALL_IMAGE_MAX else "timm"
+        return None if int(image_size) <= SMALL_IMAGE_MAX else "timm"
     if mode not in AUGMENT_RECIPES:
         raise ValueError(f"unknown augment mode {mode!r}; valid: {', '.join(AUGMENT_MODES)}")
     return str(mode)

@@ -182,8 +182,8 @@ def train_model(
         prepare: applied to each batch on the device (normalisation).
         device: where to train.
         description: progress-bar label.
-        augment: streamed folders' train-time transform (``edgeslice.data.augment_recipe``: ``auto``/True picks
-            the small-image recipe up to 64 px and timm's above; ``none``/False: none; in-memory sets: no effect).
+        augment: streamed folders' train-time transform (``edgeslice.data.augment_recipe``: ``auto``/True is none
+            up to 64 px and timm's recipe above; ``none``/False: none; in-memory sets: no effect).
         teacher: distil from this model (kept in eval mode, not trained): see :func:`distillation_loss`.
         distill_temperature: softmax temperature T of the distillation term.
         distill_alpha: weight of the distillation term (1 - alpha on the labels' cross-entropy).

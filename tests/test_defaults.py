@@ -53,14 +53,15 @@ def test_pretrained_file_keeps_timms_input_size(tmp_path: Path) -> None:
     assert (bundle.image_size, bundle.size_source) == (224, "model")
 
 
-def test_augment_auto_picks_the_small_image_recipe_up_to_64_px(tmp_path: Path) -> None:
-    assert [augment_recipe("auto", s) for s in (28, 64, 65, 224)] == ["small", "small", "timm", "timm"]
-    assert augment_recipe(True, 32) == "small" and augment_recipe("none", 32) is None
+def test_augment_auto_is_off_up_to_64_px_and_timm_above(tmp_path: Path) -> None:
+    assert [augment_recipe("auto", s) for s in (28, 64, 65, 224)] == [None, None, "timm", "timm"]
+    assert augment_recipe(True, 32) is None and augment_recipe("none", 32) is None
     assert augment_recipe("timm", 28) == "timm" and augment_recipe("small", 224) == "small"
     with pytest.raises(ValueError, match="unknown augment mode"):
         augment_recipe("cutmix", 28)
     small = load_compress_data(CompressConfig(model="mobilenetv3", data=str(_folder(tmp_path / "s", 28))), TIMM)
-    view = training_view(small.train, "auto")
+    assert training_view(small.train, "auto") is small.train  # the eval transform: nothing random
+    view = training_view(small.train, "small")
     assert isinstance(view, ImageFolderStream) and view.train and view.recipe == "small"
     names = [type(t).__name__ for t in view.transform.transforms]
     assert "RandomCrop" in names and "RandomHorizontalFlip" in names and "RandomResizedCrop" not in names
@@ -93,5 +94,5 @@ def test_train_cli_records_the_size_and_recipe_it_chose(tmp_path: Path) -> None:
     assert proc.stderr.count("input size 24 px: the median side of the images") == 1
     meta = json.loads((out / "model.json").read_text())
     assert meta["input_size"] == 24
-    assert meta["info"]["augment"] == "small"
+    assert meta["info"]["augment"] == "none"
     assert meta["info"]["data"]["image_size_source"] == "images"

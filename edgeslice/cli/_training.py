@@ -61,7 +61,7 @@ AugmentOpt = Annotated[
     AugmentMode,
     typer.Option(
         "--augment",
-        help="Train-time augmentation of image folders. auto: small up to 64 px, timm above; small: padded random "
+        help="Train-time augmentation of image folders. auto: none up to 64 px, timm above; small: padded random "
         "crop + horizontal flip (the CIFAR recipe); timm: timm's train transform (random resized crop, for photos); "
         "none: off.",
     ),

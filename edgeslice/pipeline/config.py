@@ -105,8 +105,8 @@ class CompressConfig:
     #: Normalisation instead of the data's (built-in sets) or the model's pretrained cfg (folders, weights).
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    #: Train-time augmentation of streamed folders (``edgeslice.data.augment_recipe``): ``auto`` picks ``small``
-    #: (padded random crop + flip) up to 64 px and ``timm`` above; ``none``: the eval transform.
+    #: Train-time augmentation of streamed folders (``edgeslice.data.augment_recipe``): ``auto`` trains up to 64 px
+    #: without augmentation and with ``timm``'s recipe above; ``small``: padded random crop + flip; ``none``: off.
     augment: str = "auto"
     #: DataLoader workers decoding streamed folders (None: the CPU count minus one, at most 8).
     workers: int | None = None
