@@ -153,7 +153,19 @@ class DataBundle:
 _LOADERS: dict[str, Callable[..., DataBundle]] = {}
 
 
-def _register(name: str) -> Callable[[Callable[..., DataBundle]], Callable[..., DataBundle]]:
+def register_dataset(name: str) -> Callable[[Callable[..., DataBundle]], Callable[..., DataBundle]]:
+    """Decorator: ``--data name`` (and :func:`load_data`) calls the decorated loader with the keyword arguments
+    ``image_size`` (int or None: the loader's own size), ``seed`` (for any split it draws), ``download`` (bool) and
+    ``root`` (the data directory, a Path); it returns a :class:`DataBundle`.
+
+    Example:
+        >>> @register_dataset("my-set")  # doctest: +SKIP
+        ... def my_set(*, image_size, seed, download, root):
+        ...     return DataBundle(...)
+    """
+    if name in _LOADERS:
+        raise ValueError(f"data source {name!r} is registered already")
+
     def deco(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
         _LOADERS[name] = fn
         return fn
@@ -489,7 +501,7 @@ def _finish(
 # loaders
 
 
-@_register("fashion-mnist")
+@register_dataset("fashion-mnist")
 def _load_fashion_mnist(*, image_size: int | None, seed: int, download: bool, root: Path) -> DataBundle:
     del seed  # Fashion-MNIST ships its own split
     stats = ((0.2860,), (0.3530,))
@@ -516,7 +528,7 @@ def _load_fashion_mnist(*, image_size: int | None, seed: int, download: bool, ro
     return _finish("fashion-mnist", *found, FASHION_MNIST_CLASSES, image_size, source, stats)
 
 
-@_register("digits")
+@register_dataset("digits")
 def _load_digits(*, image_size: int | None, seed: int, download: bool, root: Path) -> DataBundle:
     del download, root  # bundled with scikit-learn
     from sklearn.datasets import load_digits
@@ -545,7 +557,7 @@ def _torchvision_split(cls_name: str, root: Path, train: bool, download: bool) -
         raise DataError(f"{cls_name} not found under {root}: pass --download (or --root DIR holding it)") from e
 
 
-@_register("mnist")
+@register_dataset("mnist")
 def _load_mnist(*, image_size: int | None, seed: int, download: bool, root: Path) -> DataBundle:
     del seed
     splits = [_torchvision_split("MNIST", root, t, download) for t in (True, False)]
@@ -554,7 +566,7 @@ def _load_mnist(*, image_size: int | None, seed: int, download: bool, root: Path
     return _finish("mnist", train, test, classes, image_size, f"torchvision MNIST: {root}", ((0.1307,), (0.3081,)))
 
 
-@_register("cifar10")
+@register_dataset("cifar10")
 def _load_cifar10(*, image_size: int | None, seed: int, download: bool, root: Path) -> DataBundle:
     del seed
     splits = [_torchvision_split("CIFAR10", root, t, download) for t in (True, False)]

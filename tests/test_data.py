@@ -333,3 +333,23 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unreadable image") as err:
         load_data(str(tmp_path))
     assert str(broken) in str(err.value)
+
+
+def test_a_registered_data_source_loads_by_name_and_names_are_unique():
+    from edgeslice import data as data_mod
+
+    calls = []
+
+    @data_mod.register_dataset("test-only-source")
+    def _loader(*, image_size, seed, download, root):
+        calls.append((image_size, seed, download))
+        return data_mod.load_data("digits", image_size=image_size, seed=seed)
+
+    try:
+        assert "test-only-source" in data_mod.list_datasets()
+        bundle = data_mod.load_data("test-only-source", image_size=16, seed=3)
+        assert bundle.image_size == 16 and calls == [(16, 3, False)]
+        with pytest.raises(ValueError, match="registered already"):
+            data_mod.register_dataset("digits")
+    finally:
+        data_mod._LOADERS.pop("test-only-source", None)
