@@ -123,6 +123,8 @@ VARIANTS = {
     },  # fmt: skip
     "old defaults (224 px, timm recipe)": {"train": ["--image-size", 224, "--augment", "timm"]},
     "train --augment small": {"train": ["--augment", "small"]},
+    "head lda": {"increment": ["--head", "lda"]},
+    "train 10 epochs, head lda": {"train": ["--epochs", 10], "increment": ["--head", "lda"]},
 }
 
 

@@ -75,15 +75,22 @@ def test_documented_families_are_the_tested_ones():
     # ghostnet_050: cap's keep masks make plan_restructure's closure loop run for minutes (tied halves): slow
     [pytest.param(n, marks=pytest.mark.slow) if n == "ghostnet_050" else n for n in DOCUMENTED],
 )
-def test_documented_family_allocates(name):
+def test_documented_family_allocates(name, tmp_path):
     """compress's preflight for the default width rule: random calibration, θ slice, ``cap`` widths, restructure,
-    masked equivalence (``check_allocatable`` raises on any of them), no training."""
+    masked equivalence (``check_allocatable`` raises on any of them), no training; then what compress measures on
+    the exported ONNX file that no preflight covers: its peak activation memory (hgnetv2_b0 and efficientvit_b0
+    export tensors whose size shape inference cannot tell)."""
     import timm
+
+    from edgeslice.deploy.export import export_onnx
+    from edgeslice.deploy.memory import onnx_peak_activation
 
     torch.manual_seed(0)
     model = timm.create_model(name, in_chans=1, num_classes=10).eval()
     report = check_allocatable(model, torch.randn(2, 1, 32, 32), "cap", theta=0.95, round_to=8)
     assert report.params_after < report.params_before
+    path = export_onnx(model, torch.randn(1, 1, 32, 32), tmp_path / "model.onnx")
+    assert onnx_peak_activation(path)["peak_bytes"] >= 4 * 32 * 32
     if name in ("efficientvit_b0", "convnext_atto"):  # attention / LayerNorm groups stay whole, the rest narrows
         assert any(g.kept_whole for g in report.groups) and any(g.remove for g in report.groups)
 

@@ -67,6 +67,33 @@ def _nbytes(value_info: Any) -> int | None:
     return n * helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
 
 
+def _run_sizes(proto: Any, names: list[str], batch: int, label: str) -> dict[str, int]:
+    """Bytes of the tensors ``names`` from one onnxruntime run at ``batch`` on zeros: for sizes that shape inference
+    cannot tell (a ``Pad`` whose pads are computed from ``Shape``, an attention reshape), the run reads them off."""
+    import copy
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    m = copy.deepcopy(proto)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) else batch for d in i.shape]
+        dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(i.type, np.float32)
+        feeds[i.name] = np.zeros(shape, dtype)
+    try:
+        outs = sess.run(names, feeds)
+    except Exception as e:  # noqa: BLE001 - any runtime failure is a measurement that cannot be taken
+        raise ExportError(f"{label}: shapes unknown to inference, and onnxruntime could not run it: {e}") from None
+    return {n: int(np.asarray(a).nbytes) for n, a in zip(names, outs, strict=True)}
+
+
 def onnx_peak_activation(path: str | Path, *, batch: int = 1) -> dict[str, Any]:
     """Peak bytes of live activations while ``path`` runs at ``batch`` (see the module docstring for the rules).
 
@@ -75,10 +102,12 @@ def onnx_peak_activation(path: str | Path, *, batch: int = 1) -> dict[str, Any]:
         batch: the size every symbolic axis of the graph's inputs takes (the batch axis).
 
     Returns:
-        ``peak_bytes``, ``peak_node`` (the node running at the peak), ``input_bytes`` and ``method``.
+        ``peak_bytes``, ``peak_node`` (the node running at the peak), ``input_bytes``, ``method`` and, when shape
+        inference left sizes unknown, ``sizes_from_run`` (how many tensors one onnxruntime run at ``batch`` sized).
 
     Raises:
-        ExportError: the graph has subgraphs, or shape inference leaves a tensor's size unknown.
+        ExportError: the graph has subgraphs, or a tensor's size is unknown to shape inference and onnxruntime
+            cannot run the graph to read it.
     """
     import onnx
 
@@ -96,7 +125,12 @@ def onnx_peak_activation(path: str | Path, *, batch: int = 1) -> dict[str, Any]:
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         raise ExportError(f"{Path(path).name}: graphs with subgraphs (If/Loop/Scan) are not measured")
 
+    unknown = [o for n in graph.node for o in n.output if o and (o not in infos or _nbytes(infos[o]) is None)]
+    ran = _run_sizes(proto, unknown, batch, Path(path).name) if unknown else {}
+
     def size(name: str) -> int:
+        if name in ran:
+            return ran[name]
         if name not in infos or (n := _nbytes(infos[name])) is None:
             raise ExportError(f"{Path(path).name}: shape inference leaves the size of tensor {name!r} unknown")
         return n
@@ -152,7 +186,10 @@ def onnx_peak_activation(path: str | Path, *, batch: int = 1) -> dict[str, Any]:
                 held[b].discard(t)
                 if not held[b]:
                     del live[b]
-    return {"peak_bytes": int(peak), "peak_node": peak_node, "input_bytes": int(input_bytes), "method": METHOD}
+    out = {"peak_bytes": int(peak), "peak_node": peak_node, "input_bytes": int(input_bytes), "method": METHOD}
+    if ran:
+        out["sizes_from_run"] = len(ran)  # tensors whose size one onnxruntime run read (shape inference could not)
+    return out
 
 
 __all__ = ["METHOD", "onnx_peak_activation"]
