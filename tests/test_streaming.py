@@ -80,17 +80,18 @@ def test_workers_give_the_same_batches(mixed: Path) -> None:
 def test_eval_transform_is_deterministic_and_augmentation_is_not(mixed: Path) -> None:
     bundle = load_data(str(mixed), image_size=32, workers=0)
     assert torch.equal(bundle.train[0][0], bundle.train[0][0])
-    aug = training_view(bundle.train, augment=True)
+    assert training_view(bundle.train, augment=True) is bundle.train  # auto: no augmentation up to 64 px
+    aug = training_view(bundle.train, augment="small")
     assert aug is not bundle.train and aug.train and not bundle.train.train
     torch.manual_seed(0)
     views = [aug[0][0] for _ in range(4)]
     assert any(not torch.equal(views[0], v) for v in views[1:])  # random crops / flips / jitter
     assert training_view(bundle.train, augment=False) is bundle.train
     sub = torch.utils.data.Subset(bundle.train, [1, 0])
-    assert training_view(sub, True).dataset.train and training_view(sub, True).indices == [1, 0]
+    assert training_view(sub, "small").dataset.train and training_view(sub, "small").indices == [1, 0]
 
 
-@pytest.mark.parametrize("augment", [True, False])
+@pytest.mark.parametrize("augment", ["small", "timm", True, False])
 def test_train_model_reads_the_train_transform_only_when_augmenting(mixed, monkeypatch, augment) -> None:
     seen: list[bool] = []
     original = ImageFolderStream.__getitem__
@@ -103,7 +104,7 @@ def test_train_model_reads_the_train_transform_only_when_augmenting(mixed, monke
     bundle = load_data(str(mixed), image_size=32, workers=0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2))
     train_model(model, bundle.train, epochs=1, batch_size=2, augment=augment)
-    assert seen and set(seen) == {augment}
+    assert seen and set(seen) == {augment in ("small", "timm")}  # True (auto) at 32 px: none
 
 
 def test_corrupt_image_one_line_error_naming_the_file(tmp_path: Path) -> None:
