@@ -65,15 +65,17 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, op
     return path
 
 
-def ort_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session of ``path`` (quiet; ``threads`` intra-op threads, or onnxruntime's default)."""
+def ort_session(path: str | Path | bytes, threads: int | None = None):
+    """An onnxruntime CPU session of ``path`` (a file, or a serialized model's bytes; quiet; ``threads`` intra-op
+    threads, or onnxruntime's default)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def check_parity(model: nn.Module, path: str | Path, inputs: torch.Tensor, *, atol: float = 1e-4) -> float:

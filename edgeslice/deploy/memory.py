@@ -74,14 +74,13 @@ def _run_sizes(proto: Any, names: list[str], batch: int, label: str) -> dict[str
 
     import numpy as np
     import onnx
-    import onnxruntime as ort
+
+    from .export import ort_session
 
     m = copy.deepcopy(proto)
     have = {o.name for o in m.graph.output}
     m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(m.SerializeToString())
     feeds = {}
     for i in sess.get_inputs():
         shape = [d if isinstance(d, int) else batch for d in i.shape]
