@@ -70,11 +70,7 @@ def test_documented_families_are_the_tested_ones():
     assert set(rows[1:]) == {*DOCUMENTED, "rexnet_100"}
 
 
-@pytest.mark.parametrize(
-    "name",
-    # ghostnet_050: cap's keep masks make plan_restructure's closure loop run for minutes (tied halves): slow
-    [pytest.param(n, marks=pytest.mark.slow) if n == "ghostnet_050" else n for n in DOCUMENTED],
-)
+@pytest.mark.parametrize("name", DOCUMENTED)
 def test_documented_family_allocates(name, tmp_path):
     """compress's preflight for the default width rule: random calibration, θ slice, ``cap`` widths, restructure,
     masked equivalence (``check_allocatable`` raises on any of them), no training; then what compress measures on
