@@ -15,6 +15,45 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgeslice"
 
+#: The layers, lowest first (docs/architecture.md draws them). A module belongs to the layer of its longest listed
+#: dotted prefix (``edgeslice`` itself only as exactly that module); it may import from its own layer (as long as no
+#: circle forms) and from the layers below it, never from one above.
+LAYERS: list[tuple[str, list[str]]] = [
+    (
+        "floor: errors and small torch utilities",
+        [
+            "edgeslice",  # the package's __init__: only __version__
+            "edgeslice.errors",
+            "edgeslice.torchutil",
+            "edgeslice.distributed",
+            "edgeslice._progress",
+            "edgeslice.bitsets",
+            "edgeslice.artifacts.files",  # atomic writes and canonical JSON: the index and checkpoint files use them
+        ],
+    ),
+    (
+        "inputs and file formats",
+        [
+            "edgeslice.data",
+            "edgeslice.models",
+            "edgeslice.mlp",
+            "edgeslice.heads",
+            "edgeslice.routed",
+            "edgeslice.classstats",
+            "edgeslice.index",
+            "edgeslice.classes",
+            "edgeslice.train",
+        ],
+    ),
+    ("the algorithms", ["edgeslice.slicing", "edgeslice.restructure", "edgeslice.allocation", "edgeslice.deeparc"]),
+    (
+        "what the stages use",
+        ["edgeslice.ondevice", "edgeslice.maintain", "edgeslice.pruning", "edgeslice.deploy", "edgeslice.artifacts"],
+    ),
+    ("the stages of each command", ["edgeslice.pipeline"]),
+    ("the command line", ["edgeslice.cli", "edgeslice.__main__"]),
+]
+
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
