@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from .restructure import GroupChannels, RestructureReport
-from .slicing.observe import Layer, classifier_names
+from .slicing.observe import Layer
 from .slicing.slicer import SemanticSlicer
+from .torchutil import classifier_names
 
 
 def entry_thresholds(slicer: SemanticSlicer) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .models import count_parameters
-from .slicing.observe import eval_mode
+from .torchutil import eval_mode
 
 
 @dataclass

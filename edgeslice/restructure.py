@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .models import count_parameters
-from .slicing.observe import Layer, classifier_names, eval_mode
+from .slicing.observe import Layer
+from .torchutil import classifier_names, eval_mode
 
 
 @dataclass

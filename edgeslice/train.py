@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed
 from ._progress import progress
-from .slicing.observe import eval_mode
+from .torchutil import eval_mode
 
 
 def _fast_arrays(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:

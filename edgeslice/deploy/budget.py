@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgesliceError
-from ..slicing.observe import eval_mode
+from ..torchutil import eval_mode
 from .devices import BYTES_PER_ELEMENT, PRECISIONS, BudgetCheck, DeviceProfile
 
 #: θ values the budget search tries (ascending); kept channels never decrease with θ.

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
-from ..slicing.observe import eval_mode
+from ..torchutil import eval_mode
 
 DEFAULT_OPSET = 17
 

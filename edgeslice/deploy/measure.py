@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..slicing.observe import eval_mode
+from ..torchutil import eval_mode
 from .export import DEFAULT_OPSET, export_onnx, ort_session
 from .memory import onnx_peak_activation
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..slicing.observe import eval_mode
+from ..torchutil import eval_mode
 
 ATTACKS = ("fgsm", "pgd")
 ATTACK_VERSION = 1

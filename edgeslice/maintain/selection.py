@@ -63,7 +63,7 @@ def deeparc_blocks(
         (redundant block names, per-block similarity rows).
     """
     from ..deeparc import block_similarities, find_blocks
-    from ..slicing.observe import classifier_names
+    from ..torchutil import classifier_names
 
     heads = classifier_names(model)
     blocks = [b for b in find_blocks(model) if b not in heads]

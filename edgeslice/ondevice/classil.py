@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..errors import IndexFileError
-from ..slicing.observe import pool
+from ..torchutil import pool
 from .guarantees import pre_logits
 
 STATS_FORMAT = "edgeslice-class-stats"

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgesliceError
-from ..slicing.observe import eval_mode
+from ..torchutil import eval_mode
 from .freeze import ChannelGroup, classifier_modules
 
 

@@ -37,7 +37,8 @@ from ..heads import resize_classifier_
 from ..index import CriticalIndex
 from ..models import ModelMeta, fingerprint
 from ..slicing.metrics import get_metric
-from ..slicing.observe import Layer, eval_mode, find_layers
+from ..slicing.observe import Layer, find_layers
+from ..torchutil import eval_mode
 from ..train import iterate_batches
 from .classil import RoutedHead, routed_spec, unwrap_routed_
 from .freeze import ChannelGroup, TrainPlan, channel_groups, make_plan

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from .observe import Layer, eval_mode
+from ..torchutil import eval_mode
+from .observe import Layer
 
 BASELINES = ("zero", "mean")
 

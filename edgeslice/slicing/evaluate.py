@@ -27,8 +27,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..torchutil import eval_mode
 from .metrics import class_scores, descending_order, global_scores
-from .observe import Layer, channel_masks, eval_mode
+from .observe import Layer, channel_masks
 from .slicer import SemanticSlicer, SliceResult
 
 DEFAULT_THETAS = tuple(round(0.90 + 0.01 * i, 2) for i in range(10))

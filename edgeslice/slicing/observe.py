@@ -14,6 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..torchutil import classifier_names as classifier_names  # re-exported: the old import path
+from ..torchutil import eval_mode as eval_mode
+from ..torchutil import pool as pool
+
 _ACTIVATIONS = (
     nn.ReLU,
     nn.ReLU6,
@@ -43,20 +47,6 @@ class Layer:
     name: str
     observe: str
     channels: int
-
-
-def classifier_names(model: nn.Module) -> set[str]:
-    """Module names of the classifier (never sliced, never pruned)."""
-    get = getattr(model, "get_classifier", None)
-    heads = get() if callable(get) else None
-    names = set()
-    for name, module in model.named_modules():
-        if heads is not None and (module is heads or any(module is m for m in heads.modules())):
-            names.add(name)
-    if not names:  # not a timm model: the last Linear is the classifier
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        names.update(linears[-1:])
-    return names
 
 
 #: Parameter-free element-wise modules a neuron may pass through before it is observed (timm's own activation
@@ -212,22 +202,6 @@ def find_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
         used.add(observe)
         layers.append(Layer(name=name, observe=observe, channels=channels))
     return layers
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put the model in eval mode and restore its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def pool(x: torch.Tensor) -> torch.Tensor:
-    """Per-channel feature of a layer output: spatial mean for conv maps. (B, C, ...) → (B, C)."""
-    return x.flatten(2).mean(2) if x.dim() > 2 else x
 
 
 @contextlib.contextmanager

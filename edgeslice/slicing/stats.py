@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
-from .observe import Layer, eval_mode, pool
+from ..torchutil import eval_mode, pool
+from .observe import Layer
 
 #: Rows per float64 block in every per-class reduction (Gram matrices and vector sums): a constant, so the
 #: reduction order depends on a class's sample count only, never on batch size or world size.
