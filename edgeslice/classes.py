@@ -48,7 +48,7 @@ def select_classes(bundle, spec: str | None, *, min_classes: int = 1):
     """``bundle`` restricted to the classes of ``spec`` (relabelled ``0..k-1`` in spec order); None keeps it all."""
     if spec is None:
         return bundle
-    from .ondevice.learner import relabel
+    from .data import relabel
 
     labels = parse_classes(spec, bundle.classes)
     if len(labels) < min_classes:

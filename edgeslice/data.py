@@ -44,7 +44,9 @@ __all__ = [
     "list_datasets",
     "load_data",
     "normalize",
+    "relabel",
     "targets_of",
+    "uint8_images",
 ]
 
 # Module-level so tests (and unusual installs) can point it elsewhere.
@@ -377,6 +379,31 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x - m) / s
+
+
+def relabel(dataset: Dataset, mapping: dict[int, int]) -> ArrayDataset:
+    """The items whose label is a key of ``mapping``, with labels mapped (an in-memory uint8 copy)."""
+    targets = targets_of(dataset)
+    keep = torch.isin(targets, torch.as_tensor(sorted(mapping), dtype=torch.int64)).nonzero().flatten()
+    images = uint8_images(dataset, keep)
+    lut = torch.full((int(targets.max()) + 1,), -1, dtype=torch.int64)
+    for k, v in mapping.items():
+        if k <= int(targets.max()):
+            lut[k] = v
+    return ArrayDataset(images, lut[targets[keep]])
+
+
+def uint8_images(dataset: Dataset, idx: torch.Tensor) -> torch.Tensor:
+    """The images ``idx`` of ``dataset`` as (len(idx), C, H, W) uint8: copied from the base data set's uint8 images
+    through any ``Subset`` chain when it has them, else the items scaled back from [0, 1]."""
+    base, sub = dataset, idx
+    while hasattr(base, "indices") and hasattr(base, "dataset"):  # Subset chains
+        sub = torch.as_tensor(base.indices, dtype=torch.int64)[sub]
+        base = base.dataset
+    images = getattr(base, "images", None)
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+        return images[sub].clone()
+    return torch.stack([(dataset[int(i)][0] * 255).round().clamp(0, 255).to(torch.uint8) for i in idx])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ class CriticalIndex:
                         raise IndexFileError(f"index layer {name!r}: union of per-class sets differs from its set")
             stats = None
             if d.get("class_stats") is not None:
-                from .ondevice.classil import ClassStats
+                from .classstats import ClassStats
 
                 known = {la["name"]: la["channels"] for la in layers}
                 stats = ClassStats.from_dict(d["class_stats"], classes=classes, layers=known)

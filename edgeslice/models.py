@@ -491,7 +491,7 @@ def load_checkpoint(
     )
     head = meta.info.get("head") if isinstance(meta.info, dict) else None
     if isinstance(head, dict) and head.get("kind") == "routed":
-        from .ondevice.classil import install_routed_  # a class-incremental model (edgeslice increment)
+        from .routed import install_routed_  # a class-incremental model (edgeslice increment)
 
         install_routed_(model, head)
     _resize_(model, meta.shapes)

@@ -40,3 +40,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def pool(x: torch.Tensor) -> torch.Tensor:
     """Per-channel feature of a layer output: spatial mean for conv maps. (B, C, ...) → (B, C)."""
     return x.flatten(2).mean(2) if x.dim() > 2 else x
+
+
+def pool_copy(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, ...) → (B, C): :func:`pool`, as a copy (a later in-place op must not change it)."""
+    p = pool(t)
+    return p.clone() if p is t else p
+
+
+def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features the classifier reads (timm's ``forward_head(..., pre_logits=True)``), shape (B, D)."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)

@@ -301,7 +301,7 @@ def _auto_head(model, index, isolate: bool, replay: str | None) -> str:
     """The head ``--head auto`` picks: the routed head where the index supports it (or the model already has one),
     the discriminant where the statistics are not over isolated features, the trained head where there are none
     or where the network must train (--replay, --isolate)."""
-    from edgeslice.ondevice.classil import RoutedHead
+    from edgeslice.routed import RoutedHead
 
     if isinstance(model.get_classifier(), RoutedHead):
         return "routed"

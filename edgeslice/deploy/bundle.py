@@ -66,7 +66,7 @@ def classifier_inputs(
     batch_size: int = 100,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(n, d) float64 features the classifier reads, and (n,) labels, over ``dataset`` in order."""
-    from ..ondevice.guarantees import pre_logits
+    from ..torchutil import pre_logits
 
     model.eval().to(device)
     feats, labels = [], []
@@ -195,7 +195,7 @@ def read_bundle_stats(folder: Path):
 def index_stats_from_bundle(stats, feature_dim: int):
     """The host index's class statistics (``edgeslice.ondevice.classil.ClassStats``, not isolated) from a bundle's
     exact ones — what ``edgeslice-device add-class`` keeps up to date when it drops the index's own."""
-    from ..ondevice.classil import stats_from_moments
+    from ..classstats import stats_from_moments
 
     dims = torch.zeros(feature_dim, dtype=torch.bool)
     dims[torch.from_numpy(np.asarray(stats.dims, dtype=np.int64))] = True

@@ -4,6 +4,7 @@ Needs only torch, timm, safetensors and numpy at run time (no torch-pruning, cap
 on a Linux-class edge device as well as on the host. See :mod:`.freeze` for what "a channel's parameters" are.
 """
 
+from ..data import relabel as relabel  # it lived in learner.py; a data operation
 from .freeze import ChannelGroup as ChannelGroup
 from .freeze import ExactFreezer as ExactFreezer
 from .freeze import TrainPlan as TrainPlan
@@ -20,7 +21,6 @@ from .learner import grow_classifier_ as grow_classifier_
 from .learner import increment_plan as increment_plan
 from .learner import learn_increment as learn_increment
 from .learner import model_layers as model_layers
-from .learner import relabel as relabel
 from .learner import sample_fraction as sample_fraction
 from .learner import slice_new_classes as slice_new_classes
 from .learner import stored_bytes as stored_bytes

@@ -32,10 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-
-def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The features the classifier reads (timm's ``forward_head(..., pre_logits=True)``), shape (B, D)."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+from ..torchutil import pre_logits as pre_logits  # re-exported: the old import path
 
 
 def logit_rounding_bound(head: nn.Linear, features: torch.Tensor, rows: int) -> torch.Tensor:

@@ -31,16 +31,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from ..data import ArrayDataset, calibration_indices, normalize, targets_of
+from ..data import ArrayDataset, calibration_indices, normalize, targets_of, uint8_images
 from ..errors import EdgesliceError
 from ..heads import resize_classifier_
 from ..index import CriticalIndex
 from ..models import ModelMeta, fingerprint
+from ..routed import RoutedHead, routed_spec, unwrap_routed_
 from ..slicing.metrics import get_metric
 from ..slicing.observe import Layer, find_layers
 from ..torchutil import eval_mode
 from ..train import iterate_batches
-from .classil import RoutedHead, routed_spec, unwrap_routed_
 from .freeze import ChannelGroup, TrainPlan, channel_groups, make_plan
 from .guarantees import old_logit_check, pre_logits
 from .isolate import IsolationError, frozen_classifier_inputs, isolate_
@@ -137,29 +137,6 @@ def grow_classifier_(model: nn.Module, extra: int, *, seed: int = 0) -> int:
     return old
 
 
-def relabel(dataset: Dataset, mapping: dict[int, int]) -> ArrayDataset:
-    """The items whose label is a key of ``mapping``, with labels mapped (an in-memory uint8 copy)."""
-    targets = targets_of(dataset)
-    keep = torch.isin(targets, torch.as_tensor(sorted(mapping), dtype=torch.int64)).nonzero().flatten()
-    images = _uint8_images(dataset, keep)
-    lut = torch.full((int(targets.max()) + 1,), -1, dtype=torch.int64)
-    for k, v in mapping.items():
-        if k <= int(targets.max()):
-            lut[k] = v
-    return ArrayDataset(images, lut[targets[keep]])
-
-
-def _uint8_images(dataset: Dataset, idx: torch.Tensor) -> torch.Tensor:
-    base, sub = dataset, idx
-    while hasattr(base, "indices") and hasattr(base, "dataset"):  # Subset chains
-        sub = torch.as_tensor(base.indices, dtype=torch.int64)[sub]
-        base = base.dataset
-    images = getattr(base, "images", None)
-    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
-        return images[sub].clone()
-    return torch.stack([(dataset[int(i)][0] * 255).round().clamp(0, 255).to(torch.uint8) for i in idx])
-
-
 def sample_fraction(dataset: Dataset, fraction: float, seed: int) -> ArrayDataset:
     """A seeded, per-class ``fraction`` of ``dataset`` (at least one item per class), as a uint8 copy."""
     if not 0.0 < fraction <= 1.0:
@@ -172,7 +149,7 @@ def sample_fraction(dataset: Dataset, fraction: float, seed: int) -> ArrayDatase
         k = max(1, round(fraction * len(idx)))
         chosen.append(idx[torch.randperm(len(idx), generator=gen)[:k]].sort().values)
     keep = torch.cat(chosen)
-    return ArrayDataset(_uint8_images(dataset, keep), targets[keep].clone())
+    return ArrayDataset(uint8_images(dataset, keep), targets[keep].clone())
 
 
 def stored_bytes(dataset: ArrayDataset) -> int:
@@ -235,7 +212,7 @@ def slice_new_classes(
     if strategy in ("random", "magnitude"):  # data-free sets: the new classes add nothing
         return None, {la.name: torch.zeros(la.channels, dtype=torch.bool) for la in layers}, used
     calib = torch.as_tensor(calibration_indices(data, calib_per_class, seed), dtype=torch.int64)
-    images, labels = _uint8_images(data, calib), targets_of(data)[calib]
+    images, labels = uint8_images(data, calib), targets_of(data)[calib]
     calib_set = ArrayDataset(images, labels)
     prepare = _prepare(meta)
     example = prepare(images[:2].float().div(255).to(device))
@@ -442,7 +419,8 @@ def _index_stats(index: CriticalIndex, meta: ModelMeta, *, isolated: bool = Fals
 
 def _route_(model, stats, isolation, new_data, new_classes, prior_tasks, cfg, prepare, device):
     """Install the routed head over the trained classifier; returns the statistics with the new classes added."""
-    from .classil import class_stats, install_head_, routed_head
+    from ..classstats import class_stats
+    from ..routed import install_head_, routed_head
 
     _check_router_features(model, stats, isolation)
     old = len(stats.classes)
@@ -509,7 +487,7 @@ def _learn_lda(
     Statistics over isolated features (:func:`~.classil.stats_for_index` with an index) first isolate the model as
     they were made: the frozen channels lose their non-critical inputs, and the head reads the frozen features.
     """
-    from .classil import class_stats
+    from ..classstats import class_stats
 
     stats = _index_stats(index, meta)
     old = len(meta.classes)

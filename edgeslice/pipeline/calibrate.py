@@ -16,7 +16,7 @@ from ..artifacts.files import pyplot, save_figure
 from ..data import DataBundle, calibration_indices
 from ..index import CriticalIndex
 from ..models import ModelMeta, fingerprint
-from ..ondevice.classil import attach_class_stats
+from ..ondevice.host_stats import attach_class_stats
 from ..slicing import SemanticSlicer, SliceResult
 from ..train import iterate_batches
 from .baseline import make_prepare

@@ -17,8 +17,8 @@ from edgeslice.errors import IndexFileError
 from edgeslice.index import CriticalIndex
 from edgeslice.models import load_checkpoint, save_checkpoint
 from edgeslice.ondevice import IncrementConfig, learn_increment, relabel, task_accuracy
-from edgeslice.ondevice.classil import RoutedHead, _TapHook, unwrap_routed_
 from edgeslice.pipeline import make_prepare
+from edgeslice.routed import RoutedHead, _TapHook, unwrap_routed_
 from edgeslice.train import iterate_batches
 
 
