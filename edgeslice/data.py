@@ -21,6 +21,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from .errors import EdgesliceError
+
+if TYPE_CHECKING:
+    from .models import ModelMeta
 
 __all__ = [
     "ArrayDataset",
@@ -43,6 +47,7 @@ __all__ = [
     "class_subset",
     "list_datasets",
     "load_data",
+    "make_prepare",
     "normalize",
     "relabel",
     "targets_of",
@@ -379,6 +384,12 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x - m) / s
+
+
+def make_prepare(meta_or_bundle: ModelMeta | DataBundle) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The normalisation a model expects, as a batch function."""
+    mean, std = tuple(meta_or_bundle.mean), tuple(meta_or_bundle.std)
+    return lambda x: normalize(x, mean, std)
 
 
 def relabel(dataset: Dataset, mapping: dict[int, int]) -> ArrayDataset:

@@ -160,7 +160,7 @@ def _check_onnx(folder: Path, model, meta, samples: int, add, openvino: VerifyRe
         for p in paths:
             add(Check(f"onnx {p.name}", "skip", "no checkpoint to compare with"))
         return
-    from ..pipeline import make_prepare
+    from ..data import make_prepare
 
     g = torch.Generator().manual_seed(0)
     size = meta.input_size
@@ -238,8 +238,8 @@ def _run_onnx(path: Path, model, x, name: str) -> Check:
 def _check_index(folder: Path, model, meta, add) -> None:
     import torch
 
+    from ..data import make_prepare
     from ..index import CriticalIndex
-    from ..pipeline import make_prepare
     from ..slicing import find_layers
 
     path = folder / "critical_index"

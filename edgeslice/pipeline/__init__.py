@@ -4,13 +4,13 @@
 (iterative prune) → export → measure → report; see ``docs/architecture.md``.
 """
 
+from ..data import make_prepare as make_prepare  # where it lived before; the normalisation is the data's
 from .baseline import cached_baseline as cached_baseline
 from .baseline import check_against_data as check_against_data
 from .baseline import check_data as check_data
 from .baseline import edgeslice_home as edgeslice_home
 from .baseline import load_checkpoint_data as load_checkpoint_data
 from .baseline import load_compress_data as load_compress_data
-from .baseline import make_prepare as make_prepare
 from .baseline import meta_for as meta_for
 from .baseline import near_chance_warning as near_chance_warning
 from .baseline import train_baseline as train_baseline

@@ -9,7 +9,6 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from ..data import DataBundle, DataError, ImageFolderStream, augment_recipe, load_data, normalize, targets_of
+from ..data import DataBundle, DataError, ImageFolderStream, augment_recipe, load_data, make_prepare, targets_of
 from ..errors import ModelError
 from ..models import ModelMeta, create_model, load_checkpoint, preprocess_of, resolve_model_name, save_checkpoint
 from ..train import evaluate, train_model
@@ -27,12 +26,6 @@ from .config import CompressConfig
 def edgeslice_home() -> Path:
     """``$EDGESLICE_HOME`` or ``~/.cache/edgeslice``: where trained baselines are cached."""
     return Path(os.environ.get("EDGESLICE_HOME") or Path.home() / ".cache" / "edgeslice")
-
-
-def make_prepare(meta_or_bundle: ModelMeta | DataBundle) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The normalisation a model expects, as a batch function."""
-    mean, std = tuple(meta_or_bundle.mean), tuple(meta_or_bundle.std)
-    return lambda x: normalize(x, mean, std)
 
 
 def _data_key(bundle: DataBundle) -> str:
