@@ -11,34 +11,28 @@ from __future__ import annotations
 
 import copy
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._progress import stage
 from ..artifacts.files import atomic_write_json
 from ..artifacts.manifest import write_manifest
 from ..artifacts.staging import claim_output, staging_dir
 from ..classes import select_classes
 from ..data import DataBundle
 from ..errors import EdgesliceError
-from ..index import CriticalIndex
 from ..models import (
-    ModelMeta,
     count_parameters,
     create_model,
     load_checkpoint,
     resolve_model_name,
     save_checkpoint,
 )
-from ..restructure import RestructureReport
-from ..slicing import SemanticSlicer, SliceResult
+from ..slicing import SliceResult
 from ..train import evaluate, iterate_batches, train_model
 from .baseline import (
     cached_baseline,
@@ -53,85 +47,7 @@ from .baseline import (
 from .calibrate import calibration_set, describe_slice, layer_table, plot_layer_ratios, slice_model
 from .config import CompressConfig
 from .device_search import DoesNotFit, Search, budget_stage, resolve_target, search_stage
-
-
-class Timer:
-    """Wall-clock seconds per stage, under the keys ``report.json`` has always used (``slice_s``, …)."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def span(self, key: str) -> Iterator[None]:
-        """Time one stage under ``key``; without a terminal it also logs its start and end (``budget_search_s`` →
-        ``[edgeslice] budget search: start``, see :func:`edgeslice._progress.stage`)."""
-        t = time.perf_counter()
-        with stage(key.removesuffix("_s").replace("_", " ")):
-            yield
-        self.seconds[key] = time.perf_counter() - t
-
-    def finish(self) -> None:
-        self.seconds["total_s"] = time.perf_counter() - self.start
-
-
-@dataclass
-class Loaded:
-    """Stage 1: the model to compress, its data and its accuracy."""
-
-    timm_name: str
-    bundle: DataBundle
-    model: nn.Module
-    meta: ModelMeta
-    prepare: Callable[[torch.Tensor], torch.Tensor]
-    baseline_source: str
-    from_cache: bool
-    accuracy: float
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Sliced:
-    """Stage 2: the calibrated slicer, one θ's result and index, and what the later stages compare against."""
-
-    slicer: SemanticSlicer
-    result: SliceResult
-    index: CriticalIndex
-    original: nn.Module  # an unpruned copy: masked equivalence, the "before" ONNX, every budget candidate
-    example: torch.Tensor  # the first 64 test images, normalised, on the device
-    input_shape: tuple[int, int, int]
-
-
-@dataclass
-class Restructured:
-    """Stage 3: the non-critical channels physically removed, proven equal to masking them."""
-
-    report: RestructureReport
-    equivalence: float
-    accuracy: float
-
-
-@dataclass
-class Tuned:
-    """Stages 4–5: accuracy after fine-tuning and, when enabled, after iterative pruning."""
-
-    accuracy_finetuned: float
-    accuracy: float
-    prune_report: Any = None
-    dense_control: dict[str, Any] | None = None  # the dense model fine-tuned the same way (own baselines)
-
-
-@dataclass
-class Exported:
-    """Stages 6–7: the files written to the staging folder and what they measure."""
-
-    index_bytes: int
-    after: dict[str, Any]
-    before: dict[str, Any]
-    parity: float
-    int8: dict[str, Any] | None
-    budget: dict[str, Any] | None
-    layers: list[dict[str, Any]]
+from .results import Exported, Loaded, Restructured, Sliced, Timer, Tuned
 
 
 def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, Any]:

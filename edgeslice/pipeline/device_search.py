@@ -20,7 +20,7 @@ from .config import CompressConfig
 if TYPE_CHECKING:
     from ..deploy.budget import BudgetError
     from ..deploy.devices import DeviceProfile
-    from .compress import Sliced, Timer
+    from .results import Sliced, Timer
 
 
 class DoesNotFit(Exception):
