@@ -1,7 +1,10 @@
-"""The package's shape: no import circles, no private names imported across modules, a light on-device side.
+"""The package's shape: layers that point one way, no import circles, no private names imported across modules, a
+light on-device side, and a device runtime that imports nothing of edgeslice.
 
-The import graph is read from the source with ``ast`` (every import, also those inside functions, except
-``if TYPE_CHECKING:`` blocks), so a circle is caught even where a lazy import hides it at run time.
+The import graph is read from the source with ``ast``: every import counts, also those inside functions and under
+``if TYPE_CHECKING:``, so an upward import or a circle is caught even where a lazy or a type-only import hides it at
+run time. The layer order is :data:`LAYERS` (``docs/architecture.md`` draws it; ``benchmarks/scan_architecture.py``
+reads it from here).
 """
 
 from __future__ import annotations
@@ -64,23 +67,13 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skip.update(id(n) for stmt in node.body for n in ast.walk(stmt))
-    return skip
-
-
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, str | None]]:
-    """(imported module, imported attribute or None) for every edgeslice import of module ``name``."""
+    """(imported module, imported attribute or None) for every edgeslice import of module ``name``: at module level,
+    inside functions and under ``if TYPE_CHECKING:`` alike."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skip = _type_checking_nodes(tree)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: list[tuple[str, str | None]] = []
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             found += [(a.name, None) for a in node.names if a.name.split(".")[0] == "edgeslice"]
         elif isinstance(node, ast.ImportFrom):
@@ -128,6 +121,27 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def layer_of(module: str) -> int | None:
+    """Index in :data:`LAYERS` of the layer whose longest entry is ``module`` or a dotted prefix of it."""
+    best: tuple[int, int] | None = None
+    for i, (_, entries) in enumerate(LAYERS):
+        for e in entries:
+            if module == e or (e != "edgeslice" and module.startswith(e + ".")):
+                if best is None or len(e) > best[0]:
+                    best = (len(e), i)
+    return None if best is None else best[1]
+
+
+def upward_imports() -> list[tuple[str, str]]:
+    """(importer, imported) for every import of a module from a higher layer."""
+    return sorted(
+        (name, target)
+        for name, targets in import_graph().items()
+        for target in targets
+        if layer_of(target) > layer_of(name)
+    )
+
+
 def test_find_cycle_finds_a_circle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -160,3 +174,53 @@ def test_ondevice_imports_without_the_workstation_libraries(module):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_layer_of_takes_the_longest_entry():
+    assert layer_of("edgeslice") == 0 and layer_of("edgeslice.artifacts.files") == 0
+    assert layer_of("edgeslice.artifacts.verify") == layer_of("edgeslice.ondevice.learner") == 3
+    assert layer_of("edgeslice.cli.compress") == len(LAYERS) - 1
+    assert layer_of("edgeslice.somethingnew") is None  # the package entry matches only the package itself
+
+
+def test_every_module_is_in_a_layer_and_every_entry_exists():
+    modules = _modules()
+    assert [m for m in modules if layer_of(m) is None] == []
+    entries = [e for _, names in LAYERS for e in names]
+    assert len(entries) == len(set(entries))
+    assert [e for e in entries if not any(m == e or m.startswith(e + ".") for m in modules)] == []
+
+
+def test_no_module_imports_from_a_higher_layer():
+    offenders = [
+        f"{name} ({LAYERS[layer_of(name)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+        for name, target in upward_imports()
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_upward_import_check_sees_lazy_and_type_checking_imports(tmp_path, monkeypatch):
+    pkg = tmp_path / "edgeslice"
+    (pkg / "cli").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "cli" / "__init__.py").write_text("")
+    (pkg / "errors.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .cli import app\n"
+        "def f():\n    from edgeslice.cli import app\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    assert upward_imports() == [("edgeslice.errors", "edgeslice.cli")]
+
+
+def test_the_device_runtime_imports_nothing_of_edgeslice():
+    device = PACKAGE.parent / "device"
+    files = sorted(device.rglob("*.py"))
+    assert len(files) > 2
+    offenders = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            offenders += [f"{path.relative_to(device)}: {n}" for n in names if n.split(".")[0] == "edgeslice"]
+    assert not offenders, offenders
