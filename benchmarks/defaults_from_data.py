@@ -114,6 +114,7 @@ def part_classil(work: Path, all28: Path, variants: dict[str, dict[str, list]]) 
 
 VARIANTS = {
     "defaults": {},
+    "train 3 epochs (the earlier default)": {"train": ["--epochs", 3]},
     "train 10 epochs": {"train": ["--epochs", 10]},
     "train 10 epochs, θ 0.99": {"train": ["--epochs", 10], "slice": ["--theta", 0.99]},
     "train 10 epochs, θ 0.99, head lda": {

@@ -44,7 +44,7 @@ from ._training import (
 def train_command(
     model: ModelArg,
     data: DataOpt = "fashion-mnist",
-    epochs: Annotated[float, typer.Option("--epochs", callback=positive, help="Passes over the data.")] = 3.0,
+    epochs: Annotated[float, typer.Option("--epochs", callback=positive, help="Passes over the data.")] = 10.0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     lr: Annotated[float, typer.Option("--lr", callback=positive, help="Peak learning rate (one-cycle).")] = 2e-2,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/train"),
