@@ -130,6 +130,9 @@ def slice_command(
             "layers": rows,
         }
         atomic_write_json(stage / "slice.json", summary)
+        from edgeslice.artifacts.manifest import write_manifest
+
+        write_manifest(stage, cfg.to_dict(), seed)  # so a rerun into the same --out may replace its own files
     summary["index"] = str(out / "critical_index")
     if json_out:
         emit_json(summary)

@@ -144,3 +144,26 @@ def test_stale_staging_of_a_killed_run_is_removed(tmp_path):
             time.sleep(0.2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.staging.users", "out"]
     assert (out / "model.onnx").read_text() == "model.onnx"
+
+
+def test_train_and_slice_rerun_into_their_own_out(tmp_path):
+    """``train`` and ``slice`` list what they write in a manifest, so running them again with the same ``--out``
+    replaces their own files (it was refused as "not written by edgeslice"), while a file changed by hand since is
+    still refused."""
+    from typer.testing import CliRunner
+
+    from edgeslice.cli import app
+
+    runner = CliRunner()
+    ck, sl = tmp_path / "ck", tmp_path / "sl"
+    train = ["train", "mlp", "--data", "digits", "--epochs", "0.1", "--out", str(ck), "--quiet", "--json"]
+    slice_ = ["slice", "mlp", "--checkpoint", str(ck / "model.safetensors"), "--data", "digits", "--out", str(sl),
+              "--quiet", "--json"]  # fmt: skip
+    for _ in range(2):
+        for cmd in (train, slice_):
+            r = runner.invoke(app, cmd)
+            assert r.exit_code == 0, r.output
+    assert {"manifest.json", "model.safetensors", "model.json"} <= {p.name for p in ck.iterdir()}
+    (ck / "model.json").write_text((ck / "model.json").read_text() + " ")
+    r = runner.invoke(app, train)
+    assert r.exit_code != 0 and "not written by edgeslice" in r.output
