@@ -39,28 +39,15 @@ WRITE_CALLS = {
 }
 
 
-def read_layers() -> list[tuple[str, list[str]]]:
-    tree = ast.parse(TEST.read_text(encoding="utf-8"))
-    for node in tree.body:
-        target = (
-            node.target
-            if isinstance(node, ast.AnnAssign)
-            else (node.targets[0] if isinstance(node, ast.Assign) else None)
-        )
-        if isinstance(target, ast.Name) and target.id == "LAYERS":
-            return ast.literal_eval(node.value)
-    raise SystemExit(f"no LAYERS in {TEST}")
+def architecture_test():
+    """tests/test_architecture.py as a module: the declared ``LAYERS`` and its ``layer_of``, one definition for the
+    test and this scan."""
+    import importlib.util
 
-
-def layer_of(module: str, layers: list[tuple[str, list[str]]]) -> int | None:
-    """Index of the layer whose longest entry is ``module`` or a dotted prefix of it (``edgeslice`` only exactly)."""
-    best: tuple[int, int] | None = None
-    for i, (_, entries) in enumerate(layers):
-        for e in entries:
-            if module == e or (e != "edgeslice" and module.startswith(e + ".")):
-                if best is None or len(e) > best[0]:
-                    best = (len(e), i)
-    return None if best is None else best[1]
+    spec = importlib.util.spec_from_file_location("test_architecture", TEST)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def module_name(path: Path) -> str:
@@ -230,7 +217,8 @@ def command_names(trees: dict[str, ast.AST]) -> set[str]:
 
 
 def scan() -> dict:
-    layers = read_layers()
+    arch = architecture_test()
+    layers, layer_of = arch.LAYERS, arch.layer_of
     paths = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
     trees = {m: ast.parse(p.read_text(encoding="utf-8")) for m, p in paths.items()}
     rel = {m: str(p.relative_to(ROOT)) for m, p in paths.items()}
@@ -264,12 +252,12 @@ def scan() -> dict:
     lazy = [(m, e) for m, es in all_edges.items() for e in es if e["kind"] == "lazy"]
     graph = {m: {e["target"] for e in es} for m, es in all_edges.items()}
 
-    unassigned = sorted(m for m in paths if layer_of(m, layers) is None)
+    unassigned = sorted(m for m in paths if layer_of(m) is None)
     upward = []
     for m, es in all_edges.items():
-        lm = layer_of(m, layers)
+        lm = layer_of(m)
         for e in es:
-            lt = layer_of(e["target"], layers)
+            lt = layer_of(e["target"])
             if lm is not None and lt is not None and lt > lm:
                 upward.append(
                     {
