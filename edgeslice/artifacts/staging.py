@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import OutputError
 from .files import rank_scratch, sha256_file
-from .manifest import MANIFEST_NAME, ManifestError, read_manifest
+from .manifest import MANIFEST_NAME, ManifestError, read_manifest, write_manifest
 
 #: Every file name an edgeslice command may write into ``--out`` (checked before any work starts).
 ARTIFACT_NAMES = frozenset(
@@ -219,12 +219,15 @@ def remove_previous_artifacts(out: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def staging_dir(out: str | Path) -> Iterator[Path]:
+def staging_dir(out: str | Path, *, config: dict | None = None, seed: int | None = None) -> Iterator[Path]:
     """Yield an empty scratch folder beside ``out``; on success move its files into ``out``.
 
     On any exception the scratch folder is removed and ``out`` is left as it was, so a failed command never leaves
     partial artifacts behind. On a torch.distributed rank other than 0 the folder is a throw-away one in the
     system temp dir: everything written there is deleted and ``out`` is never touched.
+
+    With ``config`` and ``seed``, a ``manifest.json`` of what was staged is written before the move unless the body
+    wrote one: what a folder's manifest lists is what a later run into the same ``out`` may replace.
 
     Raises:
         OutputError: another run holds ``out``, or a staged file would overwrite a file edgeslice did not write.
@@ -243,6 +246,8 @@ def staging_dir(out: str | Path) -> Iterator[Path]:
         stage.mkdir()
         try:
             yield stage
+            if config is not None and seed is not None and not (stage / MANIFEST_NAME).exists():
+                write_manifest(stage, config, seed)
             staged = sorted(stage.iterdir())
             check_no_foreign_files(out, [p.name for p in staged])
             kept = remove_previous_artifacts(out)

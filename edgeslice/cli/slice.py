@@ -112,7 +112,7 @@ def slice_command(
     check_against_data(meta, bundle)
     _, result, index = slice_model(net.to(device), meta, bundle, cfg, seed=seed, device=device, class_batch=class_batch)
     rows = layer_table(result)
-    with staging_dir(out) as stage:
+    with staging_dir(out, config=cfg.to_dict(), seed=seed) as stage:
         index.save(stage / "critical_index")
         if emit_c_header:
             from edgeslice.deploy.cheader import write_c_header
@@ -130,9 +130,6 @@ def slice_command(
             "layers": rows,
         }
         atomic_write_json(stage / "slice.json", summary)
-        from edgeslice.artifacts.manifest import write_manifest
-
-        write_manifest(stage, cfg.to_dict(), seed)  # so a rerun into the same --out may replace its own files
     summary["index"] = str(out / "critical_index")
     if json_out:
         emit_json(summary)

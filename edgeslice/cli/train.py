@@ -102,13 +102,10 @@ def train_command(
         augment=augment.value,
         amp=amp,
     )
-    with staging_dir(out) as stage:
+    config = {"command": "train", "model": meta.timm_name, "data": bundle.name, "epochs": epochs,
+              "batch_size": batch_size, "lr": lr, "augment": augment.value, "classes": classes}  # fmt: skip
+    with staging_dir(out, config=config, seed=seed) as stage:
         save_checkpoint(net.cpu(), meta, stage / "model.safetensors")
-        from edgeslice.artifacts.manifest import write_manifest
-
-        config = {"command": "train", "model": meta.timm_name, "data": bundle.name, "epochs": epochs,
-                  "batch_size": batch_size, "lr": lr, "augment": augment.value, "classes": classes}  # fmt: skip
-        write_manifest(stage, config, seed)  # so a rerun into the same --out may replace its own files
     result = {
         "checkpoint": str(out / "model.safetensors"),
         "model": meta.timm_name,

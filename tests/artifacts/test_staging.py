@@ -147,9 +147,9 @@ def test_stale_staging_of_a_killed_run_is_removed(tmp_path):
 
 
 def test_train_and_slice_rerun_into_their_own_out(tmp_path):
-    """``train`` and ``slice`` list what they write in a manifest, so running them again with the same ``--out``
-    replaces their own files (it was refused as "not written by edgeslice"), while a file changed by hand since is
-    still refused."""
+    """``train`` and ``slice`` list what they write in a manifest (``staging_dir(config=, seed=)``), so running them
+    again with the same ``--out`` replaces their own files (it was refused as "not written by edgeslice"), while a
+    file changed by hand since is still refused."""
     from typer.testing import CliRunner
 
     from edgeslice.cli import app
@@ -167,3 +167,19 @@ def test_train_and_slice_rerun_into_their_own_out(tmp_path):
     (ck / "model.json").write_text((ck / "model.json").read_text() + " ")
     r = runner.invoke(app, train)
     assert r.exit_code != 0 and "not written by edgeslice" in r.output
+
+
+def test_staging_dir_writes_the_manifest_unless_the_body_did(tmp_path):
+    from edgeslice.artifacts.manifest import read_manifest
+
+    with staging_dir(tmp_path / "a", config={"k": 1}, seed=3) as stage:
+        (stage / "x.bin").write_bytes(b"x")
+    doc = read_manifest(tmp_path / "a")
+    assert set(doc["files"]) == {"x.bin"} and doc["config"] == {"k": 1} and doc["seed"] == 3
+    with staging_dir(tmp_path / "b", config={"k": 1}, seed=3) as stage:
+        (stage / "x.bin").write_bytes(b"x")
+        write_manifest(stage, {"own": True}, 7)
+    assert read_manifest(tmp_path / "b")["config"] == {"own": True}
+    with staging_dir(tmp_path / "c") as stage:
+        (stage / "x.bin").write_bytes(b"x")
+    assert not (tmp_path / "c" / "manifest.json").exists()
