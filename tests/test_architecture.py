@@ -224,3 +224,56 @@ def test_the_device_runtime_imports_nothing_of_edgeslice():
                 names = [node.module or ""]
             offenders += [f"{path.relative_to(device)}: {n}" for n in names if n.split(".")[0] == "edgeslice"]
     assert not offenders, offenders
+
+
+#: Commands built the one way (docs/architecture.md, "How a command is built"): ``pipeline/<module>.py`` holds a frozen
+#: ``<Name>Config``, a frozen ``<Name>Report`` and ``run(config, device) -> <Name>Report``; ``cli/<module>.py`` parses
+#: options into the config, calls ``run`` and prints the report, and writes no file itself.
+SHAPED_COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train", "Train"),
+}
+
+#: Calls that write a file (the same patterns as benchmarks/scan_architecture.py counts).
+_WRITERS = {
+    "write_text", "write_bytes", "savefig", "save_file", "savez", "savez_compressed", "atomic_write_bytes",
+    "atomic_write_json", "save_figure", "save_checkpoint", "write_manifest", "write_bundle", "staging_dir",
+}  # fmt: skip
+
+
+def _writing_calls(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+        mode = node.args[1] if name == "open" and len(node.args) > 1 else None
+        if name in _WRITERS or (isinstance(mode, ast.Constant) and set(str(mode.value)) & set("wax")):
+            found.append(f"{path.name}:{node.lineno} {name}")
+    return found
+
+
+@pytest.mark.parametrize("command", sorted(SHAPED_COMMANDS))
+def test_a_shaped_command_runs_through_its_pipeline_and_writes_nothing_in_the_cli(command):
+    import dataclasses
+    import importlib
+    import inspect
+
+    module, name = SHAPED_COMMANDS[command]
+    pipeline = importlib.import_module(f"edgeslice.pipeline.{module}")
+    config, report = getattr(pipeline, f"{name}Config"), getattr(pipeline, f"{name}Report")
+    for cls in (config, report):
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen, cls
+    assert inspect.signature(pipeline.run).return_annotation in (report, report.__name__)
+    cli = (PACKAGE / "cli" / f"{module}.py").read_text(encoding="utf-8")
+    assert f"edgeslice.pipeline.{module} import" in cli
+    assert _writing_calls(PACKAGE / "cli" / f"{module}.py") == []
+
+
+def test_the_writing_call_check_sees_writes():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "w.py"
+        path.write_text("def f(p, s):\n    p.write_text('x')\n    open(p, 'wb')\n    open(p)\n    staging_dir(p)\n")
+        assert _writing_calls(path) == ["w.py:2 write_text", "w.py:3 open", "w.py:5 staging_dir"]

@@ -236,6 +236,17 @@ def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def show_report(report: Any, json_out: bool, title: str) -> None:
+    """Print a command's report: its JSON document under ``--json``, else a two-column table of its fields."""
+    from edgeslice.pipeline.report import report_json
+
+    data = report_json(report)
+    if json_out:
+        emit_json(data)
+    else:
+        console.print(table(title, ["", "value"], [[k, v] for k, v in data.items()]))
+
+
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     t = Table(title=title, title_justify="left")
     for i, c in enumerate(columns):

@@ -18,13 +18,10 @@ from ._common import (
     ModelArg,
     QuietOpt,
     SeedOpt,
-    claim_out,
-    console,
-    emit_json,
     handle_errors,
     positive,
     setup,
-    table,
+    show_report,
 )
 from ._training import (
     AmpOpt,
@@ -66,58 +63,27 @@ def train_command(
 ) -> None:
     """Train MODEL on --data (from scratch, or from --pretrained weights); writes OUT/model.safetensors + model.json."""
     device = setup(json_out, device_type, seed, quiet)
-    claim_out(out)
-    from edgeslice.artifacts.staging import staging_dir
-    from edgeslice.classes import select_classes
-    from edgeslice.models import resolve_model_name, save_checkpoint
-    from edgeslice.pipeline import CompressConfig, load_compress_data, train_baseline
+    from edgeslice.pipeline.train import TrainConfig, run
 
-    # The same data path as compress: timm's data config for folders, the pretrained cfg's normalisation.
-    opts = CompressConfig(
+    config = TrainConfig(
         model=model,
         data=data,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        out=out,
         image_size=image_size,
-        seed=seed,
+        classes=classes,
         download=download,
+        seed=seed,
         pretrained=pretrained,
         pretrained_file=str(pretrained_file) if pretrained_file else None,
         use_ema=use_ema,
         mean=parse_floats(mean),
         std=parse_floats(std),
-        workers=workers,
-        classes=classes,
-    )
-    bundle = select_classes(load_compress_data(opts, resolve_model_name(model)), classes, min_classes=2)
-    net, meta = train_baseline(
-        model,
-        bundle,
-        epochs=epochs,
-        seed=seed,
-        device=device,
-        batch_size=batch_size,
-        lr=lr,
-        pretrained=pretrained,
-        pretrained_file=opts.pretrained_file,
-        use_ema=use_ema,
         augment=augment.value,
+        workers=workers,
         amp=amp,
     )
-    config = {"command": "train", "model": meta.timm_name, "data": bundle.name, "epochs": epochs,
-              "batch_size": batch_size, "lr": lr, "augment": augment.value, "classes": classes}  # fmt: skip
-    with staging_dir(out, config=config, seed=seed) as stage:
-        save_checkpoint(net.cpu(), meta, stage / "model.safetensors")
-    result = {
-        "checkpoint": str(out / "model.safetensors"),
-        "model": meta.timm_name,
-        "data": bundle.name,
-        "test_accuracy": meta.info["test_accuracy"],
-        "train_seconds": meta.info["train_seconds"],
-        "params": sum(p.numel() for p in net.parameters()),
-        "fingerprint": meta.fingerprint,
-    }
-    if json_out:
-        emit_json(result)
-    else:
-        console.print(
-            table(f"trained {meta.timm_name} on {bundle.name}", ["", "value"], [[k, v] for k, v in result.items()])
-        )
+    report = run(config, device)
+    show_report(report, json_out, f"trained {report.model} on {report.data}")

@@ -1,0 +1,48 @@
+"""The one report ↔ JSON conversion every command uses (``edgeslice.pipeline.report``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edgeslice.pipeline.report import report_from_json, report_json
+from edgeslice.pipeline.train import TrainReport
+
+
+@dataclass(frozen=True)
+class _Inner:
+    path: Path
+    sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Outer:
+    name: str
+    inner: _Inner
+    extra: dict[str, float]
+
+
+def test_report_json_keeps_field_order_and_round_trips_through_text():
+    report = TrainReport("out/model.safetensors", "m", "digits", 91.5, 2.25, 1234, "abc")
+    data = report_json(report)
+    assert list(data) == ["checkpoint", "model", "data", "test_accuracy", "train_seconds", "params", "fingerprint"]
+    assert report_from_json(TrainReport, json.loads(json.dumps(data))) == report
+
+
+def test_nested_reports_paths_and_tuples_become_plain_json_and_come_back():
+    report = _Outer("x", _Inner(Path("a/b.onnx"), (1, 2)), {"acc": 0.5})
+    data = report_json(report)
+    assert data == {"name": "x", "inner": {"path": "a/b.onnx", "sizes": [1, 2]}, "extra": {"acc": 0.5}}
+    back = report_from_json(_Outer, json.loads(json.dumps(data)))
+    assert back.inner.path == Path("a/b.onnx") and back.name == "x" and back.extra == {"acc": 0.5}
+
+
+def test_report_from_json_names_unknown_and_missing_fields():
+    with pytest.raises(ValueError, match=r"unknown fields \['bogus'\], missing fields \['fingerprint'\]"):
+        report_from_json(TrainReport, {**{k: 0 for k in ("checkpoint", "model", "data", "test_accuracy",
+                                                          "train_seconds", "params")}, "bogus": 1})  # fmt: skip
+    with pytest.raises(TypeError, match="not a report"):
+        report_json({"a": 1})
