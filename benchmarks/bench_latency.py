@@ -43,6 +43,7 @@ from edgeslice.deploy.measure import onnx_latency
 from edgeslice.deploy.quantize import quantize_int8
 from edgeslice.models import load_checkpoint
 from edgeslice.pipeline import CompressConfig, SliceConfig, compress, edgeslice_home, make_prepare
+from edgeslice.pipeline.report import report_json
 
 MODELS = ("mobilenetv3_small_100", "mobilenetv2_100", "efficientnet_b0")
 SIZES = (28, 224)
@@ -85,7 +86,7 @@ def compress_once(model: str, work: Path, args: argparse.Namespace) -> dict[str,
         dense_control=False,
     )
     out = work / model
-    report = compress(cfg, out, torch.device("cpu"))
+    report = report_json(compress(cfg, out, torch.device("cpu")))
     source = report["baseline"]["source"]
     dense = Path(source.replace("$EDGESLICE_HOME", str(edgeslice_home()), 1))
     return {"report": report, "dense": dense, "compressed": out / "model.safetensors"}

@@ -19,6 +19,7 @@ import torch
 from edgeslice.artifacts.files import atomic_write_json
 from edgeslice.data import load_data
 from edgeslice.pipeline import CompressConfig, SliceConfig, cached_baseline, compress, make_prepare
+from edgeslice.pipeline.report import report_json
 from edgeslice.train import evaluate, train_model
 
 
@@ -82,7 +83,7 @@ def main() -> None:
             checkpoint=str(path),
             slicing=SliceConfig(theta=theta, metric=args.metric, similarity=args.similarity),
         )
-        rep = compress(cfg, args.out.parent / f"compress-theta{theta:g}", device)
+        rep = report_json(compress(cfg, args.out.parent / f"compress-theta{theta:g}", device))
         rows.append(
             {
                 "run": f"compress θ={theta:g}",

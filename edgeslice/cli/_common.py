@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import sys
+import typing
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+C = TypeVar("C")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -234,6 +238,28 @@ def emit_json(obj: Any) -> None:
     if not is_main():
         return
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def config_from(cls: type[C], options: dict[str, Any], **given: Any) -> C:
+    """The frozen config ``cls`` built from a command's parsed options (``locals()`` of the command).
+
+    Every field of ``cls`` that an option of the same name sets takes its value (an ``Enum`` option its ``.value``, a
+    ``Path`` option a string where the field is not a ``Path``); ``given`` sets fields whose values need more than that
+    (nested configs, parsed lists). Fields no option names keep their defaults.
+    """
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in given:
+            values[f.name] = given[f.name]
+        elif f.name in options:
+            value = options[f.name]
+            if isinstance(value, Enum):
+                value = value.value
+            elif isinstance(value, Path) and hints[f.name] is not Path:
+                value = str(value)
+            values[f.name] = value
+    return cls(**values)
 
 
 def show_report(report: Any, json_out: bool, title: str) -> None:

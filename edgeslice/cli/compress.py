@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from edgeslice.pipeline.results import CompressReport
 
 from ._common import (
     CalibOpt,
@@ -30,7 +33,7 @@ from ._common import (
     StrategyName,
     StrategyOpt,
     ThetaOpt,
-    claim_out,
+    config_from,
     console,
     emit_json,
     fmt_bytes,
@@ -167,71 +170,26 @@ def compress_command(
     Without --checkpoint a baseline is trained on --data and cached under $EDGESLICE_HOME (~/.cache/edgeslice).
     """
     device_ = setup(json_out, device_type, seed, quiet)
-    from edgeslice.models import resolve_model_name
-    from edgeslice.pipeline import CompressConfig, SliceConfig, compress
+    from edgeslice.pipeline import CompressConfig, SliceConfig
+    from edgeslice.pipeline.compress import run
     from edgeslice.pruning import IterativePruneConfig
 
-    timm_name = resolve_model_name(model)
-    out = claim_out(out or Path("edgeslice-out") / timm_name)
-    from edgeslice.models import has_sidecar
-
-    if checkpoint is not None and has_sidecar(checkpoint):  # a plain state dict has no sidecar to read here
-        from edgeslice.models import read_meta
-
-        meta = read_meta(checkpoint)
-        if meta.timm_name != timm_name:
-            raise ValueError(f"checkpoint {checkpoint} is a {meta.timm_name!r}, not {timm_name!r}")
-        image_size = image_size or meta.input_size
-    cfg = CompressConfig(
-        model=model,
-        data=data,
-        checkpoint=str(checkpoint) if checkpoint else None,
-        slicing=SliceConfig(
-            metric=metric.value,
-            strategy=strategy.value,
-            theta=theta,
-            ratio=ratio,
-            similarity=similarity.value,
-            calib_per_class=calib_per_class,
-        ),
-        train_epochs=train_epochs,
-        finetune_epochs=finetune_epochs,
-        batch_size=batch_size,
-        image_size=image_size,
-        seed=seed,
-        download=download,
-        round_to=round_to,
-        widths=widths.value,
-        grow_theta=grow_theta,
-        device=device,
-        quantize=quantize.value,
-        classes=classes,
-        pretrained=pretrained,
-        pretrained_file=str(pretrained_file) if pretrained_file else None,
-        use_ema=use_ema,
+    options = locals()
+    cfg = config_from(
+        CompressConfig,
+        options,
+        slicing=config_from(SliceConfig, options),
+        pruning=config_from(IterativePruneConfig, options),
         mean=parse_floats(mean),
         std=parse_floats(std),
-        augment=augment.value,
-        workers=workers,
-        distill=distill,
-        distill_temperature=distill_temperature,
-        distill_alpha=distill_alpha,
-        amp=amp,
-        dense_control=dense_control,
-        pruning=IterativePruneConfig(
-            pruner=pruner.value,
-            prune_step=prune_step,
-            max_iterations=max_iterations,
-            max_acc_drop=max_acc_drop,
-            finetune_steps=finetune_steps,
-        ),
     )
-    report = compress(cfg, out, device_)
-    report["out"] = str(out)
+    report = run(cfg, device_, out)
     if json_out:
-        emit_json(report)
+        from edgeslice.pipeline.report import report_json
+
+        emit_json(report_json(report))
         return
-    print_report(report, out)
+    print_report(report, Path(report.out))
 
 
 def _latency_label(rec: dict[str, Any], what: str = "") -> str:
@@ -261,45 +219,42 @@ def _onnx_rows(before: dict[str, Any], after: dict[str, Any]) -> list[list[str]]
     return rows
 
 
-def print_report(report: dict[str, Any], out: Path, title_prefix: str = "") -> None:
+def print_report(report: CompressReport, out: Path, title_prefix: str = "") -> None:
     """The human-readable summary of a compress report (``compress`` and ``run``): tables on stdout."""
-    s = report["slicing"]
+    s = report.slicing
     select = f"θ={s['theta']:g}" if "theta" in s else f"ratio={s.get('ratio', '?')}"
+    control = report.dense_control
     rows = [
-        ["parameters", f"{report['params_before']:,}", f"{report['params_after']:,}"],
-        ["compression rate", "", f"{report['compression_rate']:.1%}"],
-        ["non-zero parameters", f"{report['params_before']:,}", f"{report['nonzero_params_after']:,}"],
-        ["test accuracy (%)", f"{report['accuracy_before']:.2f}", f"{report['accuracy_after']:.2f}"],
-        ["  before fine-tune (%)", "", f"{report['accuracy_restructured']:.2f}"],
-        *(
-            [["  dense control, same fine-tune (%)", f"{report['dense_control']['accuracy']:.2f}", ""]]
-            if report.get("dense_control")
-            else []
-        ),
+        ["parameters", f"{report.params_before:,}", f"{report.params_after:,}"],
+        ["compression rate", "", f"{report.compression_rate:.1%}"],
+        ["non-zero parameters", f"{report.params_before:,}", f"{report.nonzero_params_after:,}"],
+        ["test accuracy (%)", f"{report.accuracy_before:.2f}", f"{report.accuracy_after:.2f}"],
+        ["  before fine-tune (%)", "", f"{report.accuracy_restructured:.2f}"],
+        *([["  dense control, same fine-tune (%)", f"{control['accuracy']:.2f}", ""]] if control else []),
         ["critical channels", f"{s['total_channels']}", f"{s['critical_channels']}"],
-        *_onnx_rows(report["onnx_before"], report["onnx_after"]),
-        ["ONNX parity max |Δ|", "", f"{report['onnx_parity_max_abs']:.2e}"],
-        ["index file", "", fmt_bytes(report["index_bytes"])],
+        *_onnx_rows(report.onnx_before, report.onnx_after),
+        ["ONNX parity max |Δ|", "", f"{report.onnx_parity_max_abs:.2e}"],
+        ["index file", "", fmt_bytes(report.index_bytes)],
     ]
-    title = f"{title_prefix}{report['model']} on {report['data']['name']} — {s['strategy']} slicing, "
+    title = f"{title_prefix}{report.model} on {report.data['name']} — {s['strategy']} slicing, "
     console.print(table(f"{title}{s.get('metric', '')}, {select}", ["", "before", "after"], rows))
-    if report["pruning"]:
-        p = report["pruning"]
-        pruner = report["config"]["pruning"]["pruner"]
+    if report.pruning:
+        p = report.pruning
+        pruner = report.config["pruning"]["pruner"]
         console.print(f"{pruner}: {p['iterations']} iterations ({p['iterations_kept']} kept), stop: {p['stop_reason']}")
-    if report.get("int8"):
+    if report.int8:
         console.print(_int8_table(report))
-    if report.get("budget"):
-        console.print(_budget_table(report["budget"]))
-    int8_file = "model.int8.onnx, " if report.get("int8") else ""
+    if report.budget:
+        console.print(_budget_table(report.budget))
+    int8_file = "model.int8.onnx, " if report.int8 else ""
     console.print(
         f"artifacts in {out}: model.onnx, {int8_file}model.safetensors, model.json, critical_index, report.json, "
-        f"manifest.json, critical_ratio.png ({report['timings_s']['total_s']:.0f} s)"
+        f"manifest.json, critical_ratio.png ({report.timings_s['total_s']:.0f} s)"
     )
 
 
-def _int8_table(report: dict[str, Any]):
-    q, a = report["int8"], report["onnx_after"]
+def _int8_table(report: CompressReport):
+    q, a = report.int8, report.onnx_after
     p = q["parity"]
     rows = [
         [f"test accuracy (%), {q['eval_subset']}", f"{p['accuracy_fp32']:.2f}", f"{p['accuracy_int8']:.2f}"],

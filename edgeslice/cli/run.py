@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from edgeslice.pipeline import CompressConfig
+    from edgeslice.pipeline.results import CompressReport
 
 RecipeArg = Annotated[
     str | None,
@@ -84,9 +85,10 @@ def run_command(
         torch.set_num_threads(threads)
     out = claim_out(out or Path("edgeslice-out") / path.stem)
     report = run_recipe(cfg, out, device, name=path.stem, overrides=overrides or [], emit_c_header=emit_c_header)
-    report.update(out=str(out), recipe=str(path))
     if json_out:
-        emit_json(report)
+        from edgeslice.pipeline.report import report_json
+
+        emit_json({**report_json(report), "out": str(out), "recipe": str(path)})
         return
     _print_report(report, path.stem, out)
 
@@ -99,7 +101,7 @@ def run_recipe(
     name: str,
     overrides: list[str],
     emit_c_header: bool = False,
-) -> dict[str, Any]:
+) -> CompressReport:
     """``compress`` into a staging folder, add ``recipe.effective.toml`` (and the C header), rewrite the manifest.
 
     Everything lands in ``out`` only when all of it succeeded.
@@ -161,7 +163,7 @@ def _print_recipes(json_out: bool) -> None:
     )
 
 
-def _print_report(report: dict[str, Any], name: str, out: Path) -> None:
+def _print_report(report: CompressReport, name: str, out: Path) -> None:
     from .compress import print_report
 
     print_report(report, out, title_prefix=f"recipe {name}: ")

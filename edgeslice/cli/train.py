@@ -18,6 +18,7 @@ from ._common import (
     ModelArg,
     QuietOpt,
     SeedOpt,
+    config_from,
     handle_errors,
     positive,
     setup,
@@ -65,25 +66,6 @@ def train_command(
     device = setup(json_out, device_type, seed, quiet)
     from edgeslice.pipeline.train import TrainConfig, run
 
-    config = TrainConfig(
-        model=model,
-        data=data,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        out=out,
-        image_size=image_size,
-        classes=classes,
-        download=download,
-        seed=seed,
-        pretrained=pretrained,
-        pretrained_file=str(pretrained_file) if pretrained_file else None,
-        use_ema=use_ema,
-        mean=parse_floats(mean),
-        std=parse_floats(std),
-        augment=augment.value,
-        workers=workers,
-        amp=amp,
-    )
+    config = config_from(TrainConfig, locals(), mean=parse_floats(mean), std=parse_floats(std))
     report = run(config, device)
     show_report(report, json_out, f"trained {report.model} on {report.data}")

@@ -28,7 +28,9 @@ from ..errors import EdgesliceError
 from ..models import (
     count_parameters,
     create_model,
+    has_sidecar,
     load_checkpoint,
+    read_meta,
     resolve_model_name,
     save_checkpoint,
 )
@@ -47,10 +49,38 @@ from .baseline import (
 from .calibrate import calibration_set, describe_slice, layer_table, plot_layer_ratios, slice_model
 from .config import CompressConfig
 from .device_search import DoesNotFit, Search, budget_stage, resolve_target, search_stage
-from .results import Exported, Loaded, Restructured, Sliced, Timer, Tuned
+from .report import report_json
+from .results import CompressReport, Exported, Loaded, Restructured, Sliced, Timer, Tuned
 
 
-def compress(cfg: CompressConfig, out: Path, device: torch.device) -> dict[str, Any]:
+def run(config: CompressConfig, device: torch.device, out: Path | None = None) -> CompressReport:
+    """``edgeslice compress``: :func:`compress` into ``out`` (default ``edgeslice-out/<timm name>``), with ``out`` set.
+
+    A ``config.checkpoint`` with a sidecar must hold ``config.model``; its input size is the default image size.
+
+    Raises:
+        ValueError: the checkpoint is another model.
+        BudgetError, OutputError: as :func:`compress`.
+    """
+    timm_name = resolve_model_name(config.model)
+    out = out or Path("edgeslice-out") / timm_name
+    with claim_output(out):  # before the checkpoint is read: --out is checked before any work
+        report = compress(checkpoint_defaults(config, timm_name), out, device)
+    return replace(report, out=str(out))
+
+
+def checkpoint_defaults(config: CompressConfig, timm_name: str) -> CompressConfig:
+    """Check that a checkpoint with a sidecar is ``timm_name``, and take its input size where none was given (a plain
+    state dict has no sidecar to read here: the load stage checks it against the model)."""
+    if config.checkpoint is None or not has_sidecar(Path(config.checkpoint)):
+        return config
+    meta = read_meta(Path(config.checkpoint))
+    if meta.timm_name != timm_name:
+        raise ValueError(f"checkpoint {config.checkpoint} is a {meta.timm_name!r}, not {timm_name!r}")
+    return replace(config, image_size=config.image_size or meta.input_size)
+
+
+def compress(cfg: CompressConfig, out: Path, device: torch.device) -> CompressReport:
     """Run the whole compression pipeline and write the artifacts to ``out``; returns the report.
 
     With ``cfg.device`` the θ of ``cfg.slicing`` is replaced by the largest θ of
@@ -245,7 +275,7 @@ def ship(
     loaded: Loaded,
     sliced: Sliced,
     model: nn.Module,
-) -> dict[str, Any]:
+) -> CompressReport:
     """Stages 3–8 for one slice result: restructure, fine-tune, export, measure, report — all or nothing into ``out``.
 
     Raises:
@@ -260,9 +290,8 @@ def ship(
         with timer.span("bundle_s"):
             bundled = bundle_stage(cfg, stage, loaded, model, device)
         timer.finish()
-        report = build_report(effective, device, timer, search, loaded, sliced, model, rs, tuned, exported)
-        report["bundle"] = bundled
-        atomic_write_json(stage / "report.json", report)
+        report = build_report(effective, device, timer, search, loaded, sliced, model, rs, tuned, exported, bundled)
+        atomic_write_json(stage / "report.json", report_document(report))
         write_manifest(stage, effective.to_dict(), cfg.seed)
     return report
 
@@ -390,10 +419,11 @@ def build_report(
     rs: Restructured,
     tuned: Tuned,
     exported: Exported,
-) -> dict[str, Any]:
-    """``report.json``, assembled from the stage results."""
+    bundled: dict[str, Any],
+) -> CompressReport:
+    """The report (``report.json``), assembled from the stage results."""
     result, prune = sliced.result, tuned.prune_report
-    return {
+    fields = {
         "model": loaded.timm_name,
         "data": loaded.bundle.describe(),
         "config": effective.to_dict(),
@@ -429,7 +459,16 @@ def build_report(
         "layers": exported.layers,
         "groups": rs.report.to_dict()["groups"],
         "timings_s": {k: round(v, 2) for k, v in timer.seconds.items()},
+        "bundle": bundled,
     }
+    return CompressReport(**fields)
+
+
+def report_document(report: CompressReport) -> dict[str, Any]:
+    """``report.json``'s object: the report without ``out`` (where the folder was put is not part of it)."""
+    document = report_json(report)
+    document.pop("out")
+    return document
 
 
 def finetune_options(cfg: CompressConfig, dense: nn.Module) -> dict[str, Any]:

@@ -99,3 +99,43 @@ class Exported:
     int8: dict[str, Any] | None
     budget: dict[str, Any] | None
     layers: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CompressReport:
+    """What ``edgeslice compress`` measured and wrote: ``report.json`` is :func:`.report.report_json` of it, and
+    ``--json`` prints the same with ``out`` set. Nested parts that other tools read as documents (the ONNX costs,
+    the budget, the pruning run) stay JSON objects."""
+
+    model: str
+    data: dict[str, Any]
+    config: dict[str, Any]
+    device: str
+    precision: str
+    opset: int
+    baseline: dict[str, Any]
+    warnings: list[str]
+    slicing: dict[str, Any]
+    params_before: int
+    params_after: int
+    nonzero_params_after: int
+    compression_rate: float
+    restructure_compression_rate: float
+    accuracy_finetuned: float | None
+    pruning: dict[str, Any] | None
+    accuracy_before: float
+    dense_control: dict[str, Any] | None
+    accuracy_restructured: float
+    accuracy_after: float
+    restructure_equivalence_max_abs: float
+    onnx_parity_max_abs: float
+    onnx_before: dict[str, Any]
+    onnx_after: dict[str, Any]
+    int8: dict[str, Any] | None
+    budget: dict[str, Any] | None
+    index_bytes: int
+    layers: list[dict[str, Any]]
+    groups: list[dict[str, Any]]
+    timings_s: dict[str, float]
+    bundle: dict[str, Any]
+    out: str | None = None  # set by :func:`.compress.run`; not part of report.json
