@@ -17,11 +17,13 @@ from edgeslice import data
 from edgeslice.data import (
     ArrayDataset,
     DataError,
+    builtin,
     calibration_indices,
     class_subset,
     list_datasets,
     load_data,
     normalize,
+    registry,
     targets_of,
 )
 
@@ -76,7 +78,7 @@ def test_unknown_name_lists_valid_names() -> None:
 
 
 def test_missing_fashion_mnist_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(builtin, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist") as err:
         load_data("fashion-mnist", root=tmp_path)
     assert "--data digits" in str(err.value)
@@ -199,7 +201,7 @@ def test_normalize_and_array_dataset() -> None:
 
 @pytest.mark.parametrize("compress", [True, False])
 def test_fashion_mnist_from_idx_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compress: bool) -> None:
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(builtin, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
     arrays = _fake_fashion_root(tmp_path, compress)
     bundle = load_data("FMNIST", root=tmp_path)
     assert bundle.name == "fashion-mnist" and str(tmp_path) in bundle.source
@@ -212,7 +214,7 @@ def test_fashion_mnist_from_idx_root(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_fashion_mnist_env_root_and_resize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(builtin, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
     monkeypatch.setenv("EDGESLICE_DATA", str(tmp_path))
     _fake_fashion_root(tmp_path)
     bundle = load_data("fashion_mnist", image_size=14)
@@ -221,7 +223,7 @@ def test_fashion_mnist_env_root_and_resize(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_bad_idx_file_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(builtin, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian")
     _fake_fashion_root(tmp_path)
     bad = tmp_path / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte.gz"
     bad.write_bytes(gzip.compress(b"\x12\x34\x08\x01" + struct.pack(">I", 6) + bytes(6)))
@@ -352,4 +354,26 @@ def test_a_registered_data_source_loads_by_name_and_names_are_unique():
         with pytest.raises(ValueError, match="registered already"):
             data_mod.register_dataset("digits")
     finally:
-        data_mod._LOADERS.pop("test-only-source", None)
+        registry._LOADERS.pop("test-only-source", None)
+
+
+def test_get_dataset_finds_a_registered_source_and_lists_the_names_of_an_unknown_one():
+    calls = []
+
+    @data.register_dataset("test-only-getter")
+    def _loader(*, image_size, seed, download, root):
+        calls.append(root)
+        return data.load_data("digits", image_size=image_size, seed=seed)
+
+    try:
+        assert data.get_dataset(" Test-Only-Getter ") is _loader
+        assert data.get_dataset("FMNIST") is data.get_dataset("fashion-mnist")  # the alias
+        bundle = data.load_data("test-only-getter", image_size=8, root="/tmp/somewhere")
+        assert bundle.image_size == 8 and calls == [Path("/tmp/somewhere")]
+        with pytest.raises(ValueError, match="unknown data source 'imagenet-xxl'") as err:
+            data.get_dataset("imagenet-xxl")
+        for name in ["cifar10", "digits", "fashion-mnist", "mnist", "test-only-getter"]:
+            assert name in str(err.value)
+    finally:
+        registry._LOADERS.pop("test-only-getter", None)
+    assert "test-only-getter" not in data.list_datasets()

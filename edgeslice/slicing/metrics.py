@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .stats import LayerStats
+from .layerstats import LayerStats
 
 ATTRIBUTIONS = ("taylor", "deeplift")
 

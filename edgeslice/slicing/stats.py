@@ -34,7 +34,6 @@ observed activations only), and for DeepLIFT one forward/backward of ``[x; x_ref
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -42,159 +41,15 @@ from torch import nn
 
 from .. import distributed
 from ..torchutil import eval_mode, pool
+from .layerstats import REDUCE_ROWS as REDUCE_ROWS  # the reduction order, stated in the docstring above
+from .layerstats import STAT_FIELDS as STAT_FIELDS
+from .layerstats import VECTOR_FIELDS as VECTOR_FIELDS
+from .layerstats import CalibrationStats as CalibrationStats
+from .layerstats import LayerStats as LayerStats
+from .layerstats import RowStore as RowStore
+from .layerstats import owner_of as owner_of
 from .observe import Layer
-
-#: Rows per float64 block in every per-class reduction (Gram matrices and vector sums): a constant, so the
-#: reduction order depends on a class's sample count only, never on batch size or world size.
-REDUCE_ROWS = 256
-#: The per-class vector sums, in their packed order.
-VECTOR_FIELDS = ("total", "sumsq", "taylor", "deeplift")
-STAT_FIELDS = ("count", *VECTOR_FIELDS)
-
-
-class RowStore:
-    """The pooled rows of the samples this process holds, as they were computed: blocks of (b, Σ N) float32 (one
-    per calibration chunk, or per chunk of rows received from another rank), per field (``f`` features, ``t``
-    Taylor, ``d`` DeepLIFT), and per class the runs of its rows, in calibration order. Nothing is copied into a
-    class-major matrix: a class's rows are gathered from its runs when it is solved."""
-
-    def __init__(self, blocks: dict[str, list[torch.Tensor]], runs: list[list[tuple[int, int, int]]]):
-        self.blocks = blocks
-        self.runs = runs  # per class: (block, start, stop)
-
-    def rows(self, c: int, cols: slice, field: str = "f") -> torch.Tensor:
-        """Class ``c``'s rows of columns ``cols`` in calibration order, (n_c, N) float32 (a view when one run)."""
-        blocks = self.blocks[field]
-        parts = [blocks[b][start:stop, cols] for b, start, stop in self.runs[c]]
-        if not parts:
-            return torch.zeros(0, cols.stop - cols.start, dtype=torch.float32)
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def drop_(self, field: str) -> None:
-        self.blocks.pop(field, None)
-
-    def merged(self, other: RowStore) -> RowStore:
-        """This store's rows of each class followed by ``other``'s (fields both have)."""
-        shift = len(self.blocks["f"])
-        blocks = {k: v + other.blocks[k] for k, v in self.blocks.items() if k in other.blocks}
-        runs = [
-            mine + [(b + shift, lo, hi) for b, lo, hi in theirs]
-            for mine, theirs in zip(self.runs, other.runs, strict=True)
-        ]
-        return RowStore(blocks, runs)
-
-
-@dataclass
-class LayerStats:
-    """One layer's statistics; the first axis of every (C, ...) field is the class.
-
-    The pooled features of the samples of the classes this process holds live in ``store`` (columns ``cols``):
-    :meth:`class_features` gathers one class's rows (empty for a class held elsewhere or absent).
-    """
-
-    count: torch.Tensor  # (C,) float64 samples per class
-    total: torch.Tensor  # (C, N) Σ f
-    taylor: torch.Tensor  # (C, N) Σ |mean_space(a · ∂L/∂a)| (zeros when not collected)
-    deeplift: torch.Tensor  # (C, N) Σ Σ_space (a − a_ref) · m (zeros when not collected)
-    sumsq: torch.Tensor  # (C, N) Σ f²
-    store: RowStore | None = None  # shared by every layer of one calibration
-    cols: slice | None = None  # this layer's columns in the store's rows
-    held: torch.Tensor | None = None  # (C,) bool: classes whose rows this process holds
-
-    @property
-    def sq(self) -> torch.Tensor:
-        """Σ f² per class and channel, (C, N) (what the variance metrics need)."""
-        return self.sumsq
-
-    def class_features(self, c: int) -> torch.Tensor:
-        """Class ``c``'s pooled features, (n_c, N) float32, in calibration order.
-
-        Raises:
-            ValueError: another process holds this class's rows (sharded solve).
-        """
-        if self.store is None or self.held is None or not bool(self.held[c]):
-            raise ValueError(f"class {c}'s features are held by another process (the solve is sharded by class)")
-        return self.store.rows(c, self.cols)
-
-    @property
-    def features(self) -> torch.Tensor:
-        """Every held sample's features, class-major, (rows, N) float32 — a copy: for small models and tests."""
-        return torch.cat([self.class_features(c) for c in range(len(self.count)) if bool(self.held[c])])
-
-    def class_gram(self, c: int) -> torch.Tensor:
-        """G_c = Σ f fᵀ over class ``c``'s samples, (N, N) float64: blocks of :data:`REDUCE_ROWS` rows, in order."""
-        rows = self.class_features(c)
-        n = rows.shape[1]
-        gram = None
-        for start in range(0, len(rows), REDUCE_ROWS):
-            block = rows[start : start + REDUCE_ROWS].to(torch.float64).contiguous()
-            share = block.T @ block
-            gram = share if gram is None else gram.add_(share)
-        return torch.zeros(n, n, dtype=torch.float64) if gram is None else gram
-
-    @property
-    def gram(self) -> torch.Tensor:
-        """Every class's Gram matrix, (C, N, N) float64 — C × N² × 8 bytes: for small models and tests only."""
-        return torch.stack([self.class_gram(c) for c in range(len(self.count))])
-
-
-@dataclass
-class CalibrationStats:
-    """Statistics of a calibration set for every sliceable layer.
-
-    Attributes:
-        with_gradients: Taylor sums were accumulated.
-        deeplift_baseline: ``zero`` or ``mean`` when DeepLIFT sums were accumulated, else None.
-        deeplift_reference: the reference input DeepLIFT used, (1, ...), or None.
-        sharded: the rows are spread over the torch.distributed ranks (class c on rank c mod W).
-    """
-
-    layers: list[Layer]
-    num_classes: int
-    per_layer: dict[str, LayerStats] = field(default_factory=dict)
-    with_gradients: bool = False
-    deeplift_baseline: str | None = None
-    deeplift_reference: torch.Tensor | None = None
-    sharded: bool = False
-
-    def merge_(self, other: CalibrationStats) -> CalibrationStats:
-        """Add another shard's samples (collected over other batches, in one process): vector sums are added in
-        float64 (rounded once per value), and each class's rows become this shard's followed by the other's.
-
-        Raises:
-            ValueError: the shards were collected for other layers, classes or metrics, or are sharded.
-        """
-        same_ref = (self.deeplift_reference is None) == (other.deeplift_reference is None) and (
-            self.deeplift_reference is None or torch.equal(self.deeplift_reference, other.deeplift_reference)
-        )
-        if (
-            [la.name for la in self.layers] != [la.name for la in other.layers]
-            or self.num_classes != other.num_classes
-            or self.with_gradients != other.with_gradients
-            or self.deeplift_baseline != other.deeplift_baseline
-            or not same_ref
-            or self.sharded
-            or other.sharded
-        ):
-            raise ValueError("cannot merge calibration shards collected for other layers, classes or metrics")
-        store = None
-        for name, s in self.per_layer.items():
-            o = other.per_layer[name]
-            for attr in STAT_FIELDS:
-                setattr(s, attr, getattr(s, attr) + getattr(o, attr))
-            if store is None:  # one store serves every layer
-                store = s.store.merged(o.store)
-            s.store = store
-        return self
-
-    @property
-    def samples_per_class(self) -> torch.Tensor:
-        return next(iter(self.per_layer.values())).count
-
-
-def owner_of(c: int, world: int) -> int:
-    """The rank that holds and solves class ``c`` in a sharded solve."""
-    return c % world
+from .reduction import finish_stats
 
 
 def collect_stats(
@@ -246,52 +101,21 @@ def collect_stats(
     if baseline not in BASELINES:
         raise ValueError(f"unknown DeepLIFT baseline {baseline!r}; valid: {', '.join(BASELINES)}")
     device = torch.device(device)
-    wanted = list(range(num_classes)) if classes is None else sorted({int(c) for c in classes})
-    if any(not 0 <= c < num_classes for c in wanted):
-        raise ValueError(f"classes must be in 0..{num_classes - 1}")
-    keep_class = torch.zeros(num_classes, dtype=torch.bool)
-    keep_class[wanted] = True
+    keep_class = _class_mask(num_classes, classes)
     sharded = shard and distributed.world_size() > 1
     world, me = (distributed.world_size(), distributed.rank()) if sharded else (1, 0)
     fields = ["f", *(["t"] if with_gradients else []), *(["d"] if deeplift else [])]
     modules = dict(model.named_modules())
     captured: dict[str, torch.Tensor] = {}
-
-    def hook_for(name: str):
-        def hook(_m, _i, out):
-            if not with_gradients:
-                # Forward-only metrics need just the per-channel feature: pool now, before timm's in-place
-                # activations can overwrite ``out``, and keep no full-size copy.
-                captured[name] = pool(out.detach())
-                return None
-            captured[name] = out
-            # Hand a copy downstream: timm's in-place activations would otherwise overwrite what we keep.
-            return out.clone()
-
-        return hook
-
-    labels: list[torch.Tensor] = []  # every chunk's kept labels (all ranks read all chunks)
-    chunk_of: list[int] = []  # per kept-label block: the chunk index
-    mine: list[tuple[int, dict[str, torch.Tensor]]] = []  # (chunk, field → (b, ΣN) float32) chunks this rank ran
+    hook_for = _capture_hooks(captured, with_gradients)
     ref = reference.to(device) if (deeplift and reference is not None) else None
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _run_chunk(model, layers, modules, captured, hook_for, x, y, prepare, device, with_gradients,
+                          deeplift, ref, channel_attributions)  # fmt: skip
+
     with eval_mode(model):
-        for i, (x, y) in enumerate(batches):
-            y = torch.as_tensor(y).reshape(-1)
-            if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-                raise ValueError(f"a calibration label is outside 0..{num_classes - 1}")
-            keep = keep_class[y.cpu()]
-            if not bool(keep.any()):
-                continue  # nothing of the wanted classes in this chunk: no forward needed
-            labels.append(y.cpu()[keep])
-            chunk_of.append(i)
-            if i % world != me:
-                continue
-            rows = _run_chunk(model, layers, modules, captured, hook_for, x, y, prepare, device, with_gradients,
-                              deeplift, ref, channel_attributions)  # fmt: skip
-            mine.append((i, {k: v[keep.to(v.device)].cpu() if not bool(keep.all()) else v.cpu()
-                             for k, v in rows.items()}))  # fmt: skip
-            if on_batch is not None:
-                on_batch(len(y))
+        labels, chunk_of, mine = _read_chunks(batches, keep_class, world, me, run, on_batch)
     stats = CalibrationStats(
         layers=layers,
         num_classes=num_classes,
@@ -300,8 +124,54 @@ def collect_stats(
         deeplift_reference=(reference.detach().cpu().clone() if reference is not None else None) if deeplift else None,
         sharded=sharded,
     )
-    _finish(stats, layers, labels, chunk_of, mine, fields, world, me, sharded)
+    finish_stats(stats, layers, labels, chunk_of, mine, fields, world, me, sharded)
     return stats
+
+
+def _class_mask(num_classes: int, classes: Sequence[int] | None) -> torch.Tensor:
+    """(C,) bool: the classes a pass keeps (every class when ``classes`` is None)."""
+    wanted = list(range(num_classes)) if classes is None else sorted({int(c) for c in classes})
+    if any(not 0 <= c < num_classes for c in wanted):
+        raise ValueError(f"classes must be in 0..{num_classes - 1}")
+    keep_class = torch.zeros(num_classes, dtype=torch.bool)
+    keep_class[wanted] = True
+    return keep_class
+
+
+def _read_chunks(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    keep_class: torch.Tensor,
+    world: int,
+    me: int,
+    run: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]],
+    on_batch: Callable[[int], None] | None,
+) -> tuple[list[torch.Tensor], list[int], list[tuple[int, dict[str, torch.Tensor]]]]:
+    """Read every chunk's labels and ``run`` this process's share (chunks ``me``, ``me + world``, …).
+
+    Returns:
+        (every chunk's kept labels, the chunk index of each, (chunk, field → (b, Σ N) float32 rows) of the chunks
+        this process ran), chunks without a kept class left out.
+    """
+    num_classes = len(keep_class)
+    labels: list[torch.Tensor] = []  # every chunk's kept labels (all ranks read all chunks)
+    chunk_of: list[int] = []  # per kept-label block: the chunk index
+    mine: list[tuple[int, dict[str, torch.Tensor]]] = []  # (chunk, field → (b, ΣN) float32) chunks this rank ran
+    for i, (x, y) in enumerate(batches):
+        y = torch.as_tensor(y).reshape(-1)
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise ValueError(f"a calibration label is outside 0..{num_classes - 1}")
+        keep = keep_class[y.cpu()]
+        if not bool(keep.any()):
+            continue  # nothing of the wanted classes in this chunk: no forward needed
+        labels.append(y.cpu()[keep])
+        chunk_of.append(i)
+        if i % world != me:
+            continue
+        rows = run(x, y)
+        mine.append((i, {k: v[keep.to(v.device)].cpu() if not bool(keep.all()) else v.cpu() for k, v in rows.items()}))
+        if on_batch is not None:
+            on_batch(len(y))
+    return labels, chunk_of, mine
 
 
 def _run_chunk(model, layers, modules, captured, hook_for, x, y, prepare, device, with_gradients, deeplift, ref,
@@ -347,160 +217,21 @@ def _run_chunk(model, layers, modules, captured, hook_for, x, y, prepare, device
     return {k: v.float() for k, v in rows.items()}
 
 
-@torch.no_grad()
-def _finish(
-    stats: CalibrationStats,
-    layers: list[Layer],
-    labels: list[torch.Tensor],
-    chunk_of: list[int],
-    mine: list[tuple[int, dict[str, torch.Tensor]]],
-    fields: list[str],
-    world: int,
-    me: int,
-    sharded: bool,
-) -> None:
-    """Send rows to their class's owner, index each held class's runs, sum the per-class vectors, fill
-    ``stats.per_layer``."""
-    C = stats.num_classes
-    y = (torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)).to(torch.int64)
-    sizes = [len(t) for t in labels]
-    starts = torch.cumsum(torch.tensor([0, *sizes]), 0).tolist()
-    chunk_start = dict(zip(chunk_of, starts, strict=False))
-    count = torch.bincount(y, minlength=C)  # every rank knows every label: no communication
-    owner = torch.arange(C) % world
-    held = owner == me
-    blocks: dict[str, list[torch.Tensor]] = {k: [] for k in fields}
-    block_pos: list[torch.Tensor] = []  # per block: the calibration positions of its rows (ascending)
-    sends: dict[int, list[tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {r: [] for r in range(world)}
-    while mine:
-        i, rows = mine.pop(0)
-        pos = torch.arange(chunk_start[i], chunk_start[i] + len(rows["f"]))
-        dest = owner[y[pos]]
-        for r in range(world):
-            sel = (dest == r).nonzero().squeeze(1)
-            if not len(sel):
-                continue
-            part = {k: v if len(sel) == len(pos) else v.index_select(0, sel) for k, v in rows.items()}
-            if r == me:
-                for k in fields:
-                    blocks[k].append(part[k])
-                block_pos.append(pos[sel])
-            else:
-                sends[r].append((pos[sel], part))
-        del rows
-    if sharded:
-        for pos, part in _exchange(
-            sends, y, owner, chunk_of, chunk_start, sizes, fields, sum(la.channels for la in layers), world, me
-        ):
-            for k in fields:
-                blocks[k].append(part[k])
-            block_pos.append(pos)
-    store = RowStore(blocks, _runs(block_pos, y, C))
-    widths = [la.channels for la in layers]
-    # Per-class vector sums from the rows, in a fixed order: per layer, class c's rows in calibration order, in
-    # blocks of REDUCE_ROWS, each a contiguous (rows, N) float64 copy (shapes independent of batch or world size).
-    source = {"total": "f", "sumsq": "f", **({"taylor": "t"} if "t" in blocks else {}),
-              **({"deeplift": "d"} if "d" in blocks else {})}  # fmt: skip
-    vec = {la.name: {name: torch.zeros(C, la.channels, dtype=torch.float64) for name in source} for la in layers}
-    mine_classes = [c for c in held.nonzero().squeeze(1).tolist() if int(count[c]) > 0]
-    first = 0
-    for la, n in zip(layers, widths, strict=True):
-        cols, v = slice(first, first + n), vec[la.name]
-        for c in mine_classes:
-            rows = {k: store.rows(c, cols, k) for k in set(source.values())}
-            for start in range(0, len(rows["f"]), REDUCE_ROWS):
-                f = rows["f"][start : start + REDUCE_ROWS].to(torch.float64).contiguous()
-                v["total"][c] += f.sum(0)
-                v["sumsq"][c] += (f * f).sum(0)
-                for name in ("taylor", "deeplift"):
-                    if name in source:
-                        block = rows[source[name]][start : start + REDUCE_ROWS]
-                        v[name][c] += block.to(torch.float64).contiguous().sum(0)
-        for t in v.values():
-            t.add_(0.0)  # -0.0 → +0.0, so that the exact all-reduce below (x + 0 + …) returns the same bits
-        first += n
-    store.drop_("t")  # the attribution rows are summed: only the features stay
-    store.drop_("d")
-    if sharded:
-        packed = torch.cat([t for la in layers for t in vec[la.name].values()], 1)
-        distributed.all_reduce_sum_(packed)  # each entry is non-zero on its owner only: exact
-        first = 0
-        for la in layers:
-            for name in source:
-                vec[la.name][name] = packed[:, first : first + la.channels].clone()
-                first += la.channels
-        del packed
-    countf = count.to(torch.float64)
-    first = 0
-    for la, n in zip(layers, widths, strict=True):
-        v = vec.pop(la.name)
-        for name in ("taylor", "deeplift"):
-            v.setdefault(name, torch.zeros((), dtype=torch.float64).expand(C, n))  # not collected: zeros, no memory
-        stats.per_layer[la.name] = LayerStats(
-            count=countf.clone(), store=store, cols=slice(first, first + n), held=held, **v
-        )
-        first += n
+def _capture_hooks(captured: dict[str, torch.Tensor], with_gradients: bool) -> Callable:
+    """``hook_for(layer name)``: a forward hook that keeps the layer's output in ``captured`` (pooled at once for
+    forward-only metrics; whole, with a copy handed downstream, when gradients are needed)."""
 
+    def hook_for(name: str):
+        def hook(_m, _i, out):
+            if not with_gradients:
+                # Forward-only metrics need just the per-channel feature: pool now, before timm's in-place
+                # activations can overwrite ``out``, and keep no full-size copy.
+                captured[name] = pool(out.detach())
+                return None
+            captured[name] = out
+            # Hand a copy downstream: timm's in-place activations would otherwise overwrite what we keep.
+            return out.clone()
 
-def _runs(block_pos: list[torch.Tensor], y: torch.Tensor, classes: int) -> list[list[tuple[int, int, int]]]:
-    """Per class, the (block, start, stop) runs of its rows in calibration order."""
-    runs: list[list[tuple[int, int, int]]] = [[] for _ in range(classes)]
-    if not block_pos:
-        return runs
-    pos = torch.cat(block_pos)
-    block = torch.cat([torch.full((len(p),), b, dtype=torch.int64) for b, p in enumerate(block_pos)])
-    row = torch.cat([torch.arange(len(p)) for p in block_pos])
-    order = torch.argsort(pos, stable=True)
-    order = order[torch.sort(y[pos[order]], stable=True).indices]  # by class, then calibration position
-    lab, block, row = y[pos[order]], block[order], row[order]
-    if len(lab) == 0:
-        return runs
-    brk = torch.ones(len(lab), dtype=torch.bool)
-    brk[1:] = (lab[1:] != lab[:-1]) | (block[1:] != block[:-1]) | (row[1:] != row[:-1] + 1)
-    heads = brk.nonzero().squeeze(1).tolist() + [len(lab)]
-    for a, b in zip(heads[:-1], heads[1:], strict=True):
-        runs[int(lab[a])].append((int(block[a]), int(row[a]), int(row[b - 1]) + 1))
-    return runs
+        return hook
 
-
-def _exchange(sends, y, owner, chunk_of, chunk_start, sizes, fields, width, world, me):
-    """Point-to-point: send every other rank the rows of its classes; return the received (positions, rows) blocks,
-    one per source rank, rows in calibration order."""
-    import torch.distributed as dist
-
-    cuda = dist.get_backend() == "nccl"
-    dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    ops, keep = [], []
-    for r in range(world):
-        if r == me or not sends[r]:
-            continue
-        buf = torch.cat([torch.cat([p[k] for k in fields], 1) for _, p in sends[r]]).to(dev)
-        ops.append(dist.P2POp(dist.isend, buf, r))
-        keep.append(buf)
-    sends.clear()
-    size_of = dict(zip(chunk_of, sizes, strict=True))
-    by_src: dict[int, list[torch.Tensor]] = {}
-    for i, start in chunk_start.items():  # chunk order: the order the sender packed its rows in
-        src = i % world
-        if src == me:
-            continue
-        pos = torch.arange(start, start + size_of[i])
-        pos = pos[owner[y[pos]] == me]
-        if len(pos):
-            by_src.setdefault(src, []).append(pos)
-    incoming = []
-    for src, parts in sorted(by_src.items()):
-        pos = torch.cat(parts)
-        buf = torch.empty(len(pos), len(fields) * width, dtype=torch.float32, device=dev)
-        ops.append(dist.P2POp(dist.irecv, buf, src))
-        incoming.append((pos, buf))
-    if ops:
-        for req in dist.batch_isend_irecv(ops):
-            req.wait()
-    del keep
-    out = []
-    for pos, buf in incoming:
-        buf = buf.cpu()
-        width = buf.shape[1] // len(fields)
-        out.append((pos, {k: buf[:, j * width : (j + 1) * width].clone() for j, k in enumerate(fields)}))
-    return out
+    return hook_for

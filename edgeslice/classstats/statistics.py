@@ -1,42 +1,16 @@
-"""Class statistics for class-incremental heads without stored images: Gaussian statistics over frozen features
-(SLDA-style), and their file form (the index's ``class_stats`` block, docs/index-format.md).
+"""The class statistics themselves: :class:`ClassStats` (per-class means, a low-rank + diagonal pooled covariance,
+the linear discriminant head they give, their growth by new classes) and their file form, the index's
+``class_stats`` block (docs/index-format.md), which the torch-free device runtime reads too.
 
-On the device an increment must leave a model whose *one* argmax over all classes is right, without task A's
-images. The features the classifier reads (:func:`~edgeslice.ondevice.guarantees.pre_logits`) are a fixed function
-of the input as long as the layers before the classifier do not train, so statistics computed once on task A's data
-(at slicing time, on the host) stay valid for every later increment:
-
-- per-class means ``μ_c`` and counts ``n_c`` of the features;
-- the pooled within-class covariance ``Σ``, kept as ``Vᵀ diag(λ) V + diag(r)`` (the top ``k`` eigenvectors plus
-  the residual diagonal), with ``k`` the largest that keeps the statistics within a byte budget (64 KB by default).
-
-The features are the frozen classifier inputs, and (version 3) *taps*: the frozen channels of earlier sliced layers,
-spatially averaged. Isolation keeps those exact too, and the router of the routed head reads them: on the paper's
-MLP (Fashion-MNIST 0-4 → 5-9, seeds 0/1/2) they lift the routed head from 80.12/81.33/79.27 % to 83.57/83.54/83.32 %
-class-incremental accuracy.
-Taps are added, deepest layer first, only while the covariance still fits the budget at rank 64 or more
-(:func:`choose_taps`).
-
-Stored values are rounded to float16 when they are made, so the statistics in memory are exactly the ones in the
-index file. An increment adds the new classes' means and pools their within-class scatter into ``Σ`` (the new
-data's scatter is exact; the old part is the stored approximation), then writes the linear discriminant head
-
-    W_c = Σ_s⁻¹ μ_c,   b_c = −½ μ_cᵀ Σ_s⁻¹ μ_c,   Σ_s = (1 − α) Σ + α · tr(Σ)/d · I
-
-into the classifier: a plain ``Linear``, so the checkpoint, ``timm.create_model`` and the ONNX export are unchanged,
-and the exported model predicts over all classes with one argmax (Streaming LDA, Hayes & Kanan, CVPR-W 2020; the
-frozen-feature Gaussian view of FeCAM, NeurIPS 2023, with one shared covariance).
-
-Imports torch and numpy only: the device reads, grows and installs these statistics. The routed head that reads
-them is :mod:`edgeslice.routed`; computing them for an index at slicing time is
-:mod:`edgeslice.ondevice.host_stats`.
+Stored values are rounded to float16 when they are made (:func:`fit_stats`), so the statistics in memory are exactly
+the ones in the index file.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -44,8 +18,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import IndexFileError
-from .torchutil import pool_copy, pre_logits
+from ..errors import IndexFileError
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "DEFAULT_SHRINKAGE",
+    "READ_VERSIONS",
+    "STATS_FORMAT",
+    "STATS_VERSION",
+    "ClassStats",
+    "Tap",
+    "feature_width",
+    "fit_stats",
+    "fixed_bytes",
+]
 
 STATS_FORMAT = "edgeslice-class-stats"
 STATS_VERSION = 3
@@ -137,7 +123,7 @@ class ClassStats:
         if not self.taps:
             return self
         d0 = int(self.dims.sum())
-        return _fit(
+        return fit_stats(
             list(self.classes),
             self.dims,
             self.counts,
@@ -179,7 +165,7 @@ class ClassStats:
                 f"class statistics are over {self.dims.numel()} features, the classifier reads {head.in_features}"
             )
         if head.out_features != len(self.classes):
-            from .heads import resize_classifier_
+            from ..heads import resize_classifier_
 
             head = resize_classifier_(model, len(self.classes)).to(self.means.device)
         w, b = self.logits_only().head()
@@ -204,7 +190,7 @@ class ClassStats:
         dof_a, dof_b = int(self.counts.sum()) - len(self.classes), int(new.counts.sum()) - len(new.classes)
         scatter = self.covariance() * max(dof_a, 0) + new.covariance() * max(dof_b, 0)
         cov = scatter / max(dof_a + dof_b, 1)
-        return _fit(
+        return fit_stats(
             list(self.classes) + list(new.classes),
             self.dims,
             torch.cat([self.counts, new.counts]),
@@ -228,7 +214,7 @@ class ClassStats:
         return raw + self.counts.numpy().astype("<i4").tobytes()
 
     def to_dict(self) -> dict[str, Any]:
-        from .bitsets import pack_bits
+        from ..bitsets import pack_bits
 
         payload = self._payload()
         taps = [{"layer": t.layer, "channels": int(t.mask.numel()), "mask": pack_bits(t.mask)} for t in self.taps]
@@ -257,7 +243,7 @@ class ClassStats:
     ) -> ClassStats:
         """Read and validate; ``classes``: the index's classes, which the statistics must match; ``layers``: the
         index's layers (name → channels), which the taps must be among."""
-        from .bitsets import unpack_bits
+        from ..bitsets import unpack_bits
 
         if not isinstance(d, dict) or d.get("format") != STATS_FORMAT:
             raise IndexFileError("index class statistics: not an edgeslice class-statistics block")
@@ -338,7 +324,7 @@ def _accuracies(d: Any) -> dict[str, float] | None:
     return {str(k): float(v) for k, v in d.items()}
 
 
-def _fit(
+def fit_stats(
     classes: list[str],
     dims: torch.Tensor,
     counts: torch.Tensor,
@@ -352,7 +338,7 @@ def _fit(
 ) -> ClassStats:
     """Compress ``cov`` to the largest rank whose statistics fit ``budget`` bytes; values rounded to float16."""
     d, n_cls = feature_width(dims, taps), len(classes)
-    fixed = _fixed_bytes(n_cls, d, dims, taps)
+    fixed = fixed_bytes(n_cls, d, dims, taps)
     if fixed > budget:
         raise IndexFileError(
             f"class statistics for {n_cls} classes over {d} features need {fixed} B, over the {budget} B budget"
@@ -380,7 +366,7 @@ def _fit(
     )
 
 
-def _fixed_bytes(n_cls: int, d: int, dims: torch.Tensor, taps: Sequence[Tap]) -> int:
+def fixed_bytes(n_cls: int, d: int, dims: torch.Tensor, taps: Sequence[Tap]) -> int:
     """Bytes of everything but the low-rank part: means, residual diagonal, counts, bitsets."""
     return 2 * (n_cls * d + d) + 4 * n_cls + _bitset_bytes(dims, taps)
 
@@ -388,139 +374,3 @@ def _fixed_bytes(n_cls: int, d: int, dims: torch.Tensor, taps: Sequence[Tap]) ->
 def feature_width(dims: torch.Tensor, taps: Sequence[Tap]) -> int:
     """Features of statistics over ``dims`` and ``taps``."""
     return int(dims.sum()) + sum(int(t.mask.sum()) for t in taps)
-
-
-def router_features(
-    model: nn.Module, x: torch.Tensor, dims: torch.Tensor, taps: Sequence[Tap] = ()
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(:func:`pre_logits` of ``x``, the statistics' features: its ``dims``, then each tap's channels pooled)."""
-    outs: dict[str, torch.Tensor] = {}
-
-    def keep(name):
-        return lambda module, inputs, output: outs.__setitem__(name, pool_copy(output))
-
-    handles = [model.get_submodule(t.layer).register_forward_hook(keep(t.layer)) for t in taps]
-    try:
-        f = pre_logits(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-    parts = [f[:, dims.to(f.device)]] + [outs[t.layer][:, t.mask.to(f.device)] for t in taps]
-    return f, torch.cat(parts, 1)
-
-
-#: Taps are added while the covariance keeps at least this rank (or full rank, when it has fewer features).
-MIN_TAP_RANK = 64
-
-
-def choose_taps(
-    report: Any,
-    layers: Sequence[dict[str, Any]],
-    dims: torch.Tensor,
-    n_classes: int,
-    budget: int,
-    exclude: Sequence[str] = (),
-) -> list[Tap]:
-    """Frozen channels of sliced layers for the router, deepest layer first, while the budget keeps their rank.
-
-    A layer is added while the statistics, grown to twice ``n_classes`` classes, still fit ``budget`` with the
-    covariance at rank ``min(features, MIN_TAP_RANK)``; the first layer that does not fit ends the list.
-    ``layers``: the index's layers (``name``) in forward order; ``exclude``: layers whose channels are
-    already features (the classifier's producer).
-    """
-    d, taps = int(dims.sum()), []
-    for layer in reversed(list(layers)):
-        name = layer["name"]
-        mask = report.frozen.get(name)
-        if name in exclude or mask is None or not mask.any():
-            continue
-        cand, chosen = d + int(mask.sum()), [*taps, Tap(name, mask.clone())]
-        room = budget - _fixed_bytes(2 * n_classes, cand, dims, chosen)
-        if room < 2 * min(cand, MIN_TAP_RANK) * (cand + 1):
-            break
-        d, taps = cand, chosen
-    return taps
-
-
-@torch.no_grad()
-def feature_moments(
-    model: nn.Module,
-    batches: Iterable,
-    num_classes: int,
-    dims: torch.Tensor,
-    *,
-    prepare=None,
-    device="cpu",
-    taps: Sequence[Tap] = (),
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-class counts, means (float64) and the pooled within-class scatter of :func:`router_features`.
-
-    Labels must be in ``0..num_classes-1`` (the caller maps them).
-    """
-    d = feature_width(dims, taps)
-    sums = torch.zeros(num_classes, d, dtype=torch.float64)
-    outer = torch.zeros(d, d, dtype=torch.float64)
-    counts = torch.zeros(num_classes, dtype=torch.int64)
-    was = model.training
-    model.eval()
-    try:
-        for x, y in batches:
-            x = x.to(device)
-            f = router_features(model, prepare(x) if prepare is not None else x, dims, taps)[1].double().cpu()
-            y = y.to(torch.int64).cpu()
-            sums.index_add_(0, y, f)
-            counts += torch.bincount(y, minlength=num_classes)
-            outer += f.T @ f
-    finally:
-        model.train(was)
-    if (counts == 0).any():
-        missing = (counts == 0).nonzero().flatten().tolist()
-        raise IndexFileError(f"no items of class label(s) {missing} to compute class statistics from")
-    means = sums / counts[:, None]
-    scatter = outer - (means.T * counts) @ means  # Σ_i f fᵀ − Σ_c n_c μ_c μ_cᵀ
-    return counts, means, scatter
-
-
-def class_stats(
-    model: nn.Module,
-    batches: Iterable,
-    classes: Sequence[str],
-    *,
-    dims: torch.Tensor | None = None,
-    prepare=None,
-    device="cpu",
-    shrinkage: float = DEFAULT_SHRINKAGE,
-    budget: int = DEFAULT_BUDGET,
-    isolated: bool = False,
-    taps: Sequence[Tap] = (),
-) -> ClassStats:
-    """Statistics of ``classes`` (labels ``0..C-1`` in ``batches``) over the classifier's input features (``dims``
-    of them; all by default) and the ``taps``' channels."""
-    if dims is None:
-        dims = torch.ones(model.get_classifier().in_features, dtype=torch.bool)
-    counts, means, scatter = feature_moments(
-        model, batches, len(classes), dims, prepare=prepare, device=device, taps=taps
-    )
-    cov = scatter / max(int(counts.sum()) - len(classes), 1)
-    return _fit(
-        list(classes), dims, counts, means, cov, shrinkage=shrinkage, budget=budget, isolated=isolated, taps=taps
-    )
-
-
-def stats_from_moments(
-    classes: Sequence[str],
-    dims: torch.Tensor,
-    counts: torch.Tensor,
-    means: torch.Tensor,
-    scatter: torch.Tensor,
-    *,
-    shrinkage: float = DEFAULT_SHRINKAGE,
-    budget: int = DEFAULT_BUDGET,
-) -> ClassStats:
-    """Index statistics (not isolated) from exact moments: per-class counts and means and the pooled within-class
-    scatter (a sum) over the classifier inputs ``dims`` (bool, (D,)) — e.g. a device bundle's statistics, which a
-    device grows in closed form. The covariance is the scatter over ``N − C`` (over ``N`` when that is not positive).
-    """
-    n, c = float(counts.sum()), len(classes)
-    cov = scatter.double() / (n - c if n > c else max(n, 1.0))
-    return _fit(list(classes), dims.bool(), counts, means.double(), cov, shrinkage=shrinkage, budget=budget)
