@@ -48,10 +48,17 @@ LAYERS: list[tuple[str, list[str]]] = [
             "edgeslice.train",
         ],
     ),
-    ("the algorithms", ["edgeslice.slicing", "edgeslice.restructure", "edgeslice.allocation", "edgeslice.deeparc"]),
+    ("the algorithms", ["edgeslice.slicing", "edgeslice.restructure", "edgeslice.allocation"]),
     (
         "what the stages use",
-        ["edgeslice.ondevice", "edgeslice.maintain", "edgeslice.pruning", "edgeslice.deploy", "edgeslice.artifacts"],
+        [
+            "edgeslice.ondevice",
+            "edgeslice.maintain",
+            "edgeslice.pruning",
+            "edgeslice.deploy",
+            "edgeslice.artifacts",
+            "edgeslice.studies",  # the paper's research studies (RQ1, masking, DeepArc, figures), beside the product
+        ],
     ),
     ("the stages of each command", ["edgeslice.pipeline"]),
     ("the command line", ["edgeslice.cli", "edgeslice.__main__"]),

@@ -5,8 +5,8 @@ config = EvaluateSlicesConfig(model="mlp", checkpoint=Path("out/train/model.safe
 report = run(config, torch.device("cpu"))
 print(report.auc, report.files)
 
-The measurement itself is :func:`edgeslice.slicing.rq1.run_evaluation` with an
-:class:`~edgeslice.slicing.rq1.EvaluateConfig` (:meth:`EvaluateSlicesConfig.evaluation` builds it); this module loads
+The measurement itself is :func:`edgeslice.studies.rq1.run_evaluation` with an
+:class:`~edgeslice.studies.rq1.EvaluateConfig` (:meth:`EvaluateSlicesConfig.evaluation` builds it); this module loads
 the checkpoint and its data, runs it once, and writes rq1.json, rq1.csv, masking.csv and rq1.png.
 """
 
@@ -23,10 +23,10 @@ import torch
 from ..artifacts.files import atomic_write_bytes, atomic_write_json
 from ..artifacts.staging import claim_output, staging_dir
 from ..models import load_checkpoint, resolve_model_name
-from ..slicing._figures import plot_rq1
-from ..slicing.evaluate import DEFAULT_RATIOS, DEFAULT_THETAS
-from ..slicing.rq1 import PAPER_METRICS, EvaluateConfig, run_evaluation
 from ..slicing.slicer import STRATEGIES
+from ..studies.figures import plot_rq1
+from ..studies.rq1 import PAPER_METRICS, EvaluateConfig, run_evaluation
+from ..studies.sweep import DEFAULT_RATIOS, DEFAULT_THETAS
 from .baseline import check_against_data, load_checkpoint_data, make_prepare
 from .calibrate import calibration_set
 from .report import NOT_IN_JSON

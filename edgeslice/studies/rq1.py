@@ -1,7 +1,7 @@
 """The whole RQ1 evaluation as one call: calibrate once, sweep, AUC, masking study, DeepArc, coupling.
 
-Used by ``edgeslice evaluate-slices`` and by ``benchmarks/rq1_slicing.py``; works for any model
-:func:`~edgeslice.slicing.find_layers` understands (timm CNNs, plain ``nn.Sequential`` MLPs).
+Used by ``edgeslice evaluate-slices`` (:mod:`edgeslice.pipeline.evaluate`) and by ``benchmarks/rq1_slicing.py``;
+works for any model :func:`~edgeslice.slicing.find_layers` understands (timm CNNs, plain ``nn.Sequential`` MLPs).
 """
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from .evaluate import (
+from ..slicing.metrics import get_metric
+from ..slicing.slicer import SOLVERS, STRATEGIES, SemanticSlicer
+from ..slicing.solver import SIMILARITIES
+from .masking import masking_study
+from .sweep import (
     DEFAULT_RATIOS,
     DEFAULT_THETAS,
     MASKS,
     MaskedEvaluator,
     accuracy,
     auc_table,
-    masking_study,
     points_to_count,
     rq1_sweep,
 )
-from .metrics import get_metric
-from .slicer import SOLVERS, STRATEGIES, SemanticSlicer
-from .solver import SIMILARITIES
 
 CONFIG_VERSION = 1
 PAPER_METRICS = ("avg", "var", "ens", "deeplift", "taylor")
@@ -58,7 +58,7 @@ class EvaluateConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        from .deeplift import BASELINES
+        from ..slicing.deeplift import BASELINES
 
         for m in self.metrics:
             get_metric(m)
@@ -108,14 +108,14 @@ class _Batches:
     batch_size: int
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from edgeslice.train import iterate_batches
+        from ..train import iterate_batches
 
         return iterate_batches(self.dataset, self.batch_size)
 
 
 def test_subset(test: Dataset, limit: int | None, num_classes: int, seed: int) -> Dataset:
     """The whole test split, or a seeded class-stratified sample of about ``limit`` items."""
-    from edgeslice.data import calibration_indices
+    from ..data import calibration_indices
 
     if limit is None or limit >= len(test):
         return test
@@ -150,9 +150,8 @@ def run_evaluation(
         A JSON-able report: ``baseline_accuracy``, ``points``, ``auc``, ``masking``, ``deeparc``, ``coupling``,
         ``timings_s`` and the config.
     """
-    from edgeslice._progress import progress as default_progress
-    from edgeslice.train import iterate_batches
-
+    from .._progress import progress as default_progress
+    from ..train import iterate_batches
     from .coupling import coupling_report
 
     bar = progress or default_progress
@@ -206,7 +205,7 @@ def run_evaluation(
     if cfg.deeparc:
         import copy
 
-        from edgeslice.deeparc import deeparc, remove_blocks_
+        from .deeparc import deeparc, remove_blocks_
 
         t = time.perf_counter()
         report = deeparc(
