@@ -40,6 +40,46 @@ class MaskName(str, Enum):
     critical = "critical"
 
 
+MetricsOpt = Annotated[
+    list[MetricName] | None,
+    typer.Option(
+        "--metric",
+        help="Metrics to compare (repeat; default: avg var ens deeplift taylor). deeplift is approximate on "
+        "MobileNetV3-style models (captum treats Hardswish/Hardsigmoid and squeeze-excite as plain gradients).",
+    ),
+]
+StrategiesOpt = Annotated[
+    list[StrategyName] | None,
+    typer.Option(
+        "--strategy",
+        help="Strategies (repeat; default: all). random/magnitude keep exactly the per-layer budget of the "
+        "semantic slice at each θ.",
+    ),
+]
+ThetasOpt = Annotated[str, typer.Option("--thetas", help="Semantic θ values: a,b,c or start:stop:step.")]
+RatiosOpt = Annotated[
+    str, typer.Option("--ratios", help="Kept shares per layer for category/global: a,b,c or start:stop:step.")
+]
+TestLimitOpt = Annotated[
+    int | None, typer.Option("--test-limit", min=1, help="Evaluate on a seeded, class-stratified test sample.")
+]
+MaskOpt = Annotated[
+    MaskName,
+    typer.Option(
+        "--mask",
+        help="coupled: zero what a restructure would remove (default); critical: zero every non-critical "
+        "channel of every layer, as the paper does.",
+    ),
+]
+BandsOpt = Annotated[
+    int, typer.Option("--bands", min=0, max=10, help="Masking study bands of 10% (0 = skip; paper: 5).")
+]
+DeepArcOpt = Annotated[bool, typer.Option("--deeparc/--no-deeparc", help="Also run the DeepArc baseline.")]
+DeepArcThresholdOpt = Annotated[
+    float, typer.Option("--deeparc-threshold", help="DeepArc: CKA at which a same-shape block is redundant.")
+]
+
+
 def _floats(text: str, name: str) -> tuple[float, ...]:
     """``0.9,0.95`` or ``0.90:0.99:0.01`` (start:stop:step, inclusive) → floats in (0, 1]."""
     try:
@@ -65,51 +105,20 @@ def evaluate_command(
         Path, typer.Option("--checkpoint", exists=True, help="model.safetensors (with model.json beside it).")
     ],
     data: DataOpt = "fashion-mnist",
-    metric: Annotated[
-        list[MetricName] | None,
-        typer.Option(
-            "--metric",
-            help="Metrics to compare (repeat; default: avg var ens deeplift taylor). deeplift is approximate on "
-            "MobileNetV3-style models (captum treats Hardswish/Hardsigmoid and squeeze-excite as plain gradients).",
-        ),
-    ] = None,
-    strategy: Annotated[
-        list[StrategyName] | None,
-        typer.Option(
-            "--strategy",
-            help="Strategies (repeat; default: all). random/magnitude keep exactly the per-layer budget of the "
-            "semantic slice at each θ.",
-        ),
-    ] = None,
-    thetas: Annotated[
-        str, typer.Option("--thetas", help="Semantic θ values: a,b,c or start:stop:step.")
-    ] = "0.90:0.99:0.01",
-    ratios: Annotated[
-        str, typer.Option("--ratios", help="Kept shares per layer for category/global: a,b,c or start:stop:step.")
-    ] = "0.1:1.0:0.1",
+    metric: MetricsOpt = None,
+    strategy: StrategiesOpt = None,
+    thetas: ThetasOpt = "0.90:0.99:0.01",
+    ratios: RatiosOpt = "0.1:1.0:0.1",
     similarity: SimilarityOpt = SimilarityName.cka,
     baseline: BaselineOpt = BaselineName.zero,
     solver: SolverOpt = SolverName.exact,
     interval: IntervalOpt = 1,
     calib_per_class: CalibOpt = 100,
-    test_limit: Annotated[
-        int | None, typer.Option("--test-limit", min=1, help="Evaluate on a seeded, class-stratified test sample.")
-    ] = None,
-    mask: Annotated[
-        MaskName,
-        typer.Option(
-            "--mask",
-            help="coupled: zero what a restructure would remove (default); critical: zero every non-critical "
-            "channel of every layer, as the paper does.",
-        ),
-    ] = MaskName.coupled,
-    bands: Annotated[
-        int, typer.Option("--bands", min=0, max=10, help="Masking study bands of 10% (0 = skip; paper: 5).")
-    ] = 5,
-    deeparc: Annotated[bool, typer.Option("--deeparc/--no-deeparc", help="Also run the DeepArc baseline.")] = True,
-    deeparc_threshold: Annotated[
-        float, typer.Option("--deeparc-threshold", help="DeepArc: CKA at which a same-shape block is redundant.")
-    ] = 0.99,
+    test_limit: TestLimitOpt = None,
+    mask: MaskOpt = MaskName.coupled,
+    bands: BandsOpt = 5,
+    deeparc: DeepArcOpt = True,
+    deeparc_threshold: DeepArcThresholdOpt = 0.99,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/evaluate"),
     download: DownloadOpt = False,
     seed: SeedOpt = 0,

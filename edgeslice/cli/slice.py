@@ -39,13 +39,27 @@ from ._common import (
 )
 from ._training import WorkersOpt
 
+CheckpointOpt = Annotated[
+    Path, typer.Option("--checkpoint", exists=True, help="model.safetensors (with model.json beside it).")
+]
+EmitCHeaderOpt = Annotated[
+    bool, typer.Option("--emit-c-header", help="Also write critical_index.h: the index as C bitset arrays.")
+]
+ClassBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--class-batch",
+        min=1,
+        help="Accepted for compatibility; no longer needed: calibration keeps one feature row per sample "
+        "(samples x channels x 4 bytes) and forms each class's Gram matrix only while solving it.",
+    ),
+]
+
 
 @handle_errors
 def slice_command(
     model: ModelArg,
-    checkpoint: Annotated[
-        Path, typer.Option("--checkpoint", exists=True, help="model.safetensors (with model.json beside it).")
-    ],
+    checkpoint: CheckpointOpt,
     data: DataOpt = "fashion-mnist",
     metric: MetricOpt = MetricName.taylor,
     strategy: StrategyOpt = StrategyName.semantic,
@@ -63,18 +77,8 @@ def slice_command(
     device_type: DeviceOpt = DeviceType.auto,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
-    emit_c_header: Annotated[
-        bool, typer.Option("--emit-c-header", help="Also write critical_index.h: the index as C bitset arrays.")
-    ] = False,
-    class_batch: Annotated[
-        int | None,
-        typer.Option(
-            "--class-batch",
-            min=1,
-            help="Accepted for compatibility; no longer needed: calibration keeps one feature row per sample "
-            "(samples x channels x 4 bytes) and forms each class's Gram matrix only while solving it.",
-        ),
-    ] = None,
+    emit_c_header: EmitCHeaderOpt = False,
+    class_batch: ClassBatchOpt = None,
     workers: WorkersOpt = None,
 ) -> None:
     """Slice MODEL: score channels per class on a calibration sample; write OUT/critical_index and a chart."""
