@@ -5,7 +5,7 @@ several), groups their runs by similarity (``cka`` / ``gram``) and seed (runs of
 other setting), and writes ``--out`` (JSON) and the same stem with ``.md``:
 
 - per similarity, model and metric: the AUC (mean accuracy % over a compression range, as
-  ``edgeslice.slicing.evaluate.auc_table`` computes it) as mean ± std over seeds for every strategy; paired tests
+  ``edgeslice.studies.sweep.auc_table`` computes it) as mean ± std over seeds for every strategy; paired tests
   semantic vs category, semantic vs global, category vs global (and semantic vs random / magnitude), once on the AUC
   each run reported (over the range all its strategies cover: the project's RQ1 tables) and once recomputed from
   the run's points over the range the two compared strategies cover (the paper compares AUCs "within the same
@@ -152,7 +152,7 @@ def _rows(report: dict[str, Any], metric: str, label: str = "") -> list[dict[str
 
 def range_aucs(rows: list[dict[str, Any]], metric: str, a: str, b: str) -> tuple[list[float] | None, float, float]:
     """AUC of strategies ``a`` and ``b`` over the compression range both cover (None when they do not overlap)."""
-    from edgeslice.slicing.evaluate import auc_table
+    from edgeslice.studies.sweep import auc_table
 
     entry = auc_table([r for r in rows if r["strategy"] in (a, b)], strategies=(a, b)).get(metric)
     if entry is None or entry["range"] is None or a not in entry["auc"] or b not in entry["auc"]:

@@ -1,7 +1,7 @@
 """The paper's RQ1 on Fashion-MNIST: MobileNetV3-small and the paper's MLP (512-256), AUC per metric and strategy.
 
 Checks the paper's claim semantic > category-wise > global (AUC of accuracy vs compression rate over the common
-compression range, see edgeslice/slicing/evaluate.py) for every metric, and puts random / weight-magnitude channels
+compression range, see edgeslice/studies/sweep.py) for every metric, and puts random / weight-magnitude channels
 at the semantic slices' per-layer budgets beside them. One calibration pass per model serves every metric, θ and
 ratio.
 
@@ -39,8 +39,8 @@ from torch import nn
 from edgeslice.artifacts.files import atomic_write_json
 from edgeslice.data import load_data
 from edgeslice.pipeline import cached_baseline, calibration_set, make_prepare
-from edgeslice.slicing._figures import plot_rq1
-from edgeslice.slicing.rq1 import EvaluateConfig, run_evaluation
+from edgeslice.studies.figures import plot_rq1
+from edgeslice.studies.rq1 import EvaluateConfig, run_evaluation
 
 
 def mlp_model(bundle, epochs: float, device, seed: int = 0) -> tuple[nn.Module, str, float | None]:

@@ -2,7 +2,7 @@
 
 Methods (each repairs a copy of the same baseline on the same 1,000 adversarial samples, same epochs and optimiser):
 full training; DeepArc (train only non-redundant blocks: CKA(block input, output) < --deeparc-threshold, via
-edgeslice.deeparc); global and category-wise slicing (critical sets matched in size to the semantic one, same
+edgeslice.studies.deeparc); global and category-wise slicing (critical sets matched in size to the semantic one, same
 metric); NeuSemSlice (semantic slicing, θ); NeuSemSlice ∩ DeepArc (critical channels inside non-redundant blocks).
 The classifier rows are trained by every method.
 

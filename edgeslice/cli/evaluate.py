@@ -27,7 +27,6 @@ from ._common import (
     SolverName,
     SolverOpt,
     StrategyName,
-    claim_out,
     console,
     emit_json,
     handle_errors,
@@ -39,6 +38,46 @@ from ._common import (
 class MaskName(str, Enum):
     coupled = "coupled"
     critical = "critical"
+
+
+MetricsOpt = Annotated[
+    list[MetricName] | None,
+    typer.Option(
+        "--metric",
+        help="Metrics to compare (repeat; default: avg var ens deeplift taylor). deeplift is approximate on "
+        "MobileNetV3-style models (captum treats Hardswish/Hardsigmoid and squeeze-excite as plain gradients).",
+    ),
+]
+StrategiesOpt = Annotated[
+    list[StrategyName] | None,
+    typer.Option(
+        "--strategy",
+        help="Strategies (repeat; default: all). random/magnitude keep exactly the per-layer budget of the "
+        "semantic slice at each θ.",
+    ),
+]
+ThetasOpt = Annotated[str, typer.Option("--thetas", help="Semantic θ values: a,b,c or start:stop:step.")]
+RatiosOpt = Annotated[
+    str, typer.Option("--ratios", help="Kept shares per layer for category/global: a,b,c or start:stop:step.")
+]
+TestLimitOpt = Annotated[
+    int | None, typer.Option("--test-limit", min=1, help="Evaluate on a seeded, class-stratified test sample.")
+]
+MaskOpt = Annotated[
+    MaskName,
+    typer.Option(
+        "--mask",
+        help="coupled: zero what a restructure would remove (default); critical: zero every non-critical "
+        "channel of every layer, as the paper does.",
+    ),
+]
+BandsOpt = Annotated[
+    int, typer.Option("--bands", min=0, max=10, help="Masking study bands of 10% (0 = skip; paper: 5).")
+]
+DeepArcOpt = Annotated[bool, typer.Option("--deeparc/--no-deeparc", help="Also run the DeepArc baseline.")]
+DeepArcThresholdOpt = Annotated[
+    float, typer.Option("--deeparc-threshold", help="DeepArc: CKA at which a same-shape block is redundant.")
+]
 
 
 def _floats(text: str, name: str) -> tuple[float, ...]:
@@ -66,51 +105,20 @@ def evaluate_command(
         Path, typer.Option("--checkpoint", exists=True, help="model.safetensors (with model.json beside it).")
     ],
     data: DataOpt = "fashion-mnist",
-    metric: Annotated[
-        list[MetricName] | None,
-        typer.Option(
-            "--metric",
-            help="Metrics to compare (repeat; default: avg var ens deeplift taylor). deeplift is approximate on "
-            "MobileNetV3-style models (captum treats Hardswish/Hardsigmoid and squeeze-excite as plain gradients).",
-        ),
-    ] = None,
-    strategy: Annotated[
-        list[StrategyName] | None,
-        typer.Option(
-            "--strategy",
-            help="Strategies (repeat; default: all). random/magnitude keep exactly the per-layer budget of the "
-            "semantic slice at each θ.",
-        ),
-    ] = None,
-    thetas: Annotated[
-        str, typer.Option("--thetas", help="Semantic θ values: a,b,c or start:stop:step.")
-    ] = "0.90:0.99:0.01",
-    ratios: Annotated[
-        str, typer.Option("--ratios", help="Kept shares per layer for category/global: a,b,c or start:stop:step.")
-    ] = "0.1:1.0:0.1",
+    metric: MetricsOpt = None,
+    strategy: StrategiesOpt = None,
+    thetas: ThetasOpt = "0.90:0.99:0.01",
+    ratios: RatiosOpt = "0.1:1.0:0.1",
     similarity: SimilarityOpt = SimilarityName.cka,
     baseline: BaselineOpt = BaselineName.zero,
     solver: SolverOpt = SolverName.exact,
     interval: IntervalOpt = 1,
     calib_per_class: CalibOpt = 100,
-    test_limit: Annotated[
-        int | None, typer.Option("--test-limit", min=1, help="Evaluate on a seeded, class-stratified test sample.")
-    ] = None,
-    mask: Annotated[
-        MaskName,
-        typer.Option(
-            "--mask",
-            help="coupled: zero what a restructure would remove (default); critical: zero every non-critical "
-            "channel of every layer, as the paper does.",
-        ),
-    ] = MaskName.coupled,
-    bands: Annotated[
-        int, typer.Option("--bands", min=0, max=10, help="Masking study bands of 10% (0 = skip; paper: 5).")
-    ] = 5,
-    deeparc: Annotated[bool, typer.Option("--deeparc/--no-deeparc", help="Also run the DeepArc baseline.")] = True,
-    deeparc_threshold: Annotated[
-        float, typer.Option("--deeparc-threshold", help="DeepArc: CKA at which a same-shape block is redundant.")
-    ] = 0.99,
+    test_limit: TestLimitOpt = None,
+    mask: MaskOpt = MaskName.coupled,
+    bands: BandsOpt = 5,
+    deeparc: DeepArcOpt = True,
+    deeparc_threshold: DeepArcThresholdOpt = 0.99,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/evaluate"),
     download: DownloadOpt = False,
     seed: SeedOpt = 0,
@@ -121,22 +129,19 @@ def evaluate_command(
     """RQ1 of the paper: accuracy with only the critical channels kept vs compression rate, for every metric and
     strategy, from ONE calibration pass. Writes OUT/rq1.csv, rq1.json, rq1.png (like the paper's Fig. 5) and
     masking.csv (Tables 1–2)."""
-    cfg_kwargs = dict(
-        thetas=_floats(thetas, "--thetas"),
-        ratios=_floats(ratios, "--ratios"),
-    )
+    theta_values, ratio_values = _floats(thetas, "--thetas"), _floats(ratios, "--ratios")
     device = setup(json_out, device_type, seed, quiet)
-    claim_out(out)
-    from edgeslice.artifacts.files import atomic_write_bytes, atomic_write_json
-    from edgeslice.artifacts.staging import staging_dir
-    from edgeslice.models import load_checkpoint, resolve_model_name
-    from edgeslice.pipeline import calibration_set, check_against_data, load_checkpoint_data, make_prepare
-    from edgeslice.slicing._figures import plot_rq1
-    from edgeslice.slicing.rq1 import PAPER_METRICS, EvaluateConfig, run_evaluation
+    from edgeslice.pipeline.evaluate import EvaluateSlicesConfig, run
+    from edgeslice.pipeline.report import report_json
 
-    cfg = EvaluateConfig(
-        metrics=tuple(m.value for m in metric) if metric else PAPER_METRICS,
-        strategies=tuple(dict.fromkeys(s.value for s in strategy)) if strategy else EvaluateConfig().strategies,
+    config = EvaluateSlicesConfig(
+        model=model,
+        checkpoint=checkpoint,
+        data=data,
+        metric=tuple(m.value for m in metric) if metric else None,
+        strategy=tuple(s.value for s in strategy) if strategy else None,
+        thetas=theta_values,
+        ratios=ratio_values,
         similarity=similarity.value,
         baseline=baseline.value,
         solver=solver.value,
@@ -147,78 +152,16 @@ def evaluate_command(
         bands=bands,
         deeparc=deeparc,
         deeparc_threshold=deeparc_threshold,
+        out=out,
+        download=download,
         seed=seed,
-        **cfg_kwargs,
     )
-    net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
-    bundle = load_checkpoint_data(meta, data, seed=seed, download=download)
-    check_against_data(meta, bundle)
-    report = run_evaluation(
-        net.to(device),
-        calibration_set(bundle, cfg.calib_per_class, seed),
-        bundle.test,
-        num_classes=len(meta.classes),
-        cfg=cfg,
-        prepare=make_prepare(meta),
-        device=device,
-    )
-    report.update(model=meta.timm_name, checkpoint=str(checkpoint), data=bundle.describe())
-    with staging_dir(out) as stage:
-        atomic_write_json(stage / "rq1.json", report)
-        atomic_write_bytes(stage / "rq1.csv", _csv(report["points"], _POINT_COLUMNS))
-        if report["masking"]:
-            atomic_write_bytes(stage / "masking.csv", _csv(report["masking"], ["metric", "scope", "band", "accuracy"]))
-        plot_rq1(
-            report["points"],
-            stage / "rq1.png",
-            title=f"{meta.timm_name} on {bundle.name}: accuracy of masked slices vs compression rate",
-            baseline_accuracy=report["baseline_accuracy"],
-            deeparc=report["deeparc"],
-            auc=report["auc"],
-        )
-    summary = {
-        "model": meta.timm_name,
-        "out": str(out),
-        "baseline_accuracy": report["baseline_accuracy"],
-        "auc": report["auc"],
-        "deeparc": {k: report["deeparc"][k] for k in ("compression_rate", "accuracy", "redundant", "max_cka")}
-        if report["deeparc"]
-        else None,
-        "timings_s": report["timings_s"],
-        "files": sorted(p.name for p in out.iterdir()),
-    }
+    report = run(config, device)
     if json_out:
-        emit_json(summary)
+        emit_json(report_json(report))
         return
-    _print_tables(report, meta.timm_name)
-    console.print(f"baseline accuracy {report['baseline_accuracy']:.2f}%; files in {out}")
-
-
-_POINT_COLUMNS = [
-    "metric",
-    "strategy",
-    "setting",
-    "value",
-    "critical_channels",
-    "kept_channels",
-    "total_channels",
-    "params_before",
-    "params_after",
-    "compression_rate",
-    "accuracy",
-]
-
-
-def _csv(rows: list[dict], columns: list[str]) -> bytes:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    return buf.getvalue().encode()
+    _print_tables(report.study, report.model)
+    console.print(f"baseline accuracy {report.baseline_accuracy:.2f}%; files in {report.out}")
 
 
 def _print_tables(report: dict, timm_name: str) -> None:

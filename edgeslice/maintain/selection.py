@@ -4,10 +4,10 @@ The paper compares NeuSemSlice with global and category-wise slicing "with simil
 and with DeepArc (Ren et al., ICSE 2023), which trains whole layers: the non-redundant ones for re-adaptation, only
 the redundant ones for incremental development (§5.4–5.5).
 
-DeepArc here reuses :mod:`edgeslice.deeparc`'s block similarities (centered linear CKA of each block's output with
-its input over a calibration sample). For *training* nothing is removed, so the shape restriction of
-:func:`edgeslice.deeparc.deeparc` does not apply: a block is redundant when its CKA reaches ``threshold``, whatever
-its shapes. Layers outside every block (stem, head conv) and a first block that reads the raw input (DeepArc
+DeepArc here reuses :mod:`edgeslice.studies.deeparc`'s block similarities (centered linear CKA of each block's
+output with its input over a calibration sample). For *training* nothing is removed, so the shape restriction of
+:func:`edgeslice.studies.deeparc.deeparc` does not apply: a block is redundant when its CKA reaches ``threshold``,
+whatever its shapes. Layers outside every block (stem, head conv) and a first block that reads the raw input (DeepArc
 compares consecutive layers; the MLP's ``fc1``) are never redundant.
 """
 
@@ -62,7 +62,7 @@ def deeparc_blocks(
     Returns:
         (redundant block names, per-block similarity rows).
     """
-    from ..deeparc import block_similarities, find_blocks
+    from ..studies.deeparc import block_similarities, find_blocks
     from ..torchutil import classifier_names
 
     heads = classifier_names(model)

@@ -3,6 +3,9 @@
 Every command's ``run(config) -> <Command>Report`` returns a frozen dataclass; :func:`report_json` turns any of them
 into the JSON document ``--json`` prints (field order kept, paths as strings, nested reports as objects), and
 :func:`report_from_json` rebuilds one from that document (``edgeslice verify`` and tests read reports back).
+
+A field declared ``field(default=..., metadata=NOT_IN_JSON)`` is left out of the document (and takes its default when
+rebuilt): what a command's human tables or a Python caller need beyond what ``--json`` prints.
 """
 
 from __future__ import annotations
@@ -11,14 +14,22 @@ import dataclasses
 import typing
 from enum import Enum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 R = TypeVar("R")
 
+#: ``dataclasses.field`` metadata of a report field that the JSON document leaves out.
+NOT_IN_JSON = MappingProxyType({"json": False})
+
+
+def _json_fields(cls: Any) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("json", True)]
+
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _plain(getattr(value, f.name)) for f in _json_fields(value)}
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, Enum):
@@ -48,7 +59,7 @@ def report_from_json(cls: type[R], data: dict[str, Any]) -> R:
         ValueError: ``data`` lacks a field of ``cls`` or has one ``cls`` does not know.
     """
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    names = [f.name for f in _json_fields(cls)]
     unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
     if unknown or missing:
         raise ValueError(f"{cls.__name__}: unknown fields {unknown}, missing fields {missing}")
@@ -63,4 +74,4 @@ def report_from_json(cls: type[R], data: dict[str, Any]) -> R:
     return cls(**values)
 
 
-__all__ = ["report_from_json", "report_json"]
+__all__ = ["NOT_IN_JSON", "report_from_json", "report_json"]

@@ -1,7 +1,5 @@
 """Semantic slicing: contribution metrics, Gram/CKA similarity, and the selection strategies."""
 
-from .coupling import CouplingReport as CouplingReport
-from .coupling import coupling_report as coupling_report
 from .deeplift import channel_attributions as channel_attributions
 from .heuristics import magnitude_scores as magnitude_scores
 from .heuristics import random_scores as random_scores

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from edgeslice.pipeline.report import report_from_json, report_json
+from edgeslice.pipeline.report import NOT_IN_JSON, report_from_json, report_json
 from edgeslice.pipeline.train import TrainReport
 
 
@@ -46,3 +46,16 @@ def test_report_from_json_names_unknown_and_missing_fields():
                                                           "train_seconds", "params")}, "bogus": 1})  # fmt: skip
     with pytest.raises(TypeError, match="not a report"):
         report_json({"a": 1})
+
+
+@dataclass(frozen=True)
+class _WithDetail:
+    name: str
+    detail: dict[str, int] = field(default_factory=dict, compare=False, metadata=NOT_IN_JSON)
+
+
+def test_a_field_marked_not_in_json_is_left_out_and_takes_its_default_back():
+    report = _WithDetail("x", {"rows": 3})
+    assert report_json(report) == {"name": "x"}
+    back = report_from_json(_WithDetail, report_json(report))
+    assert back.name == "x" and back.detail == {}

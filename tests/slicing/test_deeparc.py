@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeslice.deeparc import deeparc, find_blocks, linear_cka, remove_blocks_
+from edgeslice.studies.deeparc import deeparc, find_blocks, linear_cka, remove_blocks_
 
 
 def test_linear_cka_hand_values():

@@ -11,8 +11,9 @@ from torch.utils.data import TensorDataset
 
 from edgeslice.restructure import restructure_
 from edgeslice.slicing import SemanticSlicer
-from edgeslice.slicing.evaluate import MaskedEvaluator, _band_keep, accuracy, auc_table
-from edgeslice.slicing.rq1 import EvaluateConfig, run_evaluation
+from edgeslice.studies.masking import band_keep
+from edgeslice.studies.rq1 import EvaluateConfig, run_evaluation
+from edgeslice.studies.sweep import MaskedEvaluator, accuracy, auc_table
 
 
 def _mlp() -> nn.Sequential:
@@ -55,9 +56,9 @@ def test_auc_hand_computed():
 
 def test_band_keep():
     order = torch.tensor([9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
-    assert torch.nonzero(~_band_keep(order, 0.0, 0.1)).flatten().tolist() == [9]
-    assert torch.nonzero(~_band_keep(order, 0.1, 0.3)).flatten().tolist() == [7, 8]
-    assert bool(_band_keep(order[:3], 0.1, 0.2).all())  # 3 channels: the band ceil(0.3)..ceil(0.6) is empty
+    assert torch.nonzero(~band_keep(order, 0.0, 0.1)).flatten().tolist() == [9]
+    assert torch.nonzero(~band_keep(order, 0.1, 0.3)).flatten().tolist() == [7, 8]
+    assert bool(band_keep(order[:3], 0.1, 0.2).all())  # 3 channels: the band ceil(0.3)..ceil(0.6) is empty
 
 
 def test_compression_counted_through_the_graph():

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from edgeslice.slicing import SemanticSlicer, find_layers
-from edgeslice.slicing.coupling import coupling_report
 from edgeslice.slicing.heuristics import magnitude_scores, random_scores
 from edgeslice.slicing.solver import linear_scan
+from edgeslice.studies.coupling import coupling_report
 
 
 class TwoLayer(nn.Module):

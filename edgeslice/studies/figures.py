@@ -33,7 +33,7 @@ def plot_rq1(
         title: figure title.
         baseline_accuracy: the unsliced model's accuracy (dashed line).
         deeparc: ``{"compression_rate", "accuracy"}`` of the DeepArc model (a star in every panel).
-        auc: :func:`~edgeslice.slicing.evaluate.auc_table` output, for the legend.
+        auc: :func:`~edgeslice.studies.sweep.auc_table` output, for the legend.
     """
     plt = pyplot()
 

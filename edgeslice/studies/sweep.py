@@ -1,4 +1,4 @@
-"""The paper's RQ1 (§5.2, Fig. 5) and its pilot masking study (§3.1, Tables 1–2).
+"""The paper's RQ1 (§5.2, Fig. 5): the masked-accuracy sweep over metrics × strategies, and its AUC.
 
 RQ1: for every metric × strategy, zero the channels a slice drops and measure test accuracy against the compression
 rate, the share of parameters that physically removing those channels would remove. The rate is counted by
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -27,10 +26,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..slicing.observe import Layer, channel_masks
+from ..slicing.slicer import SemanticSlicer, SliceResult
 from ..torchutil import eval_mode
-from .metrics import class_scores, descending_order, global_scores
-from .observe import Layer, channel_masks
-from .slicer import SemanticSlicer, SliceResult
 
 DEFAULT_THETAS = tuple(round(0.90 + 0.01 * i, 2) for i in range(10))
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -46,7 +44,7 @@ def accuracy(
     batch_size: int = 512,
 ) -> float:
     """Top-1 accuracy in percent (no progress bar: callers draw one over many evaluations)."""
-    from edgeslice.train import iterate_batches
+    from ..train import iterate_batches
 
     correct = total = 0
     with torch.no_grad(), eval_mode(model):
@@ -103,7 +101,7 @@ class MaskedEvaluator:
         self, keep: dict[str, torch.Tensor], scores: dict[str, torch.Tensor] | None = None
     ) -> tuple[float, int, int, dict[str, torch.Tensor]]:
         """(compression rate, params before, params after, effective keep masks) of removing ``~keep``."""
-        from edgeslice.restructure import restructure_
+        from ..restructure import restructure_
 
         key = _mask_key(keep)
         if key not in self._restructured:
@@ -264,65 +262,3 @@ def auc_table(rows: list[dict[str, Any]], strategies: Sequence[str] | None = Non
             order = bool(auc["semantic"] > auc["category"] > auc["global"])
         out[metric] = {"range": [lo, hi] if ok else None, "auc": auc, "order_ok": order}
     return out
-
-
-def _band_keep(order: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    n = len(order)
-    start, end = math.ceil(lo * n - 1e-9), math.ceil(hi * n - 1e-9)
-    keep = torch.ones(n, dtype=torch.bool)
-    keep[order[start:end]] = False
-    return keep
-
-
-def masking_study(
-    slicers: dict[str, SemanticSlicer],
-    evaluator: MaskedEvaluator,
-    *,
-    bands: int = 5,
-    width: float = 0.1,
-    num_classes: int,
-    on_step: Callable[..., None] | None = None,
-) -> list[dict[str, Any]]:
-    """The paper's Tables 1–2: accuracy after masking the channels ranked in each band (top 0–10%, 10–20%, …).
-
-    ``global``: channels ranked per layer on the whole calibration set, accuracy on the whole test set.
-    ``category``: for each class, channels ranked on that class's scores, accuracy on that class's test samples;
-    the row holds the mean over classes and each class's accuracy.
-    """
-    from edgeslice.data import class_subset
-
-    per_class_sets = [class_subset(evaluator.test_set, [c]) for c in range(num_classes)]
-    rows = []
-    for metric, slicer in slicers.items():
-        stats = slicer._require_stats()
-        g_orders = {la.name: descending_order(global_scores(stats.per_layer[la.name], metric)) for la in slicer.layers}
-        c_orders = {
-            la.name: descending_order(class_scores(stats.per_layer[la.name], metric)) for la in slicer.layers
-        }  # (C, N)
-        for b in range(bands):
-            lo, hi = b * width, (b + 1) * width
-            band = f"{100 * lo:.0f}-{100 * hi:.0f}%"
-            keep = {name: _band_keep(order, lo, hi) for name, order in g_orders.items()}
-            rows.append(
-                {"metric": metric, "scope": "global", "band": band, "accuracy": evaluator.masked_accuracy(keep)}
-            )
-            if on_step is not None:
-                on_step(1)
-            accs = []
-            for c, subset in enumerate(per_class_sets):
-                if len(subset) == 0:
-                    continue
-                keep = {name: _band_keep(order[c], lo, hi) for name, order in c_orders.items()}
-                accs.append(evaluator.masked_accuracy(keep, subset))
-            rows.append(
-                {
-                    "metric": metric,
-                    "scope": "category",
-                    "band": band,
-                    "accuracy": sum(accs) / len(accs) if accs else float("nan"),
-                    "per_class": accs,
-                }
-            )
-            if on_step is not None:
-                on_step(1)
-    return rows

@@ -1,11 +1,12 @@
 """The whole RQ1 evaluation as one call: calibrate once, sweep, AUC, masking study, DeepArc, coupling.
 
-Used by ``edgeslice evaluate-slices`` and by ``benchmarks/rq1_slicing.py``; works for any model
-:func:`~edgeslice.slicing.find_layers` understands (timm CNNs, plain ``nn.Sequential`` MLPs).
+Used by ``edgeslice evaluate-slices`` (:mod:`edgeslice.pipeline.evaluate`) and by ``benchmarks/rq1_slicing.py``;
+works for any model :func:`~edgeslice.slicing.find_layers` understands (timm CNNs, plain ``nn.Sequential`` MLPs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -15,20 +16,20 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from .evaluate import (
+from ..slicing.metrics import get_metric
+from ..slicing.slicer import SOLVERS, STRATEGIES, SemanticSlicer
+from ..slicing.solver import SIMILARITIES
+from .masking import masking_study
+from .sweep import (
     DEFAULT_RATIOS,
     DEFAULT_THETAS,
     MASKS,
     MaskedEvaluator,
     accuracy,
     auc_table,
-    masking_study,
     points_to_count,
     rq1_sweep,
 )
-from .metrics import get_metric
-from .slicer import SOLVERS, STRATEGIES, SemanticSlicer
-from .solver import SIMILARITIES
 
 CONFIG_VERSION = 1
 PAPER_METRICS = ("avg", "var", "ens", "deeplift", "taylor")
@@ -58,7 +59,7 @@ class EvaluateConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        from .deeplift import BASELINES
+        from ..slicing.deeplift import BASELINES
 
         for m in self.metrics:
             get_metric(m)
@@ -108,14 +109,14 @@ class _Batches:
     batch_size: int
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from edgeslice.train import iterate_batches
+        from ..train import iterate_batches
 
         return iterate_batches(self.dataset, self.batch_size)
 
 
 def test_subset(test: Dataset, limit: int | None, num_classes: int, seed: int) -> Dataset:
     """The whole test split, or a seeded class-stratified sample of about ``limit`` items."""
-    from edgeslice.data import calibration_indices
+    from ..data import calibration_indices
 
     if limit is None or limit >= len(test):
         return test
@@ -150,10 +151,8 @@ def run_evaluation(
         A JSON-able report: ``baseline_accuracy``, ``points``, ``auc``, ``masking``, ``deeparc``, ``coupling``,
         ``timings_s`` and the config.
     """
-    from edgeslice._progress import progress as default_progress
-    from edgeslice.train import iterate_batches
-
-    from .coupling import coupling_report
+    from .._progress import progress as default_progress
+    from ..train import iterate_batches
 
     bar = progress or default_progress
     timings: dict[str, float] = {}
@@ -162,75 +161,31 @@ def run_evaluation(
     example = prepare(x0) if prepare is not None else x0
     model.eval()
 
-    t = time.perf_counter()
-    base = SemanticSlicer(model, example, metric=cfg.metrics[0], similarity=cfg.similarity, baseline=cfg.baseline)
-    batches = _Batches(calib, cfg.batch_size)
-    with bar(f"calibrate ({', '.join(cfg.metrics)})", len(calib)) as advance:
-        base.calibrate(
-            batches, num_classes=num_classes, prepare=prepare, device=device, on_batch=advance, metrics=cfg.metrics
+    with _timed(timings, "calibrate_s"):
+        base, batches = _calibrate(
+            model, calib, example, num_classes=num_classes, cfg=cfg, prepare=prepare, device=device, bar=bar
         )
-    timings["calibrate_s"] = time.perf_counter() - t
     slicers = {m: base.with_metric(m) for m in cfg.metrics}
 
     evaluator = MaskedEvaluator(
         model, base.layers, test, example=example, prepare=prepare, device=device, mask=cfg.mask
     )
-    t = time.perf_counter()
-    baseline_accuracy = accuracy(model, test, prepare=prepare, device=device)
-    timings["baseline_accuracy_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    total = points_to_count(cfg.metrics, cfg.strategies, cfg.thetas, cfg.ratios)
-    with bar("RQ1 sweep", total) as advance:
-        rows = rq1_sweep(
-            slicers,
-            evaluator,
-            strategies=cfg.strategies,
-            thetas=cfg.thetas,
-            ratios=cfg.ratios,
-            seed=cfg.seed,
-            solver=cfg.solver,
-            interval=cfg.interval,
-            on_point=advance,
-        )
-    timings["sweep_s"] = time.perf_counter() - t
+    with _timed(timings, "baseline_accuracy_s"):
+        baseline_accuracy = accuracy(model, test, prepare=prepare, device=device)
+    with _timed(timings, "sweep_s"):
+        rows = _sweep(slicers, evaluator, cfg, bar)
 
     masking: list[dict[str, Any]] = []
     if cfg.bands > 0:
-        t = time.perf_counter()
-        with bar("masking study", 2 * cfg.bands * len(cfg.metrics)) as advance:
+        with _timed(timings, "masking_s"), bar("masking study", 2 * cfg.bands * len(cfg.metrics)) as advance:
             masking = masking_study(slicers, evaluator, bands=cfg.bands, num_classes=num_classes, on_step=advance)
-        timings["masking_s"] = time.perf_counter() - t
 
     deeparc_out = None
     if cfg.deeparc:
-        import copy
-
-        from edgeslice.deeparc import deeparc, remove_blocks_
-
-        t = time.perf_counter()
-        report = deeparc(
-            model,
-            batches,
-            threshold=cfg.deeparc_threshold,
-            prepare=prepare,
-            device=device,
-            max_samples=cfg.deeparc_samples,
-        )
-        twin = remove_blocks_(copy.deepcopy(model), report.redundant)
-        deeparc_out = {**report.to_dict(), "accuracy": accuracy(twin, test, prepare=prepare, device=device)}
-        timings["deeparc_s"] = time.perf_counter() - t
-
-    # Coupling of one representative semantic slice per metric (the middle θ): per layer and per group.
-    t = time.perf_counter()
-    coupling = {}
-    if "semantic" in cfg.strategies:
-        theta = sorted(cfg.thetas)[len(cfg.thetas) // 2]
-        for metric, slicer in slicers.items():
-            res = slicer.slice(theta=theta, solver=cfg.solver, interval=cfg.interval)
-            rep = coupling_report(model, base.layers, res.critical, example, scores=res.scores)
-            coupling[metric] = {"theta": theta, **rep.to_dict()}
-    timings["coupling_s"] = time.perf_counter() - t
+        with _timed(timings, "deeparc_s"):
+            deeparc_out = _deeparc(model, batches, test, cfg, prepare=prepare, device=device)
+    with _timed(timings, "coupling_s"):
+        coupling = _coupling(model, base, slicers, example, cfg)
 
     return {
         "config": cfg.to_dict(),
@@ -245,3 +200,92 @@ def run_evaluation(
         "coupling": coupling,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Record the seconds the block takes as ``timings[key]`` (when it succeeds)."""
+    t = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t
+
+
+def _calibrate(
+    model: nn.Module,
+    calib: Dataset,
+    example: torch.Tensor,
+    *,
+    num_classes: int,
+    cfg: EvaluateConfig,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None,
+    device: torch.device | str,
+    bar: Callable[[str, int | None], Any],
+) -> tuple[SemanticSlicer, _Batches]:
+    """One calibration pass that collects the statistics of every metric in ``cfg.metrics``."""
+    base = SemanticSlicer(model, example, metric=cfg.metrics[0], similarity=cfg.similarity, baseline=cfg.baseline)
+    batches = _Batches(calib, cfg.batch_size)
+    with bar(f"calibrate ({', '.join(cfg.metrics)})", len(calib)) as advance:
+        base.calibrate(
+            batches, num_classes=num_classes, prepare=prepare, device=device, on_batch=advance, metrics=cfg.metrics
+        )
+    return base, batches
+
+
+def _sweep(
+    slicers: dict[str, SemanticSlicer], evaluator: MaskedEvaluator, cfg: EvaluateConfig, bar: Callable[..., Any]
+) -> list[dict[str, Any]]:
+    """Every RQ1 point of ``cfg`` (:func:`~edgeslice.studies.sweep.rq1_sweep`) under one progress bar."""
+    total = points_to_count(cfg.metrics, cfg.strategies, cfg.thetas, cfg.ratios)
+    with bar("RQ1 sweep", total) as advance:
+        return rq1_sweep(
+            slicers,
+            evaluator,
+            strategies=cfg.strategies,
+            thetas=cfg.thetas,
+            ratios=cfg.ratios,
+            seed=cfg.seed,
+            solver=cfg.solver,
+            interval=cfg.interval,
+            on_point=advance,
+        )
+
+
+def _deeparc(
+    model: nn.Module,
+    batches: _Batches,
+    test: Dataset,
+    cfg: EvaluateConfig,
+    *,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None,
+    device: torch.device | str,
+) -> dict[str, Any]:
+    """DeepArc's redundant blocks and the accuracy of a copy of the model without them."""
+    import copy
+
+    from .deeparc import deeparc, remove_blocks_
+
+    report = deeparc(
+        model, batches, threshold=cfg.deeparc_threshold, prepare=prepare, device=device, max_samples=cfg.deeparc_samples
+    )
+    twin = remove_blocks_(copy.deepcopy(model), report.redundant)
+    return {**report.to_dict(), "accuracy": accuracy(twin, test, prepare=prepare, device=device)}
+
+
+def _coupling(
+    model: nn.Module,
+    base: SemanticSlicer,
+    slicers: dict[str, SemanticSlicer],
+    example: torch.Tensor,
+    cfg: EvaluateConfig,
+) -> dict[str, Any]:
+    """Coupling of one representative semantic slice per metric (the middle θ): per layer and per group."""
+    from .coupling import coupling_report
+
+    coupling = {}
+    if "semantic" in cfg.strategies:
+        theta = sorted(cfg.thetas)[len(cfg.thetas) // 2]
+        for metric, slicer in slicers.items():
+            res = slicer.slice(theta=theta, solver=cfg.solver, interval=cfg.interval)
+            rep = coupling_report(model, base.layers, res.critical, example, scores=res.scores)
+            coupling[metric] = {"theta": theta, **rep.to_dict()}
+    return coupling

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .observe import Layer
+from ..slicing.observe import Layer
 
 
 @dataclass
@@ -63,7 +63,7 @@ def coupling_report(
         >>> report = coupling_report(model, slicer.layers, result.critical, x[:2])
         >>> report.coupled_channels
     """
-    from edgeslice.restructure import plan_restructure
+    from ..restructure import plan_restructure
 
     _, plans, effective = plan_restructure(model, layers, keep, example, scores=scores)
     report = CouplingReport(effective_keep=effective)

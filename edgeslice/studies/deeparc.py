@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import count_parameters
-from .torchutil import eval_mode
+from ..models import count_parameters
+from ..torchutil import eval_mode
 
 
 @dataclass
