@@ -231,6 +231,7 @@ def test_the_device_runtime_imports_nothing_of_edgeslice():
 #: options into the config, calls ``run`` and prints the report, and writes no file itself.
 SHAPED_COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "Train"),
+    "prune": ("prune", "Prune"),
 }
 
 #: Calls that write a file (the same patterns as benchmarks/scan_architecture.py counts).
