@@ -232,6 +232,7 @@ def test_the_device_runtime_imports_nothing_of_edgeslice():
 SHAPED_COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "Train"),
     "prune": ("prune", "Prune"),
+    "run": ("run", "Run"),
 }
 
 #: Calls that write a file (the same patterns as benchmarks/scan_architecture.py counts).
