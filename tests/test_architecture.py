@@ -233,6 +233,7 @@ SHAPED_COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "Train"),
     "prune": ("prune", "Prune"),
     "run": ("run", "Run"),
+    "verify": ("verify", "Verify"),
 }
 
 #: Calls that write a file (the same patterns as benchmarks/scan_architecture.py counts).
