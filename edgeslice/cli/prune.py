@@ -37,49 +37,61 @@ def _open_unit(value: float) -> float:
     return value
 
 
+CheckpointOpt = Annotated[
+    Path, typer.Option("--checkpoint", exists=True, help="model.safetensors (with model.json beside it), dense or not.")
+]
+PrunerOpt = Annotated[PrunerName, typer.Option("--pruner", help="Layer-wise sparsity allocation.")]
+PruneStepOpt = Annotated[
+    float,
+    typer.Option("--prune-step", callback=_open_unit, help="Share of the remaining weights removed per iteration."),
+]
+MaxIterationsOpt = Annotated[int, typer.Option("--max-iterations", min=1, help="Upper bound on iterations.")]
+MaxAccDropOpt = Annotated[
+    float, typer.Option("--max-acc-drop", min=0.0, help="Accepted accuracy drop below the dense baseline, in points.")
+]
+FinetuneStepsOpt = Annotated[
+    int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps after each pruning step.")
+]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Fine-tuning batch size.")]
+LrOpt = Annotated[float, typer.Option("--lr", callback=positive, help="Peak fine-tuning learning rate.")]
+DenseParamsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--dense-params",
+        min=1,
+        help="Parameters of the original dense model (CR denominator) (default: from the checkpoint).",
+    ),
+]
+BaselineAccuracyOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--baseline-accuracy",
+        help="Dense accuracy the budget is measured against (default: the checkpoint's recorded dense "
+        "accuracy, else its measured accuracy).",
+    ),
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run with the same settings and --out.")
+]
+
+
 @handle_errors
 def prune_command(
     model: ModelArg,
-    checkpoint: Annotated[
-        Path,
-        typer.Option("--checkpoint", exists=True, help="model.safetensors (with model.json beside it), dense or not."),
-    ],
-    pruner: Annotated[PrunerName, typer.Option("--pruner", help="Layer-wise sparsity allocation.")] = PrunerName.lamp,
+    checkpoint: CheckpointOpt,
+    pruner: PrunerOpt = PrunerName.lamp,
     data: DataOpt = "fashion-mnist",
-    prune_step: Annotated[
-        float,
-        typer.Option("--prune-step", callback=_open_unit, help="Share of the remaining weights removed per iteration."),
-    ] = 0.2,
-    max_iterations: Annotated[int, typer.Option("--max-iterations", min=1, help="Upper bound on iterations.")] = 10,
-    max_acc_drop: Annotated[
-        float,
-        typer.Option("--max-acc-drop", min=0.0, help="Accepted accuracy drop below the dense baseline, in points."),
-    ] = 1.0,
-    finetune_steps: Annotated[
-        int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps after each pruning step.")
-    ] = 200,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Fine-tuning batch size.")] = 256,
-    lr: Annotated[float, typer.Option("--lr", callback=positive, help="Peak fine-tuning learning rate.")] = 1e-3,
-    dense_params: Annotated[
-        int | None,
-        typer.Option(
-            "--dense-params",
-            min=1,
-            help="Parameters of the original dense model (CR denominator) (default: from the checkpoint).",
-        ),
-    ] = None,
-    baseline_accuracy: Annotated[
-        float | None,
-        typer.Option(
-            "--baseline-accuracy",
-            help="Dense accuracy the budget is measured against (default: the checkpoint's recorded dense "
-            "accuracy, else its measured accuracy).",
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/prune"),
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run with the same settings and --out.")
-    ] = False,
+    prune_step: PruneStepOpt = 0.2,
+    max_iterations: MaxIterationsOpt = 10,
+    max_acc_drop: MaxAccDropOpt = 1.0,
+    finetune_steps: FinetuneStepsOpt = 200,
+    batch_size: BatchSizeOpt = 256,
+    lr: LrOpt = 1e-3,
+    dense_params: DenseParamsOpt = None,
+    baseline_accuracy: BaselineAccuracyOpt = None,
+    out: OutOpt = Path("edgeslice-out/prune"),
+    resume: ResumeOpt = False,
     download: DownloadOpt = False,
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
