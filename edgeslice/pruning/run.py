@@ -297,7 +297,7 @@ class _Steps:
         self.last = time.perf_counter()
 
     def finetune(self, m: nn.Module, steps: int) -> None:
-        from ..train import train_model
+        from ..train import TrainOptions, train_model
 
         if steps <= 0:
             return
@@ -305,10 +305,10 @@ class _Steps:
         iteration = len(self.run.history) + 1
         # train_model counts in epochs: ceil(epochs * steps_per_epoch) must come out as exactly `steps`.
         steps_per_epoch = math.ceil(len(self.bundle.train) / o["batch_size"])
-        train_model(
-            m, self.bundle.train, epochs=(steps - 0.5) / steps_per_epoch, batch_size=o["batch_size"], lr=o["lr"],
-            seed=o["seed"] + iteration, prepare=o["prepare"], device=o["device"], description=f"fine-tune {iteration}",
-        )  # fmt: skip
+        epochs = (steps - 0.5) / steps_per_epoch
+        options = TrainOptions(epochs=epochs, batch_size=o["batch_size"], lr=o["lr"], seed=o["seed"] + iteration)
+        train_model(m, self.bundle.train, options, prepare=o["prepare"], device=o["device"],
+                    description=f"fine-tune {iteration}")  # fmt: skip
 
     def record(self, rec: IterationRecord) -> None:
         run, o = self.run, self.opts
