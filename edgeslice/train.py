@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -146,25 +148,55 @@ def distillation_loss(
     return (1.0 - alpha) * hard + alpha * (temperature**2) * soft
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """How :func:`train_model` trains: one value for baseline training, fine-tuning and the dense control.
+
+    Attributes:
+        epochs: passes over the data set; 0.5 runs half an epoch.
+        batch_size: samples per step.
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        seed: shuffling seed (a private generator: the global RNG is not touched).
+        augment: streamed folders' train-time transform (``edgeslice.data.augment_recipe``: ``auto``/True is none
+            up to 64 px and timm's recipe above; ``none``/False: none; in-memory sets: no effect).
+        amp: float16 autocast with a gradient scaler (CUDA only).
+        teacher: distil from this model (kept in eval mode, not trained): see :func:`distillation_loss`.
+        distill_temperature: softmax temperature T of the distillation term.
+        distill_alpha: weight of the distillation term (1 - alpha on the labels' cross-entropy).
+
+    Example:
+        >>> options = TrainOptions(epochs=2, batch_size=64, lr=1e-2)
+        >>> train_model(model, bundle.train, options, prepare=make_prepare(bundle))  # doctest: +SKIP
+    """
+
+    epochs: float = 1.0
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    augment: str | bool = "auto"
+    amp: bool = False
+    teacher: nn.Module | None = None
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
 def train_model(
     model: nn.Module,
     dataset: Dataset,
+    options: TrainOptions | None = None,
     *,
-    epochs: float = 1.0,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
     prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
     description: str = "train",
-    augment: str | bool = "auto",
-    teacher: nn.Module | None = None,
-    distill_temperature: float = 4.0,
-    distill_alpha: float = 0.5,
-    amp: bool = False,
+    **settings: Any,
 ) -> dict[str, float]:
-    """Train with AdamW and a one-cycle schedule for ``epochs`` passes (fractions allowed).
+    """Train with AdamW and a one-cycle schedule for ``options.epochs`` passes (fractions allowed).
 
     Under torchrun the model trains as DistributedDataParallel: every rank shuffles with the same seed, takes the
     batches at positions r, r+W, … of that order (the short ranks repeat the first ones, as DistributedSampler
@@ -174,20 +206,12 @@ def train_model(
     Args:
         model: trained in place (left in eval mode).
         dataset: (image, label) items, images in [0,1].
-        epochs: passes over ``dataset``; 0.5 runs half an epoch.
-        batch_size: samples per step.
-        lr: peak learning rate.
-        weight_decay: AdamW weight decay.
-        seed: shuffling seed (a private generator: the global RNG is not touched).
+        options: epochs, batch size, learning rate, augmentation, distillation, precision (default
+            ``TrainOptions()``).
         prepare: applied to each batch on the device (normalisation).
         device: where to train.
         description: progress-bar label.
-        augment: streamed folders' train-time transform (``edgeslice.data.augment_recipe``: ``auto``/True is none
-            up to 64 px and timm's recipe above; ``none``/False: none; in-memory sets: no effect).
-        teacher: distil from this model (kept in eval mode, not trained): see :func:`distillation_loss`.
-        distill_temperature: softmax temperature T of the distillation term.
-        distill_alpha: weight of the distillation term (1 - alpha on the labels' cross-entropy).
-        amp: float16 autocast with a gradient scaler (CUDA only).
+        settings: fields of :class:`TrainOptions` given as keywords (``epochs=2, lr=1e-2``), over ``options``.
 
     Returns:
         ``{"steps", "final_loss"}``.
@@ -197,47 +221,33 @@ def train_model(
     """
     from .data import training_view
 
+    o = replace(options or TrainOptions(), **settings)
     dev = torch.device(device)
-    if amp and dev.type != "cuda":
+    if o.amp and dev.type != "cuda":
         raise ValueError("--amp (mixed precision) needs a CUDA device")
-    if teacher is not None and (distill_temperature <= 0 or not 0.0 <= distill_alpha <= 1.0):
+    if o.teacher is not None and (o.distill_temperature <= 0 or not 0.0 <= o.distill_alpha <= 1.0):
         raise ValueError("distill temperature must be > 0 and alpha in [0, 1]")
-    dataset = training_view(dataset, augment)
-    steps_per_epoch = distributed.sharded_steps(math.ceil(len(dataset) / batch_size))
-    total_steps = max(1, math.ceil(epochs * steps_per_epoch))
+    dataset = training_view(dataset, o.augment)
+    steps_per_epoch = distributed.sharded_steps(math.ceil(len(dataset) / o.batch_size))
+    total_steps = max(1, math.ceil(o.epochs * steps_per_epoch))
     to_fast_layout_(model)
     net = distributed.wrap_ddp(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.15)
-    scaler = torch.amp.GradScaler("cuda") if amp else None
-    gen = torch.Generator().manual_seed(seed)
-    if teacher is not None:
-        to_fast_layout_(teacher).eval()
+    opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=total_steps, pct_start=0.15)
+    scaler = torch.amp.GradScaler("cuda") if o.amp else None
+    gen = torch.Generator().manual_seed(o.seed)
+    if o.teacher is not None:
+        to_fast_layout_(o.teacher).eval()
     model.train()
     step, loss_ema = 0, float("nan")
     with progress(description, total_steps) as advance:
         while step < total_steps:
-            shuffled = iterate_batches(dataset, batch_size, shuffle=True, generator=gen)
+            shuffled = iterate_batches(dataset, o.batch_size, shuffle=True, generator=gen)
             for x, y in distributed.shard_batches(shuffled):
                 x, y = _as_input(x, device), y.to(device)
-                x = prepare(x) if prepare else x
-                with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                    logits = net(x)
-                    if teacher is None:
-                        loss = F.cross_entropy(logits, y)
-                    else:
-                        with torch.no_grad():
-                            soft = teacher(x)
-                        loss = distillation_loss(logits.float(), soft.float(), y, distill_temperature, distill_alpha)
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
+                loss = _batch_loss(net, prepare(x) if prepare else x, y, o)
+                _optimizer_step(loss, opt, scaler)
                 sched.step()
                 step += 1
                 value = loss.item()
@@ -248,3 +258,25 @@ def train_model(
     distributed.broadcast_module_(model)
     model.eval()
     return {"steps": step, "final_loss": loss_ema}
+
+
+def _batch_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, o: TrainOptions) -> torch.Tensor:
+    """Cross-entropy, or the distillation loss against ``o.teacher``, under float16 autocast with ``o.amp``."""
+    with torch.autocast("cuda", dtype=torch.float16, enabled=o.amp):
+        logits = net(x)
+        if o.teacher is None:
+            return F.cross_entropy(logits, y)
+        with torch.no_grad():
+            soft = o.teacher(x)
+        return distillation_loss(logits.float(), soft.float(), y, o.distill_temperature, o.distill_alpha)
+
+
+def _optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()

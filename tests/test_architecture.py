@@ -241,6 +241,9 @@ SHAPED_COMMANDS: dict[str, tuple[str, str]] = {
     "compress": ("compress", "Compress"),
     "slice": ("slice", "SliceRun"),
     "evaluate-slices": ("evaluate", "EvaluateSlices"),
+    "prune": ("prune", "Prune"),
+    "run": ("run", "Run"),
+    "verify": ("verify", "Verify"),
 }
 
 #: Calls that write a file (the same patterns as benchmarks/scan_architecture.py counts).

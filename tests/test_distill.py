@@ -94,9 +94,10 @@ def test_compress_fine_tune_distils_from_the_dense_model(monkeypatch, tmp_path) 
     calls = []
     real = pipeline.train_model
 
-    def spy(model, dataset, **kw):
-        calls.append((kw.get("description"), kw.get("teacher"), sum(p.numel() for p in model.parameters())))
-        return real(model, dataset, **kw)
+    def spy(model, dataset, options=None, **kw):
+        teacher = options.teacher if options is not None else kw.get("teacher")  # TrainOptions or keywords
+        calls.append((kw.get("description"), teacher, sum(p.numel() for p in model.parameters())))
+        return real(model, dataset, options, **kw)
 
     monkeypatch.setattr(pipeline, "train_model", spy)
     monkeypatch.setattr(baseline, "train_model", spy)

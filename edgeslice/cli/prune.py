@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,16 +17,18 @@ from ._common import (
     PrunerName,
     QuietOpt,
     SeedOpt,
-    claim_out,
     console,
-    emit_json,
     err_console,
     fmt_bytes,
     handle_errors,
     positive,
     setup,
+    show_report,
     table,
 )
+
+if TYPE_CHECKING:
+    from edgeslice.pipeline.prune import PruneReport
 
 
 def _open_unit(value: float) -> float:
@@ -35,49 +37,61 @@ def _open_unit(value: float) -> float:
     return value
 
 
+CheckpointOpt = Annotated[
+    Path, typer.Option("--checkpoint", exists=True, help="model.safetensors (with model.json beside it), dense or not.")
+]
+PrunerOpt = Annotated[PrunerName, typer.Option("--pruner", help="Layer-wise sparsity allocation.")]
+PruneStepOpt = Annotated[
+    float,
+    typer.Option("--prune-step", callback=_open_unit, help="Share of the remaining weights removed per iteration."),
+]
+MaxIterationsOpt = Annotated[int, typer.Option("--max-iterations", min=1, help="Upper bound on iterations.")]
+MaxAccDropOpt = Annotated[
+    float, typer.Option("--max-acc-drop", min=0.0, help="Accepted accuracy drop below the dense baseline, in points.")
+]
+FinetuneStepsOpt = Annotated[
+    int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps after each pruning step.")
+]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Fine-tuning batch size.")]
+LrOpt = Annotated[float, typer.Option("--lr", callback=positive, help="Peak fine-tuning learning rate.")]
+DenseParamsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--dense-params",
+        min=1,
+        help="Parameters of the original dense model (CR denominator) (default: from the checkpoint).",
+    ),
+]
+BaselineAccuracyOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--baseline-accuracy",
+        help="Dense accuracy the budget is measured against (default: the checkpoint's recorded dense "
+        "accuracy, else its measured accuracy).",
+    ),
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run with the same settings and --out.")
+]
+
+
 @handle_errors
 def prune_command(
     model: ModelArg,
-    checkpoint: Annotated[
-        Path,
-        typer.Option("--checkpoint", exists=True, help="model.safetensors (with model.json beside it), dense or not."),
-    ],
-    pruner: Annotated[PrunerName, typer.Option("--pruner", help="Layer-wise sparsity allocation.")] = PrunerName.lamp,
+    checkpoint: CheckpointOpt,
+    pruner: PrunerOpt = PrunerName.lamp,
     data: DataOpt = "fashion-mnist",
-    prune_step: Annotated[
-        float,
-        typer.Option("--prune-step", callback=_open_unit, help="Share of the remaining weights removed per iteration."),
-    ] = 0.2,
-    max_iterations: Annotated[int, typer.Option("--max-iterations", min=1, help="Upper bound on iterations.")] = 10,
-    max_acc_drop: Annotated[
-        float,
-        typer.Option("--max-acc-drop", min=0.0, help="Accepted accuracy drop below the dense baseline, in points."),
-    ] = 1.0,
-    finetune_steps: Annotated[
-        int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps after each pruning step.")
-    ] = 200,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Fine-tuning batch size.")] = 256,
-    lr: Annotated[float, typer.Option("--lr", callback=positive, help="Peak fine-tuning learning rate.")] = 1e-3,
-    dense_params: Annotated[
-        int | None,
-        typer.Option(
-            "--dense-params",
-            min=1,
-            help="Parameters of the original dense model (CR denominator) (default: from the checkpoint).",
-        ),
-    ] = None,
-    baseline_accuracy: Annotated[
-        float | None,
-        typer.Option(
-            "--baseline-accuracy",
-            help="Dense accuracy the budget is measured against (default: the checkpoint's recorded dense "
-            "accuracy, else its measured accuracy).",
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/prune"),
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue an interrupted run with the same settings and --out.")
-    ] = False,
+    prune_step: PruneStepOpt = 0.2,
+    max_iterations: MaxIterationsOpt = 10,
+    max_acc_drop: MaxAccDropOpt = 1.0,
+    finetune_steps: FinetuneStepsOpt = 200,
+    batch_size: BatchSizeOpt = 256,
+    lr: LrOpt = 1e-3,
+    dense_params: DenseParamsOpt = None,
+    baseline_accuracy: BaselineAccuracyOpt = None,
+    out: OutOpt = Path("edgeslice-out/prune"),
+    resume: ResumeOpt = False,
     download: DownloadOpt = False,
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
@@ -89,84 +103,45 @@ def prune_command(
     accuracy_vs_cr.png to --out (all or nothing). The state is saved after each iteration: --resume continues.
     """
     device = setup(json_out, device_type, seed, quiet)
-    claim_out(out)
-    from edgeslice.models import count_parameters, load_checkpoint, resolve_model_name
-    from edgeslice.pipeline import check_against_data, load_checkpoint_data
-    from edgeslice.pruning import (
-        IterativePruneConfig,
-        export_pruned,
-        prune_pipeline_,
-        resolve_dense_params,
-        state_dir_for,
-    )
+    from edgeslice.pipeline.prune import PruneConfig, run
 
-    cfg = IterativePruneConfig(
+    config = PruneConfig(
+        model=model,
+        checkpoint=checkpoint,
         pruner=pruner.value,
+        data=data,
         prune_step=prune_step,
         max_iterations=max_iterations,
         max_acc_drop=max_acc_drop,
         finetune_steps=finetune_steps,
-    )
-    net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
-    bundle = load_checkpoint_data(meta, data, seed=seed, download=download)
-    check_against_data(meta, bundle)
-    dense, dense_source = resolve_dense_params(meta, count_parameters(net), dense_params)
-    if baseline_accuracy is None and meta.restructured and isinstance(meta.info.get("baseline_accuracy"), int | float):
-        baseline_accuracy, baseline_source = float(meta.info["baseline_accuracy"]), "checkpoint info (dense model)"
-    elif baseline_accuracy is None:
-        baseline_source = "the checkpoint's measured accuracy"
-    else:
-        baseline_source = "given"
-    state_dir = state_dir_for(out)
-
-    def show(entry: dict) -> None:
-        if not json_out:
-            err_console.print(
-                f"iteration {entry['iteration']}: sparsity {entry['prunable_sparsity']:.1%}, "
-                f"CR {entry['compression_rate']:.1%}, accuracy {entry['accuracy']:.2f}%"
-                + ("" if entry["kept"] else " — over budget, rolled back"),
-                highlight=False,
-            )
-
-    report = prune_pipeline_(
-        net,
-        meta,
-        bundle,
-        cfg,
-        device=device,
-        dense_params=dense,
-        baseline_accuracy=baseline_accuracy,
         batch_size=batch_size,
         lr=lr,
-        seed=seed,
-        state_dir=state_dir,
+        dense_params=dense_params,
+        baseline_accuracy=baseline_accuracy,
+        out=out,
         resume=resume,
-        on_iteration=show,
+        download=download,
+        seed=seed,
     )
-    report.notes.append(f"dense parameter count: {dense_source}")
-    report.notes.append(f"baseline accuracy: {baseline_source}")
-    run_config = {
-        "command": "prune",
-        "model": meta.timm_name,
-        "checkpoint": str(checkpoint),
-        "data": data,
-        "pruning": cfg.to_dict(),
-        "batch_size": batch_size,
-        "lr": lr,
-        "dense_params": dense,
-        "baseline_accuracy": report.baseline_accuracy,
-        "device": str(device),
-    }
-    export_pruned(net, meta, bundle, report, out, config=run_config, seed=seed, state_dir=state_dir)
-    doc = {"model": meta.timm_name, "out": str(out), **report.to_dict()}
+    report = run(config, device, on_iteration=None if json_out else _show_iteration)
     if json_out:
-        emit_json(doc)
+        show_report(report, json_out, "")
         return
-    _print_report(report, meta.timm_name, bundle.name, cfg, dense, out)
+    _print_report(report)
 
 
-def _print_report(report, timm_name: str, data_name: str, cfg, dense: int, out: Path) -> None:
+def _show_iteration(entry: dict) -> None:
+    err_console.print(
+        f"iteration {entry['iteration']}: sparsity {entry['prunable_sparsity']:.1%}, "
+        f"CR {entry['compression_rate']:.1%}, accuracy {entry['accuracy']:.2f}%"
+        + ("" if entry["kept"] else " — over budget, rolled back"),
+        highlight=False,
+    )
+
+
+def _print_report(report: PruneReport) -> None:
     """The per-iteration table, the summary and the notes of a prune run (human output)."""
+    cfg, dense, out = report.config, report.dense_params, report.out
     rows = [
         [
             "start",
@@ -190,8 +165,8 @@ def _print_report(report, timm_name: str, data_name: str, cfg, dense: int, out: 
         )
     console.print(
         table(
-            f"{timm_name} on {data_name}: {cfg.pruner}, step {cfg.prune_step:g}, "
-            f"budget {cfg.max_acc_drop:g} points below {report.baseline_accuracy:.2f}%",
+            f"{report.model} on {report.data_name}: {cfg['pruner']}, step {cfg['prune_step']:g}, "
+            f"budget {cfg['max_acc_drop']:g} points below {report.baseline_accuracy:.2f}%",
             ["iteration", "weight sparsity", "CR", "non-zero params", "accuracy (%)", ""],
             rows,
         )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._common import JsonOpt, QuietOpt, console, emit_json, err_console, handle_errors
+from ._common import JsonOpt, QuietOpt, console, err_console, handle_errors, show_report
+
+if TYPE_CHECKING:
+    from edgeslice.pipeline.verify import VerifyReport
 
 _STYLE = {"ok": "[green]ok[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
 
@@ -40,33 +43,40 @@ def verify_command(
     Exit code 0 when every check passes, 1 when any fails (a missing, extra or changed file fails).
     """
     from rich.markup import escape
-    from rich.table import Table
 
     from edgeslice._progress import set_enabled
-    from edgeslice.artifacts.verify import verify
+    from edgeslice.pipeline.verify import VerifyConfig, run
 
     set_enabled(not quiet)
-    result = verify(folder, runtime=runtime.value)
+    report = run(VerifyConfig(folder=folder, runtime=runtime.value))
     if json_out:
-        emit_json(result.to_dict())
+        show_report(report, json_out, "")
     else:
-        t = Table(title=f"verify {folder}", title_justify="left")
-        for col in ("check", "status", "detail"):
-            t.add_column(col)
-        for c in result.checks:
-            t.add_row(escape(c.name), _STYLE[c.status], escape(c.detail))
-        console.print(t)
-        rt = result.runtime
-        if rt.get("name") == "openvino" and "precision" in rt:
-            line = (
-                f"runtime: {rt['runtime']} on {rt['device']}, precision {rt['precision']} ({rt['forced']}; this CPU's "
-                f"default: {rt['cpu_default_precision']}): {rt['why']}"
-            )
-            console.print(escape(line), soft_wrap=True, highlight=False)
-    if not result.ok:
-        failed = result.failed
+        _print_report(report, folder)
+    if not report.ok:
+        failed = report.failed
         names = f"{failed[0].name}: {failed[0].detail}" if len(failed) == 1 else ", ".join(c.name for c in failed)
         err_console.print(f"[bold red]error:[/] verification failed: {escape(names)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if not json_out:
         console.print(f"all checks passed: {folder}", soft_wrap=True, highlight=False)
+
+
+def _print_report(report: VerifyReport, folder: Path) -> None:
+    """The checks as a table, and the OpenVINO precision line when it ran (human output)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=f"verify {folder}", title_justify="left")
+    for col in ("check", "status", "detail"):
+        t.add_column(col)
+    for c in report.checks:
+        t.add_row(escape(c.name), _STYLE[c.status], escape(c.detail))
+    console.print(t)
+    rt = report.runtime
+    if rt.get("name") == "openvino" and "precision" in rt:
+        line = (
+            f"runtime: {rt['runtime']} on {rt['device']}, precision {rt['precision']} ({rt['forced']}; this CPU's "
+            f"default: {rt['cpu_default_precision']}): {rt['why']}"
+        )
+        console.print(escape(line), soft_wrap=True, highlight=False)

@@ -19,7 +19,7 @@ from torch.utils.data import Subset
 from ..data import DataBundle, DataError, ImageFolderStream, augment_recipe, load_data, make_prepare, targets_of
 from ..errors import ModelError
 from ..models import ModelMeta, create_model, load_checkpoint, preprocess_of, resolve_model_name, save_checkpoint
-from ..train import evaluate, train_model
+from ..train import TrainOptions, evaluate, train_model
 from .config import CompressConfig
 
 
@@ -80,19 +80,8 @@ def train_baseline(
     ).to(device)
     prepare = make_prepare(bundle)
     t0 = time.perf_counter()
-    stats = train_model(
-        model,
-        bundle.train,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        prepare=prepare,
-        device=device,
-        description=f"train {timm_name}",
-        augment=augment,
-        amp=amp,
-    )
+    options = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment, amp=amp)
+    stats = train_model(model, bundle.train, options, prepare=prepare, device=device, description=f"train {timm_name}")
     acc = evaluate(model, bundle.test, prepare=prepare, device=device, description="test accuracy")
     meta = meta_for(
         timm_name,

@@ -35,7 +35,7 @@ from ..models import (
     save_checkpoint,
 )
 from ..slicing import SliceResult
-from ..train import evaluate, iterate_batches, train_model
+from ..train import TrainOptions, evaluate, iterate_batches, train_model
 from .baseline import (
     cached_baseline,
     check_against_data,
@@ -240,8 +240,8 @@ def finetune_stage(
     bundle, prepare = loaded.bundle, loaded.prepare
     with timer.span("finetune_s"):
         if cfg.finetune_epochs > 0:
-            train_model(model, bundle.train, prepare=prepare, device=device, description="fine-tune",
-                        **finetune_options(cfg, original))  # fmt: skip
+            train_model(model, bundle.train, finetune_options(cfg, original), prepare=prepare, device=device,
+                        description="fine-tune")  # fmt: skip
         acc = evaluate(model, bundle.test, prepare=prepare, device=device, description="fine-tuned accuracy")
     control = None
     if cfg.dense_control and not cfg.checkpoint and cfg.finetune_epochs > 0:
@@ -471,20 +471,20 @@ def report_document(report: CompressReport) -> dict[str, Any]:
     return document
 
 
-def finetune_options(cfg: CompressConfig, dense: nn.Module) -> dict[str, Any]:
+def finetune_options(cfg: CompressConfig, dense: nn.Module) -> TrainOptions:
     """The ``train_model`` options of the post-restructure fine-tune, the same for the dense control: epochs, batch
     size, learning rate, seed, augmentation, mixed precision, and distillation from ``dense``."""
-    return {
-        "epochs": cfg.finetune_epochs,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.finetune_lr,
-        "seed": cfg.seed + 1,
-        "augment": cfg.augment,
-        "amp": cfg.amp,
-        "teacher": dense if cfg.distill else None,
-        "distill_temperature": cfg.distill_temperature,
-        "distill_alpha": cfg.distill_alpha,
-    }
+    return TrainOptions(
+        epochs=cfg.finetune_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.finetune_lr,
+        seed=cfg.seed + 1,
+        augment=cfg.augment,
+        amp=cfg.amp,
+        teacher=dense if cfg.distill else None,
+        distill_temperature=cfg.distill_temperature,
+        distill_alpha=cfg.distill_alpha,
+    )
 
 
 def dense_control_accuracy(
@@ -502,7 +502,7 @@ def dense_control_accuracy(
     control = copy.deepcopy(dense)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        train_model(control, bundle.train, prepare=prepare, device=device, description="dense control fine-tune",
-                    **finetune_options(cfg, dense))  # fmt: skip
+        train_model(control, bundle.train, finetune_options(cfg, dense), prepare=prepare, device=device,
+                    description="dense control fine-tune")  # fmt: skip
     acc = evaluate(control, bundle.test, prepare=prepare, device=device, description="dense control accuracy")
     return {"accuracy": acc, "finetune_epochs": cfg.finetune_epochs, "distill": cfg.distill}

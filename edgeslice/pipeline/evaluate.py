@@ -29,7 +29,7 @@ from ..studies.rq1 import PAPER_METRICS, EvaluateConfig, run_evaluation
 from ..studies.sweep import DEFAULT_RATIOS, DEFAULT_THETAS
 from .baseline import check_against_data, load_checkpoint_data, make_prepare
 from .calibrate import calibration_set
-from .report import NOT_IN_JSON
+from .report import HIDDEN
 from .slice import Loaded
 
 #: The columns of rq1.csv, in order.
@@ -119,7 +119,7 @@ class EvaluateSlicesReport:
     deeparc: dict[str, Any] | None
     timings_s: dict[str, float]
     files: list[str]
-    study: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, metadata=NOT_IN_JSON)
+    study: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, metadata=HIDDEN)
 
 
 def load(config: EvaluateSlicesConfig, device: torch.device) -> Loaded:

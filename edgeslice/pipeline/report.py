@@ -4,8 +4,9 @@ Every command's ``run(config) -> <Command>Report`` returns a frozen dataclass; :
 into the JSON document ``--json`` prints (field order kept, paths as strings, nested reports as objects), and
 :func:`report_from_json` rebuilds one from that document (``edgeslice verify`` and tests read reports back).
 
-A field declared ``field(default=..., metadata=NOT_IN_JSON)`` is left out of the document (and takes its default when
-rebuilt): what a command's human tables or a Python caller need beyond what ``--json`` prints.
+Two field markers, for reports whose JSON is not one key per field: ``field(metadata=HIDDEN)`` is a value only the
+human output needs (``--json`` leaves it out; it needs a default), and ``field(metadata=INLINE)`` is a dict whose keys
+``--json`` prints at the report's own level (``edgeslice run`` prints compress's open-ended report plus its own keys).
 """
 
 from __future__ import annotations
@@ -14,22 +15,26 @@ import dataclasses
 import typing
 from enum import Enum
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, TypeVar
 
 R = TypeVar("R")
 
-#: ``dataclasses.field`` metadata of a report field that the JSON document leaves out.
-NOT_IN_JSON = MappingProxyType({"json": False})
-
-
-def _json_fields(cls: Any) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("json", True)]
+#: Field metadata: the field is not part of the JSON document.
+HIDDEN: dict[str, str] = {"json": "hidden"}
+#: Field metadata: the field is a dict whose keys the JSON document holds at the report's own level.
+INLINE: dict[str, str] = {"json": "inline"}
 
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in _json_fields(value)}
+        doc: dict[str, Any] = {}
+        for f in dataclasses.fields(value):
+            how = f.metadata.get("json")
+            if how == "inline":
+                doc.update(_plain(getattr(value, f.name)))
+            elif how != "hidden":
+                doc[f.name] = _plain(getattr(value, f.name))
+        return doc
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, Enum):
@@ -59,7 +64,15 @@ def report_from_json(cls: type[R], data: dict[str, Any]) -> R:
         ValueError: ``data`` lacks a field of ``cls`` or has one ``cls`` does not know.
     """
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in _json_fields(cls)]
+    fields = [f for f in dataclasses.fields(cls) if f.metadata.get("json") != "hidden"]  # type: ignore[arg-type]
+    inline = [f.name for f in fields if f.metadata.get("json") == "inline"]
+    names = [f.name for f in fields if f.name not in inline]
+    if inline:  # the keys no other field names are the inline dict's
+        data = {
+            **{k: v for k, v in data.items() if k in names},
+            inline[0]: {k: v for k, v in data.items() if k not in names},
+        }
+        names.append(inline[0])
     unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
     if unknown or missing:
         raise ValueError(f"{cls.__name__}: unknown fields {unknown}, missing fields {missing}")
@@ -74,4 +87,4 @@ def report_from_json(cls: type[R], data: dict[str, Any]) -> R:
     return cls(**values)
 
 
-__all__ = ["NOT_IN_JSON", "report_from_json", "report_json"]
+__all__ = ["report_from_json", "report_json"]

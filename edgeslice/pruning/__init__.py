@@ -1,8 +1,8 @@
 """Unstructured magnitude pruning with layer-wise sparsity allocations (Global, Uniform+, ERK, LAMP).
 
 Follows Lee et al., "Layer-adaptive Sparsity for the Magnitude-based Pruning" (ICLR 2021). The allocations, masks and
-the iterative loop are pure torch; :func:`prune_pipeline_` and :func:`export_pruned` add fine-tuning, evaluation,
-resumable state and the artifacts (ONNX, checkpoint, report) on top.
+the iterative loop are pure torch; :func:`prune_pipeline_` adds fine-tuning, evaluation and resumable state on top
+(``edgeslice.pipeline.prune`` writes the artifacts: ONNX, checkpoint, report).
 
 Example:
     >>> import torch
@@ -13,6 +13,7 @@ Example:
     >>> make_permanent_(model)
 """
 
+from ._state import clear_state as clear_state
 from ._state import state_dir_for as state_dir_for
 from .allocators import Pruner as Pruner
 from .allocators import PrunerLimitError as PrunerLimitError
@@ -23,10 +24,8 @@ from .allocators import list_pruners as list_pruners
 from .allocators import register_pruner as register_pruner
 from .artifacts import ARTIFACTS as ARTIFACTS
 from .artifacts import curve_points as curve_points
-from .artifacts import export_pruned as export_pruned
 from .artifacts import onnx_weight_stats as onnx_weight_stats
 from .artifacts import plot_prune_curves as plot_prune_curves
-from .artifacts import write_pruned_artifacts as write_pruned_artifacts
 from .iterative import NO_PRUNER as NO_PRUNER
 from .iterative import IterationRecord as IterationRecord
 from .iterative import IterativePruneConfig as IterativePruneConfig

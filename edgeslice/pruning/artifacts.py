@@ -1,9 +1,9 @@
-"""Artifacts of a pruning run: ONNX (plain weights, BatchNorm folded), checkpoint, report, manifest and the
-accuracy-vs-compression plot.
+"""What the artifacts of a pruning run are made of: the non-zero weights of its ONNX file and the
+accuracy-vs-compression plot (``edgeslice.pipeline.prune`` writes the artifacts; ``compress`` and the benchmarks plot).
 
 Example:
     >>> report = prune_pipeline_(model, meta, bundle, cfg, device=device, dense_params=n, baseline_accuracy=None)
-    >>> export_pruned(model, meta, bundle, report, Path("out"), config={"pruning": cfg.to_dict()}, seed=0)
+    >>> plot_prune_curves({cfg.pruner: curve_points(report)}, Path("out/accuracy_vs_cr.png"), "lamp")
 """
 
 from __future__ import annotations
@@ -12,18 +12,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 from ..artifacts.files import pyplot, save_figure
-from ._state import clear_state
-from .masks import make_permanent_, sparsity_report
-from .run import PruneReport
 
 if TYPE_CHECKING:
-    from ..data import DataBundle
-    from ..models import ModelMeta
+    from .run import PruneReport
 
-#: Files :func:`export_pruned` writes.
+#: Files a pruning run writes (:func:`edgeslice.pipeline.prune.export_pruned`).
 ARTIFACTS = ("model.onnx", "model.safetensors", "model.json", "report.json", "manifest.json", "accuracy_vs_cr.png")
 
 
@@ -103,128 +97,3 @@ def plot_prune_curves(
 def curve_points(report: PruneReport) -> list[dict[str, Any]]:
     """The report's starting point followed by its iterations, for :func:`plot_prune_curves`."""
     return [{**report.start, "kept": True}, *report.history]
-
-
-def write_pruned_artifacts(
-    model: nn.Module,
-    meta: ModelMeta,
-    bundle: DataBundle,
-    report: PruneReport,
-    folder: Path,
-    *,
-    title: str | None = None,
-) -> PruneReport:
-    """Writes ``model.onnx``, ``model.safetensors`` + ``model.json``, ``report.json`` and ``accuracy_vs_cr.png``.
-
-    No manifest and no staging: for callers (``compress``) that write into their own staging folder. The masks are
-    made permanent first; ``report.onnx`` is filled in (sizes, latency, parity, non-zero ONNX weights).
-
-    Args:
-        model: The pruned model (moved to the CPU).
-        meta: The meta of the checkpoint it came from; the new sidecar keeps its ``info`` and adds
-            ``dense_params``, ``test_accuracy``, ``baseline_accuracy`` and a ``pruning`` summary.
-        bundle: Data; a few test images serve as the ONNX example and parity batch.
-        report: From :func:`~edgeslice.pruning.prune_pipeline_`.
-        folder: Existing folder to write into.
-        title: Plot title.
-
-    Returns:
-        ``report``, with ``onnx`` filled in.
-
-    Raises:
-        ExportError: If ONNX export fails or onnxruntime disagrees with PyTorch.
-    """
-    from ..artifacts.files import atomic_write_json
-    from ..data import normalize
-    from ..deploy.export import check_parity
-    from ..deploy.measure import export_and_measure
-    from ..models import ModelMeta, save_checkpoint
-    from ..train import iterate_batches
-
-    make_permanent_(model)
-    model.cpu().eval()
-    images, _ = next(iterate_batches(bundle.test, 16))
-    x = normalize(images, tuple(meta.mean), tuple(meta.std)).contiguous()
-    info = {
-        **meta.info,
-        "dense_params": report.dense_params,
-        "test_accuracy": report.accuracy,
-        "baseline_accuracy": report.baseline_accuracy,
-        "pruning": {
-            **report.config,
-            "compression_rate": report.compression_rate,
-            "iterations": report.iterations,
-            "nonzero_params": report.nonzero_params,
-            "source_fingerprint": meta.fingerprint,
-        },
-    }
-    meta_out = ModelMeta(
-        timm_name=meta.timm_name,
-        classes=list(meta.classes),
-        in_chans=meta.in_chans,
-        input_size=meta.input_size,
-        mean=list(meta.mean),
-        std=list(meta.std),
-        restructured=meta.restructured,
-        info=info,
-    )
-    save_checkpoint(model, meta_out, folder / "model.safetensors")
-    onnx_path = folder / "model.onnx"
-    sizes = export_and_measure(model, x, onnx_path)
-    parity = check_parity(model, onnx_path, x)
-    report.onnx = {
-        **sizes,
-        "parity_max_abs": parity,
-        **onnx_weight_stats(onnx_path),
-        "torch_nonzero_prunable_weights": sparsity_report(model)["total"]["n_nonzero"],
-    }
-    atomic_write_json(folder / "report.json", {"model": meta.timm_name, "data": bundle.describe(), **report.to_dict()})
-    cfg = report.config
-    plot_prune_curves(
-        {cfg["pruner"]: curve_points(report)},
-        folder / "accuracy_vs_cr.png",
-        title or f"{meta.timm_name} on {bundle.name}: {cfg['pruner']}, step {cfg['prune_step']:g}",
-        baseline_accuracy=report.baseline_accuracy,
-        max_acc_drop=cfg["max_acc_drop"],
-    )
-    return report
-
-
-def export_pruned(
-    model: nn.Module,
-    meta: ModelMeta,
-    bundle: DataBundle,
-    report: PruneReport,
-    out: str | Path,
-    *,
-    config: dict[str, Any],
-    seed: int,
-    title: str | None = None,
-    state_dir: Path | None = None,
-) -> PruneReport:
-    """Writes every artifact of :data:`ARTIFACTS` into ``out`` through a staging folder, so ``out`` only ever holds
-    a complete set (an existing ``out`` is left as it was if anything fails).
-
-    Args:
-        model: The pruned model.
-        meta: Meta of the checkpoint it came from.
-        bundle: Data (for the ONNX example batch).
-        report: From :func:`~edgeslice.pruning.prune_pipeline_`.
-        out: Output folder.
-        config: The effective configuration, recorded in ``manifest.json``.
-        seed: The run's seed, recorded in ``manifest.json``.
-        title: Plot title.
-        state_dir: The run's resume state, removed once ``out`` is complete.
-
-    Returns:
-        ``report``, with ``onnx`` filled in.
-    """
-    from ..artifacts.manifest import write_manifest
-    from ..artifacts.staging import staging_dir
-
-    with staging_dir(out) as stage:
-        write_pruned_artifacts(model, meta, bundle, report, stage, title=title)
-        write_manifest(stage, config, seed)
-    if state_dir is not None:
-        clear_state(state_dir)
-    return report

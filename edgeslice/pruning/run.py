@@ -57,7 +57,7 @@ class PruneReport:
         prunable_sparsity: Share of the prunable weights that are zero in the final model.
         wall_s: Wall time of the run in seconds (all sessions of a resumed run together).
         resumed_from: Iterations already done when this process took over (0 = fresh start).
-        onnx: Filled by :func:`~edgeslice.pruning.export_pruned`: sizes, latency, parity.
+        onnx: Filled by :func:`~edgeslice.pipeline.prune.export_pruned`: sizes, latency, parity.
         notes: Anything a reader of the numbers must know (e.g. an unknown dense count).
     """
 
@@ -107,7 +107,7 @@ def compression_rate(params: int, pruned_weights: int, dense_params: int) -> flo
 def resolve_dense_params(meta: ModelMeta, params: int, explicit: int | None = None) -> tuple[int, str]:
     """The parameter count of the dense model a checkpoint came from, and where it was found.
 
-    In order: ``explicit``; ``meta.info["dense_params"]`` (written by :func:`~edgeslice.pruning.export_pruned`);
+    In order: ``explicit``; ``meta.info["dense_params"]`` (written by :func:`~edgeslice.pipeline.prune.export_pruned`);
     ``meta.info["params_before"]``; the dense checkpoint named by ``meta.info["baseline"]`` (``compress`` records its
     path) if it still loads; ``params`` itself when the checkpoint is not restructured (it is the dense model).
     Otherwise ``params`` too, and the source says that CR is then relative to this checkpoint.
@@ -168,7 +168,7 @@ def prune_pipeline_(
     With ``state_dir`` the masked model and the records are saved there after every iteration (safetensors + JSON,
     no pickle); ``resume=True`` continues from that state when it was made by the same settings, with the same result
     as an uninterrupted run. The caller removes ``state_dir`` once the artifacts are safely written
-    (:func:`~edgeslice.pruning.export_pruned` takes care of it when given ``state_dir``).
+    (:func:`~edgeslice.pipeline.prune.export_pruned` takes care of it when given ``state_dir``).
 
     Args:
         model: Dense or channel-restructured model, possibly already sparse (its zeros stay zero).
@@ -187,7 +187,7 @@ def prune_pipeline_(
         on_iteration: Called with each history entry as it is recorded.
 
     Returns:
-        The report; ``report.onnx`` is empty until :func:`~edgeslice.pruning.export_pruned` fills it.
+        The report; ``report.onnx`` is empty until :func:`~edgeslice.pipeline.prune.export_pruned` fills it.
 
     Raises:
         ValueError: If ``dense_params`` is smaller than the model's parameter count.
@@ -297,7 +297,7 @@ class _Steps:
         self.last = time.perf_counter()
 
     def finetune(self, m: nn.Module, steps: int) -> None:
-        from ..train import train_model
+        from ..train import TrainOptions, train_model
 
         if steps <= 0:
             return
@@ -305,10 +305,10 @@ class _Steps:
         iteration = len(self.run.history) + 1
         # train_model counts in epochs: ceil(epochs * steps_per_epoch) must come out as exactly `steps`.
         steps_per_epoch = math.ceil(len(self.bundle.train) / o["batch_size"])
-        train_model(
-            m, self.bundle.train, epochs=(steps - 0.5) / steps_per_epoch, batch_size=o["batch_size"], lr=o["lr"],
-            seed=o["seed"] + iteration, prepare=o["prepare"], device=o["device"], description=f"fine-tune {iteration}",
-        )  # fmt: skip
+        epochs = (steps - 0.5) / steps_per_epoch
+        options = TrainOptions(epochs=epochs, batch_size=o["batch_size"], lr=o["lr"], seed=o["seed"] + iteration)
+        train_model(m, self.bundle.train, options, prepare=o["prepare"], device=o["device"],
+                    description=f"fine-tune {iteration}")  # fmt: skip
 
     def record(self, rec: IterationRecord) -> None:
         run, o = self.run, self.opts

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeslice.pipeline.report import NOT_IN_JSON, report_from_json, report_json
+from edgeslice.pipeline.report import HIDDEN, report_from_json, report_json
 from edgeslice.pipeline.train import TrainReport
 
 
@@ -51,7 +51,7 @@ def test_report_from_json_names_unknown_and_missing_fields():
 @dataclass(frozen=True)
 class _WithDetail:
     name: str
-    detail: dict[str, int] = field(default_factory=dict, compare=False, metadata=NOT_IN_JSON)
+    detail: dict[str, int] = field(default_factory=dict, compare=False, metadata=HIDDEN)
 
 
 def test_a_field_marked_not_in_json_is_left_out_and_takes_its_default_back():

@@ -11,10 +11,10 @@ import edgeslice.train
 from edgeslice.artifacts.files import sha256_file
 from edgeslice.errors import EdgesliceError
 from edgeslice.models import ModelMeta, count_parameters, load_checkpoint, save_checkpoint
+from edgeslice.pipeline.prune import export_pruned
 from edgeslice.pruning import (
     ARTIFACTS,
     IterativePruneConfig,
-    export_pruned,
     onnx_weight_stats,
     prunable_weights,
     prune_pipeline_,
