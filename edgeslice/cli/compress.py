@@ -82,6 +82,60 @@ DEVICE_HELP = (
 )
 
 
+TrainEpochsOpt = Annotated[
+    float, typer.Option("--train-epochs", callback=positive, help="Baseline epochs when no --checkpoint.")
+]
+FinetuneEpochsOpt = Annotated[
+    float, typer.Option("--finetune-epochs", min=0.0, help="Fine-tuning epochs after restructuring.")
+]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1)]
+PrunerOpt = Annotated[
+    PrunerName, typer.Option("--pruner", help="Iterative unstructured pruning after restructuring (none: skip).")
+]
+PruneStepOpt = Annotated[
+    float, typer.Option("--prune-step", callback=unit_interval, help="Share of remaining weights per iteration.")
+]
+MaxIterationsOpt = Annotated[int, typer.Option("--max-iterations", min=1, help="Pruning iterations at most.")]
+MaxAccDropOpt = Annotated[
+    float, typer.Option("--max-acc-drop", min=0.0, help="Stop pruning past this drop (points) vs the baseline.")
+]
+FinetuneStepsOpt = Annotated[
+    int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps after each pruning iteration.")
+]
+RoundToOpt = Annotated[
+    int, typer.Option("--round-to", min=1, help="Keep a multiple of this many channels per group (1: exact).")
+]
+WidthsOpt = Annotated[
+    WidthRule,
+    typer.Option(
+        "--widths",
+        help="cap (default): one width cap for every group; theta: each layer's critical channels (the paper's "
+        "rule); lamp: Torch-Pruning LAMP's widths. cap and lamp stay within the θ slice's parameter count and keep "
+        "the channels that become critical first as θ grows.",
+    ),
+]
+GrowThetaOpt = Annotated[
+    float,
+    typer.Option(
+        "--grow-theta",
+        min=0.0,
+        max=1.0,
+        help="θ at which the compact model is sliced again for the device: its critical channels stay frozen when "
+        "the device grows new classes (edgeslice increment), the others are what growth trains.",
+    ),
+]
+DeviceProfileOpt = Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)]
+QuantizeOpt = Annotated[
+    QuantizeMode,
+    typer.Option(
+        "--quantize",
+        help="int8: also write model.int8.onnx (onnxruntime static QDQ, per-channel, calibrated on the "
+        "calibration set) and compare it with fp32 on the test set.",
+    ),
+]
+CompressOutOpt = Annotated[Path | None, typer.Option("--out", help="Output folder [default: edgeslice-out/<model>].")]
+
+
 @handle_errors
 def compress_command(
     model: ModelArg,
@@ -93,60 +147,22 @@ def compress_command(
     ratio: RatioOpt = 0.5,
     similarity: SimilarityOpt = SimilarityName.cka,
     calib_per_class: CalibOpt = 100,
-    train_epochs: Annotated[
-        float, typer.Option("--train-epochs", callback=positive, help="Baseline epochs when no --checkpoint.")
-    ] = 3.0,
-    finetune_epochs: Annotated[
-        float, typer.Option("--finetune-epochs", min=0.0, help="Fine-tuning epochs after restructuring.")
-    ] = 1.0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
-    pruner: Annotated[
-        PrunerName, typer.Option("--pruner", help="Iterative unstructured pruning after restructuring (none: skip).")
-    ] = PrunerName.none,
-    prune_step: Annotated[
-        float, typer.Option("--prune-step", callback=unit_interval, help="Share of remaining weights per iteration.")
-    ] = 0.2,
-    max_iterations: Annotated[int, typer.Option("--max-iterations", min=1, help="Pruning iterations at most.")] = 10,
-    max_acc_drop: Annotated[
-        float, typer.Option("--max-acc-drop", min=0.0, help="Stop pruning past this drop (points) vs the baseline.")
-    ] = 1.0,
-    finetune_steps: Annotated[
-        int, typer.Option("--finetune-steps", min=0, help="Fine-tuning steps after each pruning iteration.")
-    ] = 200,
-    round_to: Annotated[
-        int, typer.Option("--round-to", min=1, help="Keep a multiple of this many channels per group (1: exact).")
-    ] = 8,
-    widths: Annotated[
-        WidthRule,
-        typer.Option(
-            "--widths",
-            help="cap (default): one width cap for every group; theta: each layer's critical channels (the paper's "
-            "rule); lamp: Torch-Pruning LAMP's widths. cap and lamp stay within the θ slice's parameter count and keep "
-            "the channels that become critical first as θ grows.",
-        ),
-    ] = WidthRule.cap,
-    grow_theta: Annotated[
-        float,
-        typer.Option(
-            "--grow-theta",
-            min=0.0,
-            max=1.0,
-            help="θ at which the compact model is sliced again for the device: its critical channels stay frozen when "
-            "the device grows new classes (edgeslice increment), the others are what growth trains.",
-        ),
-    ] = 0.95,
-    device: Annotated[str | None, typer.Option("--device", help=DEVICE_HELP)] = None,
-    quantize: Annotated[
-        QuantizeMode,
-        typer.Option(
-            "--quantize",
-            help="int8: also write model.int8.onnx (onnxruntime static QDQ, per-channel, calibrated on the "
-            "calibration set) and compare it with fp32 on the test set.",
-        ),
-    ] = QuantizeMode.none,
+    train_epochs: TrainEpochsOpt = 3.0,
+    finetune_epochs: FinetuneEpochsOpt = 1.0,
+    batch_size: BatchSizeOpt = 256,
+    pruner: PrunerOpt = PrunerName.none,
+    prune_step: PruneStepOpt = 0.2,
+    max_iterations: MaxIterationsOpt = 10,
+    max_acc_drop: MaxAccDropOpt = 1.0,
+    finetune_steps: FinetuneStepsOpt = 200,
+    round_to: RoundToOpt = 8,
+    widths: WidthsOpt = WidthRule.cap,
+    grow_theta: GrowThetaOpt = 0.95,
+    device: DeviceProfileOpt = None,
+    quantize: QuantizeOpt = QuantizeMode.none,
     image_size: ImageSizeOpt = None,
     classes: ClassesOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: edgeslice-out/<model>].")] = None,
+    out: CompressOutOpt = None,
     download: DownloadOpt = False,
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,
