@@ -283,15 +283,15 @@ def ship(
     rs = restructure_stage(cfg, model, sliced, loaded, device, timer)
     tuned = finetune_stage(cfg, model, sliced.original, loaded, rs, device, timer)
     effective = effective_config(cfg, sliced.result, search.precision)
-    with staging_dir(out) as stage:
+    with staging_dir(out) as staging:
         with timer.span("export_s"):
-            exported = export_stage(cfg, effective, stage, search, loaded, sliced, model, rs, tuned)
+            exported = export_stage(cfg, effective, staging, search, loaded, sliced, model, rs, tuned)
         with timer.span("bundle_s"):
-            bundled = bundle_stage(cfg, stage, loaded, model, device)
+            bundled = bundle_stage(cfg, staging, loaded, model, device)
         timer.finish()
         report = build_report(effective, device, timer, search, loaded, sliced, model, rs, tuned, exported, bundled)
-        atomic_write_json(stage / "report.json", report_document(report))
-        write_manifest(stage, effective.to_dict(), cfg.seed)
+        atomic_write_json(staging / "report.json", report_document(report))
+        write_manifest(staging, effective.to_dict(), cfg.seed)
     return report
 
 

@@ -127,10 +127,10 @@ def budget_stage(
     search: Search,
     model: nn.Module,
     meta: Any,
-    stage: Path,
+    staging: Path,
     prune_report: Any,
 ) -> dict[str, Any] | None:
-    """The device budgets checked on the artifacts in ``stage`` (None without a device).
+    """The device budgets checked on the artifacts in ``staging`` (None without a device).
 
     Raises:
         DoesNotFit: a budget is missed; ``compress`` steps down to the next θ.
@@ -142,7 +142,7 @@ def budget_stage(
     profile, precision = search.profile, search.precision
     measured = {
         **measure_model(model, (meta.in_chans, meta.input_size, meta.input_size), precision),
-        **measure_onnx(stage / ("model.int8.onnx" if precision == "int8" else "model.onnx")),
+        **measure_onnx(staging / ("model.int8.onnx" if precision == "int8" else "model.onnx")),
     }
     checks = profile.check(measured)
     if not all(c.ok for c in checks):
