@@ -104,7 +104,7 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> CompressRe
                 sliced.original.to(device)  # a previous attempt's export moved it to the CPU
                 model = copy.deepcopy(sliced.original)
             try:
-                return ship(cfg, out, device, timer, search, loaded, candidate, model)
+                return build_candidate(cfg, out, device, timer, search, loaded, candidate, model)
             except DoesNotFit as e:
                 search.failures.append(e)
         raise search.exhausted()
@@ -265,7 +265,7 @@ def effective_config(cfg: CompressConfig, result: SliceResult, precision: str) -
     return replace(cfg, slicing=replace(cfg.slicing, theta=theta), quantize=quantize)
 
 
-def ship(
+def build_candidate(
     cfg: CompressConfig,
     out: Path,
     device: torch.device,
@@ -275,7 +275,10 @@ def ship(
     sliced: Sliced,
     model: nn.Module,
 ) -> CompressReport:
-    """Stages 3–8 for one slice result: restructure, fine-tune, export, measure, report — all or nothing into ``out``.
+    """Build the compressed model of one candidate slice (one θ) and its artifacts, all or nothing into ``out``.
+
+    Stages 3–8: restructure, fine-tune, export, measure, bundle, report; :func:`compress` calls it once per θ the
+    device search tries.
 
     Raises:
         DoesNotFit: with a device profile, the measured artifacts miss a budget (nothing is written).
