@@ -99,7 +99,7 @@ def search_stage(cfg: CompressConfig, target: Target, sliced: Sliced, timer: Tim
     precisions = ["int8"] if cfg.quantize == "int8" else ["fp32", "int8"]
     with timer.span("budget_search_s"), tempfile.TemporaryDirectory(prefix="edgeslice-probe.") as tmp:
         probe = StructureProbe(
-            sliced.slicer, sliced.original, sliced.example, sliced.input_shape, Path(tmp), round_to=cfg.round_to,
+            sliced.slicer, sliced.dense, sliced.example, sliced.input_shape, Path(tmp), round_to=cfg.round_to,
             opset=target.opset, solver=cfg.slicing.solver, interval=cfg.slicing.interval, widths=cfg.widths,
         )  # fmt: skip
         with progress(f"budget search ({profile.name})", None):

@@ -72,9 +72,9 @@ def export_stage(
                              threads=threads)  # fmt: skip
         beside_estimate(int8, estimate * BYTES_PER_ELEMENT["int8"] // BYTES_PER_ELEMENT["fp32"])
     budget = budget_stage(cfg, effective, search, model, meta, staging, tuned.prune_report)
-    before = export_and_measure(sliced.original.cpu(), x_cpu, staging / "baseline.onnx", search.opset, threads=threads)
+    before = export_and_measure(sliced.dense.cpu(), x_cpu, staging / "baseline.onnx", search.opset, threads=threads)
     (staging / "baseline.onnx").unlink()
-    beside_estimate(before, measure_model(sliced.original, sliced.input_shape, "fp32")["peak_activation_bytes"])
+    beside_estimate(before, measure_model(sliced.dense, sliced.input_shape, "fp32")["peak_activation_bytes"])
     if tuned.prune_report is not None:
         from ..pruning import curve_points, plot_prune_curves
 
