@@ -242,13 +242,13 @@ def staging_dir(out: str | Path, *, config: dict | None = None, seed: int | None
     with claim_output(out, names=()):
         root = Path(tempfile.mkdtemp(prefix=_staging_prefix(out), dir=out.absolute().parent))
         (root / STAGING_MARK).touch()
-        stage = root / "files"  # the artifacts alone: what the manifest lists is exactly what moves into out
-        stage.mkdir()
+        staging = root / "files"  # the artifacts alone: what the manifest lists is exactly what moves into out
+        staging.mkdir()
         try:
-            yield stage
-            if config is not None and seed is not None and not (stage / MANIFEST_NAME).exists():
-                write_manifest(stage, config, seed)
-            staged = sorted(stage.iterdir())
+            yield staging
+            if config is not None and seed is not None and not (staging / MANIFEST_NAME).exists():
+                write_manifest(staging, config, seed)
+            staged = sorted(staging.iterdir())
             check_no_foreign_files(out, [p.name for p in staged])
             kept = remove_previous_artifacts(out)
             for item in staged:

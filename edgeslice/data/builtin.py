@@ -28,7 +28,7 @@ FASHION_MNIST_CLASSES = [
 ]  # fmt: skip
 
 
-def _finish(
+def _bundle_from_splits(
     name: str,
     train: ArrayDataset,
     test: ArrayDataset,
@@ -74,7 +74,7 @@ def _load_fashion_mnist(*, image_size: int | None, seed: int, download: bool, ro
             "Fashion-MNIST not found: install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), "
             "pass --download where the network allows, or use --data digits (offline, from scikit-learn)"
         )
-    return _finish("fashion-mnist", *found, FASHION_MNIST_CLASSES, image_size, source, stats)
+    return _bundle_from_splits("fashion-mnist", *found, FASHION_MNIST_CLASSES, image_size, source, stats)
 
 
 @register_dataset("digits")
@@ -91,7 +91,9 @@ def _load_digits(*, image_size: int | None, seed: int, download: bool, root: Pat
     # 32 px by default: timm CNNs downsample by 32, so 8 px inputs would vanish.
     size = 32 if image_size is None else image_size
     classes = [str(i) for i in range(10)]
-    return _finish("digits", train, test, classes, size, f"scikit-learn load_digits (80/20 split, seed {seed})", None)
+    return _bundle_from_splits(
+        "digits", train, test, classes, size, f"scikit-learn load_digits (80/20 split, seed {seed})", None
+    )
 
 
 def _torchvision_split(cls_name: str, root: Path, train: bool, download: bool) -> Dataset:
@@ -112,7 +114,9 @@ def _load_mnist(*, image_size: int | None, seed: int, download: bool, root: Path
     splits = [_torchvision_split("MNIST", root, t, download) for t in (True, False)]
     train, test = (ArrayDataset(s.data.unsqueeze(1).contiguous(), s.targets) for s in splits)
     classes = [str(i) for i in range(10)]
-    return _finish("mnist", train, test, classes, image_size, f"torchvision MNIST: {root}", ((0.1307,), (0.3081,)))
+    return _bundle_from_splits(
+        "mnist", train, test, classes, image_size, f"torchvision MNIST: {root}", ((0.1307,), (0.3081,))
+    )
 
 
 @register_dataset("cifar10")
@@ -124,7 +128,9 @@ def _load_cifar10(*, image_size: int | None, seed: int, download: bool, root: Pa
         for s in splits
     )
     stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-    return _finish("cifar10", train, test, list(splits[0].classes), image_size, f"torchvision CIFAR10: {root}", stats)
+    return _bundle_from_splits(
+        "cifar10", train, test, list(splits[0].classes), image_size, f"torchvision CIFAR10: {root}", stats
+    )
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:

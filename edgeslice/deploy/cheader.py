@@ -72,11 +72,19 @@ def index_to_c_header(index: CriticalIndex, *, prefix: str = "edgeslice") -> str
     if not _IDENT.match(prefix):
         raise ValueError(f"C header prefix {prefix!r} is not a C identifier")
     lo, up = prefix.lower(), prefix.upper()
-    p = index.params
-    n_layers, n_classes = len(index.layers), len(index.classes)
     counts = [int(index.critical[e["name"]].sum()) for e in index.layers]
     guard = f"{up}_CRITICAL_INDEX_H"
-    lines = [
+    lines = _preamble(index, lo, up, guard)
+    lines += _macros(index, up, counts)
+    lines += _layer_bitsets(index, lo, counts)
+    lines += _tables(index, lo, counts)
+    lines += ["", f"#endif /* {guard} */", ""]
+    return "\n".join(lines)
+
+
+def _preamble(index: CriticalIndex, lo: str, up: str, guard: str) -> list[str]:
+    """The header's opening comment (bit order), include guard, ``<stdint.h>`` and the bit-test macros."""
+    return [
         f"/* Critical-neuron index of {_comment(index.timm_name)}, written by edgeslice {__version__}. Do not edit.",
         " *",
         " * Bit order (as in the index file, docs/index-format.md): channel i of a layer is bit i % 8 (value",
@@ -92,6 +100,13 @@ def index_to_c_header(index: CriticalIndex, *, prefix: str = "edgeslice") -> str
         f"#define {up}_BYTES(channels) (((channels) + 7u) / 8u)",
         f"#define {up}_BIT(bits, i) ((unsigned)(((bits)[(i) >> 3] >> ((i) & 7u)) & 1u))",
         "",
+    ]
+
+
+def _macros(index: CriticalIndex, up: str, counts: list[int]) -> list[str]:
+    """The ``#define``s that describe the index: model, strategy, metric, θ/ratio, and the counts."""
+    p = index.params
+    lines = [
         f"#define {up}_HEADER_VERSION 1",  # the layout of this header (per-class sets over all channels)
         f"#define {up}_MODEL {_c_string(index.timm_name)}",
         f"#define {up}_MODEL_FINGERPRINT {_c_string(index.model_fingerprint)}",
@@ -105,14 +120,19 @@ def index_to_c_header(index: CriticalIndex, *, prefix: str = "edgeslice") -> str
         lines.append(f"#define {up}_THETA {float(p['theta'])!r}f")
     if isinstance(p.get("ratio"), int | float):
         lines.append(f"#define {up}_RATIO {float(p['ratio'])!r}f")
-    lines += [
-        f"#define {up}_NUM_LAYERS {n_layers}u",
-        f"#define {up}_NUM_CLASSES {n_classes}u",
+    return lines + [
+        f"#define {up}_NUM_LAYERS {len(index.layers)}u",
+        f"#define {up}_NUM_CLASSES {len(index.classes)}u",
         f"#define {up}_TOTAL_CHANNELS {sum(e['channels'] for e in index.layers)}u",
         f"#define {up}_CRITICAL_CHANNELS {sum(counts)}u",
         f"#define {up}_HAS_CLASS_SETS {int(index.per_class is not None)}",
         "",
     ]
+
+
+def _layer_bitsets(index: CriticalIndex, lo: str, counts: list[int]) -> list[str]:
+    """Per layer: its critical bitset ``<lo>_critical_<i>`` and, if any, its per-class sets ``<lo>_class_sets_<i>``."""
+    lines: list[str] = []
     for i, (e, k) in enumerate(zip(index.layers, counts, strict=True)):
         name, n = e["name"], e["channels"]
         nbytes = (n + 7) // 8
@@ -122,15 +142,21 @@ def index_to_c_header(index: CriticalIndex, *, prefix: str = "edgeslice") -> str
         lines += _hex_rows(_bytes(index.critical[name]))
         lines.append("};")
         if index.per_class is not None:
-            lines.append(f"static const uint8_t {lo}_class_sets_{i}[{n_classes}][{nbytes}] = {{")
+            lines.append(f"static const uint8_t {lo}_class_sets_{i}[{len(index.classes)}][{nbytes}] = {{")
             for c, row in enumerate(index.per_class[name]):
                 lines.append(f"    {{ /* class {c}: {_comment(index.classes[c])} */")
                 lines += _hex_rows(_bytes(row), indent="        ")
                 lines.append("    },")
             lines.append("};")
         lines.append("")
+    return lines
+
+
+def _tables(index: CriticalIndex, lo: str, counts: list[int]) -> list[str]:
+    """The per-layer tables (names, observed modules, channel and critical counts, bitset pointers), class names."""
+    n_layers = len(index.layers)
     size = f"[{max(n_layers, 1)}]"
-    lines.append(f"static const char *const {lo}_layer_names{size} = {{")
+    lines = [f"static const char *const {lo}_layer_names{size} = {{"]
     lines += [f"    {_c_string(e['name'])}," for e in index.layers] or ["    0,"]
     lines += ["};", f"static const char *const {lo}_layer_observe{size} = {{"]
     lines += [f"    {_c_string(e['observe'])}," for e in index.layers] or ["    0,"]
@@ -145,10 +171,10 @@ def index_to_c_header(index: CriticalIndex, *, prefix: str = "edgeslice") -> str
         lines.append(f"static const uint8_t *const {lo}_class_sets{size} = {{")
         lines += [f"    &{lo}_class_sets_{i}[0][0]," for i in range(n_layers)] or ["    0,"]
         lines.append("};")
-    lines.append(f"static const char *const {lo}_class_names[{max(n_classes, 1)}] = {{")
+    lines.append(f"static const char *const {lo}_class_names[{max(len(index.classes), 1)}] = {{")
     lines += [f"    {_c_string(c)}," for c in index.classes] or ["    0,"]
-    lines += ["};", "", f"#endif /* {guard} */", ""]
-    return "\n".join(lines)
+    lines.append("};")
+    return lines
 
 
 def write_c_header(index: CriticalIndex, path: str | Path, *, prefix: str = "edgeslice") -> Path:

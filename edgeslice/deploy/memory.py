@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,37 @@ def onnx_peak_activation(path: str | Path, *, batch: int = 1) -> dict[str, Any]:
     """
     import onnx
 
+    label = Path(path).name
     proto = onnx.load(str(path))
+    graph = proto.graph
+    infos = _inferred_infos_(proto, batch)
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        raise ExportError(f"{label}: graphs with subgraphs (If/Loop/Scan) are not measured")
+    unknown = [o for n in graph.node for o in n.output if o and (o not in infos or _nbytes(infos[o]) is None)]
+    ran = _run_sizes(proto, unknown, batch, label) if unknown else {}
+
+    def size(name: str) -> int:
+        if name in ran:
+            return ran[name]
+        if name not in infos or (n := _nbytes(infos[name])) is None:
+            raise ExportError(f"{label}: shape inference leaves the size of tensor {name!r} unknown")
+        return n
+
+    peak, peak_node, input_bytes = _live_peak(graph, _weights_of(graph), size)
+    out = {"peak_bytes": int(peak), "peak_node": peak_node, "input_bytes": int(input_bytes), "method": METHOD}
+    if ran:
+        out["sizes_from_run"] = len(ran)  # tensors whose size one onnxruntime run read (shape inference could not)
+    return out
+
+
+def _inferred_infos_(proto: Any, batch: int) -> dict[str, Any]:
+    """Sets every symbolic axis of ``proto``'s inputs and outputs to ``batch`` (in place), then runs shape inference.
+
+    Returns:
+        The inferred value info of every input, intermediate and output tensor, by name.
+    """
+    import onnx
+
     graph = proto.graph
     symbols = {d.dim_param for vi in graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
     for vi in (*graph.input, *graph.output):
@@ -118,26 +149,26 @@ def onnx_peak_activation(path: str | Path, *, batch: int = 1) -> dict[str, Any]:
             if d.dim_param in symbols:
                 d.dim_value = batch  # clears dim_param (a oneof): inference then propagates concrete shapes
     inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True).graph
-    infos = {vi.name: vi for vi in (*inferred.input, *inferred.value_info, *inferred.output)}
+    return {vi.name: vi for vi in (*inferred.input, *inferred.value_info, *inferred.output)}
+
+
+def _weights_of(graph: Any) -> set[str]:
+    """Names of the weight tensors: initializers, ``Constant`` outputs and whatever is computed from them alone."""
     weights = {t.name for t in graph.initializer}
     weights |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        raise ExportError(f"{Path(path).name}: graphs with subgraphs (If/Loop/Scan) are not measured")
-
-    unknown = [o for n in graph.node for o in n.output if o and (o not in infos or _nbytes(infos[o]) is None)]
-    ran = _run_sizes(proto, unknown, batch, Path(path).name) if unknown else {}
-
-    def size(name: str) -> int:
-        if name in ran:
-            return ran[name]
-        if name not in infos or (n := _nbytes(infos[name])) is None:
-            raise ExportError(f"{Path(path).name}: shape inference leaves the size of tensor {name!r} unknown")
-        return n
-
     # Tensors computed from weights alone (e.g. DequantizeLinear of int8 weights) are weights too: constant-folded.
     for n in graph.node:
         if all(not name or name in weights for name in n.input):
             weights.update(o for o in n.output if o)
+    return weights
+
+
+def _live_peak(graph: Any, weights: set[str], size: Callable[[str], int]) -> tuple[int, str, int]:
+    """Walks the nodes in order, allocating and freeing activation buffers by the module docstring's rules.
+
+    Returns:
+        The peak of live bytes, the node running at the peak (``input`` if none exceeds the inputs), the input bytes.
+    """
     uses: dict[str, int] = {}
     for n in graph.node:
         for name in set(n.input) - weights - {""}:
@@ -185,10 +216,7 @@ def onnx_peak_activation(path: str | Path, *, batch: int = 1) -> dict[str, Any]:
                 held[b].discard(t)
                 if not held[b]:
                     del live[b]
-    out = {"peak_bytes": int(peak), "peak_node": peak_node, "input_bytes": int(input_bytes), "method": METHOD}
-    if ran:
-        out["sizes_from_run"] = len(ran)  # tensors whose size one onnxruntime run read (shape inference could not)
-    return out
+    return peak, peak_node, input_bytes
 
 
 __all__ = ["METHOD", "onnx_peak_activation"]

@@ -73,17 +73,27 @@ def quantize_int8(
     Raises:
         ExportError: no calibration data, or onnxruntime failed.
     """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     input_name = ort_session(fp32_path).get_inputs()[0].name
+    batches = _calibration_batches(calibration, max_samples)
+    reader = _calibration_reader(batches, input_name)
+    exclude, extra = _head_options(fp32_path, head)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".quantize.", dir=out_path.parent) as tmp:
+        pre = _preprocessed(fp32_path, Path(tmp) / "pre.onnx") if preprocess else fp32_path
+        staged = Path(tmp) / "int8.onnx"
+        _quantize_static_quietly(pre, staged, reader, per_channel=per_channel, exclude=exclude, extra=extra)
+        os.chmod(staged, 0o644)
+        os.replace(staged, out_path)
+    return out_path
+
+
+def _calibration_batches(calibration: Iterable[np.ndarray], max_samples: int) -> list[np.ndarray]:
+    """The first ``max_samples`` calibration samples as contiguous float32 batches.
+
+    Raises:
+        ExportError: the calibration set is empty.
+    """
     batches: list[np.ndarray] = []
     n = 0
     for b in calibration:
@@ -94,6 +104,12 @@ def quantize_int8(
         n += len(b)
     if n == 0:
         raise ExportError("int8 quantization needs calibration data, got none")
+    return batches
+
+
+def _calibration_reader(batches: list[np.ndarray], input_name: str) -> Any:
+    """An onnxruntime ``CalibrationDataReader`` that feeds ``batches`` to the input ``input_name``."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -106,6 +122,17 @@ def quantize_int8(
         def rewind(self) -> None:
             self._it = iter(batches)
 
+    return _Reader()
+
+
+def _head_options(fp32_path: Path, head: str) -> tuple[list[str], dict[str, Any]]:
+    """The nodes to leave fp32 and the ``extra_options`` of ``quantize_static`` for the head precision ``head``.
+
+    Raises:
+        ValueError: ``head`` is not one of :data:`HEAD_PRECISIONS`.
+    """
+    from onnxruntime.quantization import QuantType
+
     if head not in HEAD_PRECISIONS:
         raise ValueError(f"unknown head precision {head!r}; valid: {', '.join(HEAD_PRECISIONS)}")
     head_names = head_nodes(fp32_path) if head != "int8" else []
@@ -116,40 +143,52 @@ def quantize_int8(
             t: [{"quant_type": QuantType.QInt16}] for t in _activations_of(fp32_path, head_names)
         }
         extra["UseQDQContribOps"] = True  # int16 Q/DQ live in the com.microsoft domain
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".quantize.", dir=out_path.parent) as tmp:
-        pre = Path(tmp) / "pre.onnx" if preprocess else fp32_path
-        staged = Path(tmp) / "int8.onnx"
-        if preprocess:
-            try:
-                quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-            except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantize the plain model instead
-                pre = fp32_path
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)  # onnxruntime logs "please consider pre-processing" on the root logger
-        try:
-            quantize_static(
-                str(pre),
-                str(staged),
-                _Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-                nodes_to_exclude=exclude,
-                # No "CalibMaxIntermediateOutputs": onnxruntime 1.32's min/max calibrator drops the batches it
-                # flushes instead of merging their ranges (and fails when the count divides evenly). Memory is
-                # bounded by max_samples instead: all intermediate outputs of that many samples are held at once.
-                extra_options=extra,
-            )
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises many types; the CLI needs one
-            raise ExportError(f"int8 quantization failed: {e}") from e
-        finally:
-            logging.disable(previous)
-        os.chmod(staged, 0o644)
-        os.replace(staged, out_path)
-    return out_path
+    return exclude, extra
+
+
+def _preprocessed(fp32_path: Path, pre: Path) -> Path:
+    """``fp32_path`` after onnxruntime's ``quant_pre_process``, written to ``pre``; ``fp32_path`` if that fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    except Exception:  # noqa: BLE001 - pre-processing is an optimisation; quantize the plain model instead
+        return fp32_path
+    return pre
+
+
+def _quantize_static_quietly(
+    pre: Path, staged: Path, reader: Any, *, per_channel: bool, exclude: list[str], extra: dict[str, Any]
+) -> None:
+    """Run onnxruntime's ``quantize_static`` (QDQ, int8, min/max) from ``pre`` to ``staged``, its warnings muted.
+
+    Raises:
+        ExportError: onnxruntime failed.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # onnxruntime logs "please consider pre-processing" on the root logger
+    try:
+        quantize_static(
+            str(pre),
+            str(staged),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=exclude,
+            # No "CalibMaxIntermediateOutputs": onnxruntime 1.32's min/max calibrator drops the batches it
+            # flushes instead of merging their ranges (and fails when the count divides evenly). Memory is
+            # bounded by max_samples instead: all intermediate outputs of that many samples are held at once.
+            extra_options=extra,
+        )
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises many types; the CLI needs one
+        raise ExportError(f"int8 quantization failed: {e}") from e
+    finally:
+        logging.disable(previous)
 
 
 def _activations_of(path: str | Path, names: list[str]) -> list[str]:

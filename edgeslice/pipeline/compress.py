@@ -101,10 +101,10 @@ def compress(cfg: CompressConfig, out: Path, device: torch.device) -> CompressRe
             candidate, model = sliced, loaded.model
             if search.profile is not None:
                 candidate = rethreshold(cfg, sliced, theta)
-                sliced.original.to(device)  # a previous attempt's export moved it to the CPU
-                model = copy.deepcopy(sliced.original)
+                sliced.dense.to(device)  # a previous attempt's export moved it to the CPU
+                model = copy.deepcopy(sliced.dense)
             try:
-                return ship(cfg, out, device, timer, search, loaded, candidate, model)
+                return build_candidate(cfg, out, device, timer, search, loaded, candidate, model)
             except DoesNotFit as e:
                 search.failures.append(e)
         raise search.exhausted()
@@ -179,11 +179,11 @@ def slice_stage(cfg: CompressConfig, loaded: Loaded, device: torch.device, timer
         slicer, result, index = slice_model(
             loaded.model, loaded.meta, loaded.bundle, cfg.slicing, seed=cfg.seed, device=device
         )
-    original = copy.deepcopy(loaded.model).eval()
+    dense = copy.deepcopy(loaded.model).eval()
     example, _ = next(iterate_batches(loaded.bundle.test, 64))
     meta = loaded.meta
     return Sliced(
-        slicer, result, index, original, loaded.prepare(example.to(device)),
+        slicer, result, index, dense, loaded.prepare(example.to(device)),
         (meta.in_chans, meta.input_size, meta.input_size),
     )  # fmt: skip
 
@@ -202,7 +202,7 @@ def restructure_stage(
     """Stage 3: remove the non-critical channels from ``model`` in place; refuse a model that differs from masking.
 
     Raises:
-        EdgesliceError: the restructured model's logits differ from the masked original's (a bug, never shipped).
+        EdgesliceError: the restructured model's logits differ from the masked dense model's (a bug, never shipped).
     """
     from ..allocation import allocate_keep
     from ..restructure import restructure_
@@ -213,8 +213,8 @@ def restructure_stage(
         report = restructure_(
             model, sliced.slicer.layers, keep, x[:2], scores=sliced.result.scores, round_to=cfg.round_to,
         )  # fmt: skip
-        with torch.no_grad(), report.masked(sliced.original, sliced.slicer.layers):
-            masked = sliced.original(x)
+        with torch.no_grad(), report.masked(sliced.dense, sliced.slicer.layers):
+            masked = sliced.dense(x)
         with torch.no_grad():
             pruned = model.eval()(x)
         equivalence = float((masked - pruned).abs().max())
@@ -228,24 +228,24 @@ def restructure_stage(
 def finetune_stage(
     cfg: CompressConfig,
     model: nn.Module,
-    original: nn.Module,
+    dense: nn.Module,
     loaded: Loaded,
     rs: Restructured,
     device: torch.device,
     timer: Timer,
 ) -> Tuned:
-    """Stages 4–5: fine-tune the restructured model (``original`` teaches with ``cfg.distill``; with edgeslice's own
+    """Stages 4–5: fine-tune the restructured model (``dense`` teaches with ``cfg.distill``; with edgeslice's own
     baseline a copy of it is fine-tuned the same way as the dense control), then (``cfg.pruning``) prune it."""
     bundle, prepare = loaded.bundle, loaded.prepare
     with timer.span("finetune_s"):
         if cfg.finetune_epochs > 0:
-            train_model(model, bundle.train, finetune_options(cfg, original), prepare=prepare, device=device,
+            train_model(model, bundle.train, finetune_options(cfg, dense), prepare=prepare, device=device,
                         description="fine-tune")  # fmt: skip
         acc = evaluate(model, bundle.test, prepare=prepare, device=device, description="fine-tuned accuracy")
     control = None
     if cfg.dense_control and not cfg.checkpoint and cfg.finetune_epochs > 0:
         with timer.span("dense_control_s"):
-            control = dense_control_accuracy(cfg, original, bundle, prepare, device)
+            control = dense_control_accuracy(cfg, dense, bundle, prepare, device)
     if not cfg.pruning.enabled:
         return Tuned(acc, acc, dense_control=control)
     from ..pruning import prune_pipeline_
@@ -265,7 +265,7 @@ def effective_config(cfg: CompressConfig, result: SliceResult, precision: str) -
     return replace(cfg, slicing=replace(cfg.slicing, theta=theta), quantize=quantize)
 
 
-def ship(
+def build_candidate(
     cfg: CompressConfig,
     out: Path,
     device: torch.device,
@@ -275,23 +275,26 @@ def ship(
     sliced: Sliced,
     model: nn.Module,
 ) -> CompressReport:
-    """Stages 3–8 for one slice result: restructure, fine-tune, export, measure, report — all or nothing into ``out``.
+    """Build the compressed model of one candidate slice (one θ) and its artifacts, all or nothing into ``out``.
+
+    Stages 3–8: restructure, fine-tune, export, measure, bundle, report; :func:`compress` calls it once per θ the
+    device search tries.
 
     Raises:
         DoesNotFit: with a device profile, the measured artifacts miss a budget (nothing is written).
     """
     rs = restructure_stage(cfg, model, sliced, loaded, device, timer)
-    tuned = finetune_stage(cfg, model, sliced.original, loaded, rs, device, timer)
+    tuned = finetune_stage(cfg, model, sliced.dense, loaded, rs, device, timer)
     effective = effective_config(cfg, sliced.result, search.precision)
-    with staging_dir(out) as stage:
+    with staging_dir(out) as staging:
         with timer.span("export_s"):
-            exported = export_stage(cfg, effective, stage, search, loaded, sliced, model, rs, tuned)
+            exported = export_stage(cfg, effective, staging, search, loaded, sliced, model, rs, tuned)
         with timer.span("bundle_s"):
-            bundled = bundle_stage(cfg, stage, loaded, model, device)
+            bundled = bundle_stage(cfg, staging, loaded, model, device)
         timer.finish()
         report = build_report(effective, device, timer, search, loaded, sliced, model, rs, tuned, exported, bundled)
-        atomic_write_json(stage / "report.json", report_document(report))
-        write_manifest(stage, effective.to_dict(), cfg.seed)
+        atomic_write_json(staging / "report.json", report_document(report))
+        write_manifest(staging, effective.to_dict(), cfg.seed)
     return report
 
 

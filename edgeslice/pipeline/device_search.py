@@ -99,7 +99,7 @@ def search_stage(cfg: CompressConfig, target: Target, sliced: Sliced, timer: Tim
     precisions = ["int8"] if cfg.quantize == "int8" else ["fp32", "int8"]
     with timer.span("budget_search_s"), tempfile.TemporaryDirectory(prefix="edgeslice-probe.") as tmp:
         probe = StructureProbe(
-            sliced.slicer, sliced.original, sliced.example, sliced.input_shape, Path(tmp), round_to=cfg.round_to,
+            sliced.slicer, sliced.dense, sliced.example, sliced.input_shape, Path(tmp), round_to=cfg.round_to,
             opset=target.opset, solver=cfg.slicing.solver, interval=cfg.slicing.interval, widths=cfg.widths,
         )  # fmt: skip
         with progress(f"budget search ({profile.name})", None):
@@ -127,10 +127,10 @@ def budget_stage(
     search: Search,
     model: nn.Module,
     meta: Any,
-    stage: Path,
+    staging: Path,
     prune_report: Any,
 ) -> dict[str, Any] | None:
-    """The device budgets checked on the artifacts in ``stage`` (None without a device).
+    """The device budgets checked on the artifacts in ``staging`` (None without a device).
 
     Raises:
         DoesNotFit: a budget is missed; ``compress`` steps down to the next θ.
@@ -142,7 +142,7 @@ def budget_stage(
     profile, precision = search.profile, search.precision
     measured = {
         **measure_model(model, (meta.in_chans, meta.input_size, meta.input_size), precision),
-        **measure_onnx(stage / ("model.int8.onnx" if precision == "int8" else "model.onnx")),
+        **measure_onnx(staging / ("model.int8.onnx" if precision == "int8" else "model.onnx")),
     }
     checks = profile.check(measured)
     if not all(c.ok for c in checks):

@@ -153,14 +153,14 @@ def measure(loaded: Loaded, config: EvaluateSlicesConfig, device: torch.device) 
 
 def write(loaded: Loaded, study: dict[str, Any], out: Path) -> None:
     """Write rq1.json, rq1.csv, masking.csv (when the masking study ran) and rq1.png into ``out``."""
-    with staging_dir(out) as stage:
-        atomic_write_json(stage / "rq1.json", study)
-        atomic_write_bytes(stage / "rq1.csv", csv_bytes(study["points"], POINT_COLUMNS))
+    with staging_dir(out) as staging:
+        atomic_write_json(staging / "rq1.json", study)
+        atomic_write_bytes(staging / "rq1.csv", csv_bytes(study["points"], POINT_COLUMNS))
         if study["masking"]:
-            atomic_write_bytes(stage / "masking.csv", csv_bytes(study["masking"], MASKING_COLUMNS))
+            atomic_write_bytes(staging / "masking.csv", csv_bytes(study["masking"], MASKING_COLUMNS))
         plot_rq1(
             study["points"],
-            stage / "rq1.png",
+            staging / "rq1.png",
             title=f"{loaded.meta.timm_name} on {loaded.bundle.name}: accuracy of masked slices vs compression rate",
             baseline_accuracy=study["baseline_accuracy"],
             deeparc=study["deeparc"],

@@ -21,7 +21,7 @@ from .results import Exported, Loaded, Restructured, Sliced, Tuned
 def export_stage(
     cfg: CompressConfig,
     effective: CompressConfig,
-    stage: Path,
+    staging: Path,
     search: Search,
     loaded: Loaded,
     sliced: Sliced,
@@ -29,7 +29,7 @@ def export_stage(
     rs: Restructured,
     tuned: Tuned,
 ) -> Exported:
-    """Stages 6–7: index, checkpoint, ONNX (+ int8) into ``stage``, parity, budgets, the "before" model, figures.
+    """Stages 6–7: index, checkpoint, ONNX (+ int8) into ``staging``, parity, budgets, the "before" model, figures.
 
     Raises:
         DoesNotFit: with a device profile, the measured artifacts miss a budget.
@@ -45,7 +45,7 @@ def export_stage(
         index = replace(index, params={**index.params, "widths": cfg.widths})
     # The slice of the dense model that decided what to remove; the device's critical_index (bound to the compact
     # model) is written by bundle_stage.
-    index_path = index.save(stage / SOURCE_INDEX)
+    index_path = index.save(staging / SOURCE_INDEX)
     pruning = (
         None
         if tuned.prune_report is None
@@ -58,36 +58,36 @@ def export_stage(
     )  # fmt: skip
     meta_out.restructured = True
     model.cpu()
-    save_checkpoint(model, meta_out, stage / "model.safetensors")
+    save_checkpoint(model, meta_out, staging / "model.safetensors")
     x_cpu = sliced.example.cpu()
     threads = search.profile.threads if search.profile is not None else 1
-    after = export_and_measure(model, x_cpu, stage / "model.onnx", search.opset, threads=threads)
-    parity = check_parity(model, stage / "model.onnx", x_cpu)
+    after = export_and_measure(model, x_cpu, staging / "model.onnx", search.opset, threads=threads)
+    parity = check_parity(model, staging / "model.onnx", x_cpu)
     estimate = measure_model(model, sliced.input_shape, "fp32")["peak_activation_bytes"]
     beside_estimate(after, estimate)
     int8 = None
     if effective.quantize == "int8":
         calib = calibration_set(bundle, cfg.slicing.calib_per_class, cfg.seed)
-        int8 = int8_artifact(stage / "model.onnx", stage / "model.int8.onnx", calib, bundle.test, loaded.prepare,
+        int8 = int8_artifact(staging / "model.onnx", staging / "model.int8.onnx", calib, bundle.test, loaded.prepare,
                              threads=threads)  # fmt: skip
         beside_estimate(int8, estimate * BYTES_PER_ELEMENT["int8"] // BYTES_PER_ELEMENT["fp32"])
-    budget = budget_stage(cfg, effective, search, model, meta, stage, tuned.prune_report)
-    before = export_and_measure(sliced.original.cpu(), x_cpu, stage / "baseline.onnx", search.opset, threads=threads)
-    (stage / "baseline.onnx").unlink()
-    beside_estimate(before, measure_model(sliced.original, sliced.input_shape, "fp32")["peak_activation_bytes"])
+    budget = budget_stage(cfg, effective, search, model, meta, staging, tuned.prune_report)
+    before = export_and_measure(sliced.dense.cpu(), x_cpu, staging / "baseline.onnx", search.opset, threads=threads)
+    (staging / "baseline.onnx").unlink()
+    beside_estimate(before, measure_model(sliced.dense, sliced.input_shape, "fp32")["peak_activation_bytes"])
     if tuned.prune_report is not None:
         from ..pruning import curve_points, plot_prune_curves
 
         plot_prune_curves(
             {f"NeuSemSlice + {cfg.pruning.pruner}": curve_points(tuned.prune_report)},
-            stage / "accuracy_vs_cr.png",
+            staging / "accuracy_vs_cr.png",
             f"{loaded.timm_name} on {bundle.name}: iterative {cfg.pruning.pruner} after semantic restructure",
             baseline_accuracy=loaded.accuracy,
             max_acc_drop=cfg.pruning.max_acc_drop,
         )
     rows = layer_table(result, rs.report.effective_keep)
     title = f"{loaded.timm_name} on {bundle.name}: critical channels per layer ({describe_slice(result)})"
-    plot_layer_ratios(rows, stage / "critical_ratio.png", title)
+    plot_layer_ratios(rows, staging / "critical_ratio.png", title)
     return Exported(index_path.stat().st_size, after, before, parity, int8, budget, rows)
 
 
@@ -105,21 +105,21 @@ def beside_estimate(cost: dict[str, Any], estimate_bytes: int) -> None:
 SOURCE_INDEX = "source_index"
 
 
-def bundle_stage(cfg: CompressConfig, stage: Path, loaded: Loaded, model: nn.Module, device: torch.device) -> dict:
-    """Stage 7b: make ``stage`` the device bundle: the compact model re-sliced at ``cfg.grow_theta`` (its own
+def bundle_stage(cfg: CompressConfig, staging: Path, loaded: Loaded, model: nn.Module, device: torch.device) -> dict:
+    """Stage 7b: make ``staging`` the device bundle: the compact model re-sliced at ``cfg.grow_theta`` (its own
     ``critical_index``: the channels growth keeps frozen, bound to the shipped weights), the class statistics over
     its classifier inputs, the preprocessing, and ``bundle.json`` binding them (``edgeslice_device``'s format)."""
     from ..deploy.bundle import class_statistics, write_bundle
     from ..models import read_meta
 
-    meta = read_meta(stage / "model.json")
+    meta = read_meta(staging / "model.json")
     grow = replace(cfg.slicing, strategy="semantic", theta=cfg.grow_theta)
     model.to(device)
     _, result, index = slice_model(model, meta, loaded.bundle, grow, seed=cfg.seed, device=device)
-    index.save(stage / "critical_index")
+    index.save(staging / "critical_index")
     stats = class_statistics(model, loaded.bundle.train, meta.classes, loaded.prepare, seed=cfg.seed, device=device)
     model.cpu()
-    write_bundle(stage, model, meta, stats, history=[{"op": "compress", "path": "host", "classes": meta.classes}])
+    write_bundle(staging, model, meta, stats, history=[{"op": "compress", "path": "host", "classes": meta.classes}])
     return {
         "grow_theta": cfg.grow_theta,
         "critical_channels": result.kept_channels,

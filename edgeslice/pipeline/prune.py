@@ -235,9 +235,9 @@ def export_pruned(
     from ..artifacts.manifest import write_manifest
     from ..pruning import clear_state
 
-    with staging_dir(out) as stage:
-        write_pruned_artifacts(model, meta, bundle, report, stage, title=title)
-        write_manifest(stage, config, seed)
+    with staging_dir(out) as staging:
+        write_pruned_artifacts(model, meta, bundle, report, staging, title=title)
+        write_manifest(staging, config, seed)
     if state_dir is not None:
         clear_state(state_dir)
     return report

@@ -64,7 +64,7 @@ class Sliced:
     slicer: SemanticSlicer
     result: SliceResult
     index: CriticalIndex
-    original: nn.Module  # an unpruned copy: masked equivalence, the "before" ONNX, every budget candidate
+    dense: nn.Module  # an unpruned copy of the model: masked equivalence, the "before" ONNX, every budget candidate
     example: torch.Tensor  # the first 64 test images, normalised, on the device
     input_shape: tuple[int, int, int]
 

@@ -128,22 +128,22 @@ def run_recipe(
     from .compress import compress, report_document
     from .recipes import EFFECTIVE_NAME, config_from_dict, config_to_toml
 
-    with staging_dir(out) as stage:
-        report = report_document(compress(cfg, stage, device))
+    with staging_dir(out) as staging:
+        report = report_document(compress(cfg, staging, device))
         # What compress ran, as its manifest says: with a device, θ and the precision chosen by the budget search.
-        effective = read_manifest(stage)["config"]
+        effective = read_manifest(staging)["config"]
         effective = config_from_dict(effective).to_dict()  # fields in declaration order, as in a hand-written recipe
         command = shlex.join(["edgeslice", "run", name, *(a for o in overrides for a in ("--set", o))])
         header = f"Effective configuration written by `{command}` (a recipe: `edgeslice run` loads it again)."
         if effective != cfg.to_dict():
             header += f"\nθ and quantize as chosen by the budget search for device {cfg.device!r}."
-        atomic_write_bytes(stage / EFFECTIVE_NAME, config_to_toml(effective, header=header).encode())
+        atomic_write_bytes(staging / EFFECTIVE_NAME, config_to_toml(effective, header=header).encode())
         if emit_c_header:
             from ..deploy.cheader import write_c_header
             from ..index import CriticalIndex
 
-            write_c_header(CriticalIndex.load(stage / "critical_index"), stage / "critical_index.h")
-        write_manifest(stage, effective, cfg.seed)
+            write_c_header(CriticalIndex.load(staging / "critical_index"), staging / "critical_index.h")
+        write_manifest(staging, effective, cfg.seed)
     return report
 
 

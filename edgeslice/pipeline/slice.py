@@ -141,14 +141,14 @@ def slice_loaded(loaded: Loaded, config: SliceRunConfig, device: torch.device) -
 def write(loaded: Loaded, sliced: Sliced, config: SliceRunConfig) -> SliceRunReport:
     """Write critical_index (and critical_index.h), critical_ratio.png, slice.json and the manifest into ``out``."""
     meta, result = loaded.meta, sliced.result
-    with staging_dir(config.out, config=config.slicing().to_dict(), seed=config.seed) as stage:
-        sliced.index.save(stage / "critical_index")
+    with staging_dir(config.out, config=config.slicing().to_dict(), seed=config.seed) as staging:
+        sliced.index.save(staging / "critical_index")
         if config.emit_c_header:
             from ..deploy.cheader import write_c_header
 
-            write_c_header(sliced.index, stage / "critical_index.h")
+            write_c_header(sliced.index, staging / "critical_index.h")
         title = f"{meta.timm_name}: critical channels per layer"
-        plot_layer_ratios(sliced.layers, stage / "critical_ratio.png", title)
+        plot_layer_ratios(sliced.layers, staging / "critical_ratio.png", title)
         report = SliceRunReport(
             model=meta.timm_name,
             checkpoint=str(config.checkpoint),
@@ -156,11 +156,11 @@ def write(loaded: Loaded, sliced: Sliced, config: SliceRunConfig) -> SliceRunRep
             params=result.params,
             critical_channels=result.kept_channels,
             total_channels=result.total_channels,
-            index_bytes=(stage / "critical_index").stat().st_size,
+            index_bytes=(staging / "critical_index").stat().st_size,
             layers=sliced.layers,
             index=str(config.out / "critical_index"),
         )
-        atomic_write_json(stage / "slice.json", {k: v for k, v in report_json(report).items() if k != "index"})
+        atomic_write_json(staging / "slice.json", {k: v for k, v in report_json(report).items() if k != "index"})
     return report
 
 

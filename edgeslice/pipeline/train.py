@@ -111,8 +111,8 @@ def run(config: TrainConfig, device: torch.device) -> TrainReport:
         manifest_config = {"command": "train", "model": meta.timm_name, "data": bundle.name, "epochs": config.epochs,
                            "batch_size": config.batch_size, "lr": config.lr, "augment": config.augment,
                            "classes": config.classes}  # fmt: skip
-        with staging_dir(config.out, config=manifest_config, seed=config.seed) as stage:
-            save_checkpoint(net.cpu(), meta, stage / "model.safetensors")
+        with staging_dir(config.out, config=manifest_config, seed=config.seed) as staging:
+            save_checkpoint(net.cpu(), meta, staging / "model.safetensors")
     return TrainReport(
         checkpoint=str(config.out / "model.safetensors"),
         model=meta.timm_name,

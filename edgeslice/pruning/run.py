@@ -193,33 +193,16 @@ def prune_pipeline_(
         ValueError: If ``dense_params`` is smaller than the model's parameter count.
         EdgesliceError: If ``resume`` finds a state made by other settings.
     """
-    from ..data import normalize
-    from ..models import count_parameters, fingerprint
-    from ..train import evaluate
+    from ..models import count_parameters
 
     t0 = time.perf_counter()
     model.to(device)
     params = count_parameters(model)
     if dense_params < params:
         raise ValueError(f"dense_params ({dense_params:,}) is smaller than the model's parameter count ({params:,})")
-    mean, std = tuple(meta.mean), tuple(meta.std)
-
-    def prepare(x: torch.Tensor) -> torch.Tensor:
-        return normalize(x, mean, std)
-
-    def accuracy_of(m: nn.Module, what: str) -> float:
-        return evaluate(m, bundle.test, prepare=prepare, device=device, description=what)
-
-    identity = {
-        "config": cfg.to_dict(),
-        "source_fingerprint": fingerprint(model),
-        "data": bundle.describe(),
-        "dense_params": dense_params,
-        "baseline_accuracy": baseline_accuracy,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-    }
+    prepare, accuracy_of = _test_accuracy(meta, bundle, device)
+    identity = _run_identity(model, cfg, bundle, dense_params, baseline_accuracy, batch_size=batch_size, lr=lr,
+                             seed=seed)  # fmt: skip
     n_prunable, _ = pruned_weight_count(model)
     saved = load_state(state_dir, identity) if resume and state_dir is not None else None
     run = _Run.resume(model, saved) if saved is not None else _Run.fresh(model, params, dense_params, n_prunable,
@@ -229,18 +212,73 @@ def prune_pipeline_(
         steps = _Steps(run, model, bundle, cfg, identity, params, dense_params, n_prunable, t0,
                        batch_size=batch_size, lr=lr, seed=seed, prepare=prepare, device=device,
                        state_dir=state_dir, on_iteration=on_iteration)  # fmt: skip
-        iterative_prune_(
-            model,
-            replace(cfg, max_iterations=cfg.max_iterations - len(run.history)),
-            evaluate=lambda m: accuracy_of(m, f"accuracy {len(run.history) + 1}"),
-            finetune=steps.finetune,
-            baseline_accuracy=run.baseline,
-            on_iteration=steps.record,
-            start_iteration=len(run.history) + 1,
-        )
+        _prune_remaining_(model, cfg, run, steps, accuracy_of)
     make_permanent_(model)
     return _report(
         model, cfg, run, params, dense_params, n_prunable, resumed_from, run.prior_wall + time.perf_counter() - t0
+    )
+
+
+def _test_accuracy(
+    meta: ModelMeta, bundle: DataBundle, device: torch.device
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[nn.Module, str], float]]:
+    """The input normalisation of ``meta`` and a ``(model, description) -> test accuracy`` function."""
+    from ..data import normalize
+    from ..train import evaluate
+
+    mean, std = tuple(meta.mean), tuple(meta.std)
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, mean, std)
+
+    def accuracy_of(m: nn.Module, what: str) -> float:
+        return evaluate(m, bundle.test, prepare=prepare, device=device, description=what)
+
+    return prepare, accuracy_of
+
+
+def _run_identity(
+    model: nn.Module,
+    cfg: IterativePruneConfig,
+    bundle: DataBundle,
+    dense_params: int,
+    baseline_accuracy: float | None,
+    *,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> dict[str, Any]:
+    """The settings a saved state must match to be resumed (model fingerprint, config, data, training)."""
+    from ..models import fingerprint
+
+    return {
+        "config": cfg.to_dict(),
+        "source_fingerprint": fingerprint(model),
+        "data": bundle.describe(),
+        "dense_params": dense_params,
+        "baseline_accuracy": baseline_accuracy,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+    }
+
+
+def _prune_remaining_(
+    model: nn.Module,
+    cfg: IterativePruneConfig,
+    run: _Run,
+    steps: _Steps,
+    accuracy_of: Callable[[nn.Module, str], float],
+) -> None:
+    """Runs the iterations ``run`` has not done yet, numbered on from its history."""
+    iterative_prune_(
+        model,
+        replace(cfg, max_iterations=cfg.max_iterations - len(run.history)),
+        evaluate=lambda m: accuracy_of(m, f"accuracy {len(run.history) + 1}"),
+        finetune=steps.finetune,
+        baseline_accuracy=run.baseline,
+        on_iteration=steps.record,
+        start_iteration=len(run.history) + 1,
     )
 
 

@@ -133,6 +133,43 @@ def find_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     """
     heads = classifier_names(model)
     modules = dict(model.named_modules())
+    # keep_alive holds every traced output until the end, so that no autograd node's identity is recycled
+    calls, out, keep_alive = _trace_calls(model, modules, example)
+    consumers = _autograd_consumers(out) if out.grad_fn is not None else {}
+    by_input: dict[object, list[str]] = {}
+    for name, rec in calls.items():
+        if len(rec) == 1 and rec[0][0] is not None:
+            by_input.setdefault(rec[0][0], []).append(name)
+
+    layers: list[Layer] = []
+    used: set[str] = set()
+    for name, module in modules.items():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or name in heads:
+            continue
+        channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+        rec = calls.get(name, [])
+        # not on the forward path, reused, or channels-last: cannot be observed unambiguously
+        if len(rec) != 1 or len(rec[0][2]) < 2 or rec[0][2][1] != channels:
+            continue
+        if isinstance(module, nn.Linear) and len(rec[0][2]) != 2:
+            continue
+        observe, before_add = _follow_channelwise(name, channels, by_input, calls, modules, consumers)
+        if before_add is not None and observe in used:  # a shortcut projection: its own output, not the sum
+            observe = before_add
+        used.add(observe)
+        layers.append(Layer(name=name, observe=observe, channels=channels))
+    return layers
+
+
+def _trace_calls(
+    model: nn.Module, modules: dict[str, nn.Module], example: torch.Tensor
+) -> tuple[dict[str, list[tuple[object, object, tuple[int, ...]]]], torch.Tensor, list[torch.Tensor]]:
+    """One forward pass of ``model`` on ``example`` with grad, recording every named module's calls.
+
+    Returns:
+        Per module, one ``(input grad_fn, output grad_fn, output shape)`` per call; the model's output (the first
+        one if it returns several); every traced module output, which the caller keeps while it compares nodes.
+    """
     calls: dict[str, list[tuple[object, object, tuple[int, ...]]]] = {}
     inputs: dict[str, list[object]] = {}
     keep_alive: list[torch.Tensor] = []  # node identity must not be recycled during the pass
@@ -164,44 +201,32 @@ def find_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
         for h in handles:
             h.remove()
     out = out[0] if isinstance(out, (tuple, list)) else out
-    consumers = _autograd_consumers(out) if out.grad_fn is not None else {}
-    by_input: dict[object, list[str]] = {}
-    for name, rec in calls.items():
-        if len(rec) == 1 and rec[0][0] is not None:
-            by_input.setdefault(rec[0][0], []).append(name)
+    return calls, out, keep_alive
 
-    layers: list[Layer] = []
-    used: set[str] = set()
-    for name, module in modules.items():
-        if not isinstance(module, (nn.Conv2d, nn.Linear)) or name in heads:
-            continue
-        channels = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
-        rec = calls.get(name, [])
-        # not on the forward path, reused, or channels-last: cannot be observed unambiguously
-        if len(rec) != 1 or len(rec[0][2]) < 2 or rec[0][2][1] != channels:
-            continue
-        if isinstance(module, nn.Linear) and len(rec[0][2]) != 2:
-            continue
-        observe, node, shape = name, rec[0][1], rec[0][2]
-        before_add = None
-        while node is not None and len(consumers.get(node, [])) == 1:
-            step = _next_step(node, shape, channels, by_input, calls, modules, consumers)
+
+def _follow_channelwise(name, channels, by_input, calls, modules, consumers) -> tuple[str, str | None]:
+    """From layer ``name``'s output, follow the channel-wise modules that alone consume it, one after the other.
+
+    Returns:
+        The last module reached (the observation point) and, if the path went through a residual sum, the module
+        reached just before it (else None).
+    """
+    observe, node, shape = name, calls[name][0][1], calls[name][0][2]
+    before_add = None
+    while node is not None and len(consumers.get(node, [])) == 1:
+        step = _next_step(node, shape, channels, by_input, calls, modules, consumers)
+        if step is None:
+            # A residual sum followed by its activation (ResNet's ``x += shortcut; x = act2(x)``): the
+            # activation is what the next layers read; every addend is a member of the same coupled group.
+            (add,) = consumers[node]
+            if type(add).__name__ != "AddBackward0" or len(consumers.get(add, [])) != 1:
+                break
+            step = _next_step(add, shape, channels, by_input, calls, modules, consumers)
             if step is None:
-                # A residual sum followed by its activation (ResNet's ``x += shortcut; x = act2(x)``): the
-                # activation is what the next layers read; every addend is a member of the same coupled group.
-                (add,) = consumers[node]
-                if type(add).__name__ != "AddBackward0" or len(consumers.get(add, [])) != 1:
-                    break
-                step = _next_step(add, shape, channels, by_input, calls, modules, consumers)
-                if step is None:
-                    break
-                before_add = observe
-            observe, node = step, calls[step][0][1]
-        if before_add is not None and observe in used:  # a shortcut projection: its own output, not the sum
-            observe = before_add
-        used.add(observe)
-        layers.append(Layer(name=name, observe=observe, channels=channels))
-    return layers
+                break
+            before_add = observe
+        observe, node = step, calls[step][0][1]
+    return observe, before_add
 
 
 @contextlib.contextmanager
