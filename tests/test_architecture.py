@@ -281,6 +281,10 @@ def test_a_shaped_command_runs_through_its_pipeline_and_writes_nothing_in_the_cl
     cli = (PACKAGE / "cli" / f"{module}.py").read_text(encoding="utf-8")
     assert f"edgeslice.pipeline.{module} import" in cli
     assert _writing_calls(PACKAGE / "cli" / f"{module}.py") == []
+    tree = ast.parse(cli)
+    (fn,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == f"{module}_command"]
+    body = fn.body[1:] if isinstance(fn.body[0], ast.Expr) else fn.body  # the docstring is not body
+    assert fn.end_lineno - body[0].lineno + 1 <= 40, f"{module}_command's body is over 40 lines"
 
 
 def test_the_writing_call_check_sees_writes():
