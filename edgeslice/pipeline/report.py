@@ -15,10 +15,27 @@ from typing import Any, TypeVar
 
 R = TypeVar("R")
 
+#: Field metadata of a key a report holds only sometimes: left out of the JSON document while its value is None.
+OMIT_IF_NONE = "edgeslice.omit_if_none"
+
+
+def optional() -> Any:
+    """A report field that is None by default and absent from the JSON document while None (a key that a command
+    prints only in some cases, e.g. ``increment``'s ``tasks`` for the routed head alone)."""
+    return dataclasses.field(default=None, metadata={OMIT_IF_NONE: True})
+
+
+def _omitted(f: dataclasses.Field, value: Any) -> bool:
+    return value is None and bool(f.metadata.get(OMIT_IF_NONE))
+
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not _omitted(f, getattr(value, f.name))
+        }
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, Enum):
@@ -31,7 +48,8 @@ def _plain(value: Any) -> Any:
 
 
 def report_json(report: Any) -> dict[str, Any]:
-    """The JSON object of a report dataclass: its fields in order, paths as strings, tuples as lists.
+    """The JSON object of a report dataclass: its fields in order, paths as strings, tuples as lists; an
+    :func:`optional` field only when it is not None.
 
     Raises:
         TypeError: ``report`` is not a dataclass instance.
@@ -45,11 +63,14 @@ def report_from_json(cls: type[R], data: dict[str, Any]) -> R:
     """Rebuild a report of type ``cls`` from :func:`report_json`'s output (nested report dataclasses included).
 
     Raises:
-        ValueError: ``data`` lacks a field of ``cls`` or has one ``cls`` does not know.
+        ValueError: ``data`` lacks a field of ``cls`` (other than an :func:`optional` one) or has one ``cls`` does
+            not know.
     """
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    names = [f.name for f in fields if f.name in data or not f.metadata.get(OMIT_IF_NONE)]
+    unknown = sorted(set(data) - {f.name for f in fields})
+    missing = [n for n in names if n not in data]
     if unknown or missing:
         raise ValueError(f"{cls.__name__}: unknown fields {unknown}, missing fields {missing}")
     values = {}
@@ -63,4 +84,4 @@ def report_from_json(cls: type[R], data: dict[str, Any]) -> R:
     return cls(**values)
 
 
-__all__ = ["report_from_json", "report_json"]
+__all__ = ["OMIT_IF_NONE", "optional", "report_from_json", "report_json"]

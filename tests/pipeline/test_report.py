@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeslice.pipeline.report import report_from_json, report_json
+from edgeslice.pipeline.report import optional, report_from_json, report_json
 from edgeslice.pipeline.train import TrainReport
 
 
@@ -46,3 +46,18 @@ def test_report_from_json_names_unknown_and_missing_fields():
                                                           "train_seconds", "params")}, "bogus": 1})  # fmt: skip
     with pytest.raises(TypeError, match="not a report"):
         report_json({"a": 1})
+
+
+@dataclass(frozen=True)
+class _Sometimes:
+    always: int | None
+    sometimes: str | None = optional()
+
+
+def test_an_optional_field_is_left_out_while_none_and_comes_back_as_none():
+    assert report_json(_Sometimes(None)) == {"always": None}  # a plain None field stays: only optional() ones go
+    assert report_json(_Sometimes(1, "x")) == {"always": 1, "sometimes": "x"}
+    assert report_from_json(_Sometimes, {"always": 2}) == _Sometimes(2)
+    assert report_from_json(_Sometimes, {"always": 2, "sometimes": "y"}) == _Sometimes(2, "y")
+    with pytest.raises(ValueError, match=r"missing fields \['always'\]"):
+        report_from_json(_Sometimes, {"sometimes": "y"})
