@@ -143,6 +143,17 @@ class Routed:
     seconds: float
 
 
+def routing_for(model: nn.Module, meta: ModelMeta, index: CriticalIndex) -> Routing:
+    """The index's statistics over isolated features, and the tasks of a routed model (unwrapped to its classifier
+    in place) or one task of all old classes.
+
+    Raises:
+        EdgesliceError: the index has no statistics, or none over isolated features, or for other classes.
+    """
+    stats = index_stats(index, meta, isolated=True)
+    return Routing(stats, unwrap_routed_(model) or [list(range(len(meta.classes)))])
+
+
 def check_increment(
     model: nn.Module,
     meta: ModelMeta,
@@ -307,10 +318,7 @@ def learn_increment(
     example = check_increment(model, meta, index, new_data, new_classes, device)
     check_head(model, cfg, replay=replay is not None, frozen=frozen is not None, freeze_old_rows=freeze_old_rows)
     old, new_classes = len(meta.classes), list(new_classes)
-    routing = None
-    if cfg.head == "routed":
-        stats = index_stats(index, meta, isolated=True)
-        routing = Routing(stats, unwrap_routed_(model) or [list(range(old))])
+    routing = routing_for(model, meta, index) if cfg.head == "routed" else None
     groups = channel_groups(model, index.layers, example)
     if cfg.head == "lda":
         return learn_lda(model, meta, index, new_data, new_classes, cfg, groups, example, device)
@@ -324,9 +332,8 @@ def learn_increment(
     grow_classifier_(model, len(new_classes), seed=cfg.seed)
     info = {"frozen": "custom" if frozen is not None else "index critical channels", "old_classes": old}
     plan = increment_plan(model, groups, frozen_sets, old if freeze_old_rows else 0, info=info)
-    stats = train_new_rows(
-        model, new_data if replay is None else ConcatDataset([new_data, replay]), cfg, meta, device, plan
-    )
+    train_set = new_data if replay is None else ConcatDataset([new_data, replay])
+    stats = train_new_rows(model, train_set, cfg, meta, device, plan)
     t_train = time.perf_counter() - t0
     sliced = _slice_new(model, meta, index, new_data, new_classes, cfg, device)
     model.eval()
