@@ -237,6 +237,8 @@ def test_the_device_runtime_imports_nothing_of_edgeslice():
 #: ``<Name>Config``, a frozen ``<Name>Report`` and ``run(config, device) -> <Name>Report``; ``cli/<module>.py`` parses
 #: options into the config, calls ``run`` and prints the report, and writes no file itself.
 SHAPED_COMMANDS: dict[str, tuple[str, str]] = {
+    "increment": ("increment", "Increment"),
+    "readapt": ("readapt", "Readapt"),
     "train": ("train", "Train"),
     "compress": ("compress", "Compress"),
     "slice": ("slice", "SliceRun"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,7 +18,6 @@ from ._common import (
     OptimizerName,
     QuietOpt,
     SeedOpt,
-    claim_out,
     console,
     emit_json,
     handle_errors,
@@ -26,6 +25,9 @@ from ._common import (
     setup,
     table,
 )
+
+if TYPE_CHECKING:
+    from edgeslice.pipeline.readapt import ReadaptReport
 
 
 @handle_errors
@@ -72,79 +74,56 @@ def readapt_command(
     accuracy before/after, attack settings) and manifest.json. Every other parameter stays bit-identical.
     """
     device = setup(json_out, device_type, seed, quiet)
-    claim_out(out)
-    from dataclasses import replace
+    from edgeslice.pipeline.readapt import ReadaptConfig, run
+    from edgeslice.pipeline.report import report_json
 
-    from edgeslice.artifacts.files import atomic_write_json
-    from edgeslice.artifacts.manifest import write_manifest
-    from edgeslice.artifacts.staging import staging_dir
-    from edgeslice.index import CriticalIndex
-    from edgeslice.maintain import AttackConfig, ReadaptConfig, critical_plan, run_readapt
-    from edgeslice.models import fingerprint, load_checkpoint, resolve_model_name, save_checkpoint
-    from edgeslice.ondevice import channel_groups
-    from edgeslice.pipeline import check_against_data, load_checkpoint_data, make_prepare
-    from edgeslice.slicing import find_layers
-    from edgeslice.train import iterate_batches
-
-    cfg = ReadaptConfig(
-        attack=AttackConfig(attack.value, eps=eps, alpha=alpha, steps=steps),
+    config = ReadaptConfig(
+        model=model,
+        checkpoint=checkpoint,
+        index=index,
+        data=data,
+        attack=attack.value,
+        eps=eps,
+        alpha=alpha,
+        steps=steps,
         epochs=epochs,
+        samples=samples,
+        eval_samples=eval_samples,
         batch_size=batch_size,
         lr=lr,
         optimizer=optimizer.value,
-        samples=samples,
-        eval_samples=eval_samples,
         train_classifier=train_classifier,
         regenerate=regenerate,
+        out=out,
+        download=download,
         seed=seed,
     )
-    net, meta = load_checkpoint(checkpoint, expect_model=resolve_model_name(model))
-    idx = CriticalIndex.load(index)
-    bundle = load_checkpoint_data(meta, data, seed=seed, download=download)
-    check_against_data(meta, bundle)
-    prepare = make_prepare(meta)
-    example = prepare(next(iterate_batches(bundle.test, 2))[0])
-    layers = find_layers(net, example)
-    idx.check_model(
-        meta.timm_name,
-        [{"name": la.name, "channels": la.channels} for la in layers],
-        meta.fingerprint or fingerprint(net),
-    )
-    groups = channel_groups(net, idx.layers, example)
-    plan = critical_plan(
-        net, groups, idx.critical, train_classifier=train_classifier, info={"trainable": "critical channels"}
-    )
-    report = run_readapt(net.to(device), plan, bundle.train, bundle.test, cfg, prepare=prepare, device=device)
-    report.update(
-        model=meta.timm_name,
-        checkpoint=str(checkpoint),
-        index=str(index),
-        index_params=idx.params,
-        data=bundle.describe(),
-    )
-    with staging_dir(out) as stage:
-        info = {**meta.info, "readapt": {"source_fingerprint": meta.fingerprint, "attack": cfg.attack.describe()}}
-        info["test_accuracy"] = report["clean_after"]
-        save_checkpoint(net.cpu(), replace(meta, info=info, shapes={}, fingerprint=""), stage / "model.safetensors")
-        atomic_write_json(stage / "report.json", report)
-        write_manifest(stage, cfg.to_dict(), seed)
-    report["out"] = str(out)
+    report = run(config, device)
     if json_out:
-        emit_json(report)
+        emit_json(report_json(report))
         return
-    a = report["attack"]
+    _show(report)
+
+
+def _show(report: ReadaptReport) -> None:
+    """The before/after table of a repair."""
+    a = report.attack
     console.print(
         table(
-            f"re-adapted {meta.timm_name} against {a['kind'].upper()} ε={a['eps']:g}"
+            f"re-adapted {report.model} against {a['kind'].upper()} ε={a['eps']:g}"
             + (f" (α={a['alpha']:g}, {a['steps']} steps)" if a["kind"] == "pgd" else ""),
             ["metric", "before", "after"],
             [
-                ["TPR (trained parameters)", "", f"{report['tpr']:.2%}"],
-                ["RA (repair set, adversarial)", f"{report['ra_before']:.2f}%", f"{report['ra']:.2f}%"],
-                ["RAA (fresh attack, held-out)", f"{report['raa_before']:.2f}%", f"{report['raa']:.2f}%"],
-                [f"PGD-{cfg.reattack_steps} re-attack", f"{report['pgd20_before']:.2f}%", f"{report['pgd20']:.2f}%"],
-                ["clean test accuracy", f"{report['clean_before']:.2f}%", f"{report['clean_after']:.2f}%"],
+                ["TPR (trained parameters)", "", f"{report.tpr:.2%}"],
+                ["RA (repair set, adversarial)", f"{report.ra_before:.2f}%", f"{report.ra:.2f}%"],
+                ["RAA (fresh attack, held-out)", f"{report.raa_before:.2f}%", f"{report.raa:.2f}%"],
+                [
+                    f"PGD-{report.config['reattack_steps']} re-attack",
+                    f"{report.pgd20_before:.2f}%",
+                    f"{report.pgd20:.2f}%",
+                ],
+                ["clean test accuracy", f"{report.clean_before:.2f}%", f"{report.clean_after:.2f}%"],
             ],
         )
     )
-    console.print(f"trained in {report['train_seconds']:.1f} s; frozen rows bit-identical → {out}")
+    console.print(f"trained in {report.train_seconds:.1f} s; frozen rows bit-identical → {report.out}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeslice.pipeline.report import HIDDEN, report_from_json, report_json
+from edgeslice.pipeline.report import HIDDEN, optional, report_from_json, report_json
 from edgeslice.pipeline.train import TrainReport
 
 
@@ -59,3 +59,18 @@ def test_a_field_marked_not_in_json_is_left_out_and_takes_its_default_back():
     assert report_json(report) == {"name": "x"}
     back = report_from_json(_WithDetail, report_json(report))
     assert back.name == "x" and back.detail == {}
+
+
+@dataclass(frozen=True)
+class _Sometimes:
+    always: int | None
+    sometimes: str | None = optional()
+
+
+def test_an_optional_field_is_left_out_while_none_and_comes_back_as_none():
+    assert report_json(_Sometimes(None)) == {"always": None}  # a plain None field stays: only optional() ones go
+    assert report_json(_Sometimes(1, "x")) == {"always": 1, "sometimes": "x"}
+    assert report_from_json(_Sometimes, {"always": 2}) == _Sometimes(2)
+    assert report_from_json(_Sometimes, {"always": 2, "sometimes": "y"}) == _Sometimes(2, "y")
+    with pytest.raises(ValueError, match=r"missing fields \['always'\]"):
+        report_from_json(_Sometimes, {"sometimes": "y"})
