@@ -34,76 +34,88 @@ if TYPE_CHECKING:
     from edgeslice.pipeline.increment import IncrementReport
 
 
+BundleDirOpt = Annotated[
+    Path | None,
+    typer.Argument(
+        metavar="[BUNDLE]",
+        help="The folder compress (or an earlier increment) wrote: its model.safetensors and critical_index.",
+    ),
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", exists=True, help="The deployed model.safetensors (model.json beside it)."),
+]
+IndexOpt = Annotated[
+    Path | None,
+    typer.Option("--index", exists=True, dir_okay=False, help="critical_index sliced from this checkpoint."),
+]
+NewDataOpt = Annotated[
+    str,
+    typer.Option(
+        "--new-data",
+        help="Data of the new classes: a data-set name or an ImageFolder directory (NEW/train/<class>/; one "
+        "class folder of at least 5 images is enough).",
+    ),
+]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--classes",
+        help="New classes (names or labels of --new-data, comma-separated; default: the "
+        "data's classes the model lacks).",
+    ),
+]
+CalibPerClassOpt = Annotated[
+    int, typer.Option("--calib-per-class", min=1, help="Images per new class for slicing the new classes.")
+]
+ReplayOpt = Annotated[
+    str | None,
+    typer.Option("--replay", help="Old-class data to replay (name or folder); its classes are matched by name."),
+]
+ReplayFractionOpt = Annotated[
+    float, typer.Option("--replay-fraction", callback=unit_interval, help="Share of --replay kept per class.")
+]
+IsolateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--isolate/--no-isolate",
+        help="First cut the frozen channels and old class rows off the trainable ones (and freeze what they "
+        "cannot do without), so old-class logits stay exactly the same; proven on a probe, else exit 1. "
+        "Costs the critical channels their non-critical inputs once: use a high-θ index (0.99).",
+    ),
+]
+HeadOpt = Annotated[
+    str,
+    typer.Option(
+        "--head",
+        help="auto (default): routed when the index's class statistics are over isolated features, else lda "
+        "(else trained when the index has no statistics, or with --replay/--isolate). "
+        "routed: class-incremental, one argmax over all classes: train the new rows and "
+        "non-critical channels isolated from the old ones, then a router from the index's class statistics "
+        "picks the task and that task's rows pick the class. lda: nothing trains, the classifier becomes the "
+        "linear discriminant of the class statistics. trained: isolated or plain training without the router "
+        "(task-incremental).",
+    ),
+]
+
+
 @handle_errors
 def increment_command(
-    bundle_dir: Annotated[
-        Path | None,
-        typer.Argument(
-            metavar="[BUNDLE]",
-            help="The folder compress (or an earlier increment) wrote: its model.safetensors and critical_index.",
-        ),
-    ] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option("--checkpoint", exists=True, help="The deployed model.safetensors (model.json beside it)."),
-    ] = None,
-    index: Annotated[
-        Path | None,
-        typer.Option("--index", exists=True, dir_okay=False, help="critical_index sliced from this checkpoint."),
-    ] = None,
-    new_data: Annotated[
-        str,
-        typer.Option(
-            "--new-data",
-            help="Data of the new classes: a data-set name or an ImageFolder directory (NEW/train/<class>/; one "
-            "class folder of at least 5 images is enough).",
-        ),
-    ] = "",
-    classes: Annotated[
-        str | None,
-        typer.Option(
-            "--classes",
-            help="New classes (names or labels of --new-data, comma-separated; default: the "
-            "data's classes the model lacks).",
-        ),
-    ] = None,
+    bundle_dir: BundleDirOpt = None,
+    checkpoint: CheckpointOpt = None,
+    index: IndexOpt = None,
+    new_data: NewDataOpt = "",
+    classes: ClassesOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("edgeslice-out/increment"),
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the new data.")] = 3,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
     lr: Annotated[float, typer.Option("--lr", callback=positive, help="Peak learning rate (cosine decay).")] = 3e-3,
     optimizer: Annotated[OptimizerName, typer.Option("--optimizer")] = OptimizerName.adamw,
-    calib_per_class: Annotated[
-        int, typer.Option("--calib-per-class", min=1, help="Images per new class for slicing the new classes.")
-    ] = 50,
-    replay: Annotated[
-        str | None,
-        typer.Option("--replay", help="Old-class data to replay (name or folder); its classes are matched by name."),
-    ] = None,
-    replay_fraction: Annotated[
-        float, typer.Option("--replay-fraction", callback=unit_interval, help="Share of --replay kept per class.")
-    ] = 0.1,
-    isolate: Annotated[
-        bool,
-        typer.Option(
-            "--isolate/--no-isolate",
-            help="First cut the frozen channels and old class rows off the trainable ones (and freeze what they "
-            "cannot do without), so old-class logits stay exactly the same; proven on a probe, else exit 1. "
-            "Costs the critical channels their non-critical inputs once: use a high-θ index (0.99).",
-        ),
-    ] = False,
-    head: Annotated[
-        str,
-        typer.Option(
-            "--head",
-            help="auto (default): routed when the index's class statistics are over isolated features, else lda "
-            "(else trained when the index has no statistics, or with --replay/--isolate). "
-            "routed: class-incremental, one argmax over all classes: train the new rows and "
-            "non-critical channels isolated from the old ones, then a router from the index's class statistics "
-            "picks the task and that task's rows pick the class. lda: nothing trains, the classifier becomes the "
-            "linear discriminant of the class statistics. trained: isolated or plain training without the router "
-            "(task-incremental).",
-        ),
-    ] = "auto",
+    calib_per_class: CalibPerClassOpt = 50,
+    replay: ReplayOpt = None,
+    replay_fraction: ReplayFractionOpt = 0.1,
+    isolate: IsolateOpt = False,
+    head: HeadOpt = "auto",
     download: DownloadOpt = False,
     seed: SeedOpt = 0,
     device_type: DeviceOpt = DeviceType.auto,

@@ -199,8 +199,34 @@ def isolate_(
     wiring = probe_wiring(model, groups, example, seed=seed)
     sets = {g.layer: frozen[g.layer].to(torch.bool).clone() for g in groups}
     before = {k: v.clone() for k, v in sets.items()}
+    _close_frozen_sets_(sets, wiring, modules, old_rows, heads)
+    trial = copy.deepcopy(model)
+    cut = _cut_unfrozen_reads_(trial, sets, wiring, old_rows, heads)
+    report = IsolationReport(
+        frozen=sets,
+        added={k: int((sets[k] & ~before[k]).sum()) for k in sets if (sets[k] & ~before[k]).any()},
+        cut_weights=cut,
+        producers={k: v for k, v in wiring.items() if v},
+    )
+    report.max_logit_change = _prove(trial, groups, sets, old_rows, heads, example, seed)
+    if report.max_logit_change > 0.0:
+        raise IsolationError(
+            f"cannot isolate the frozen channels of this model: old-class logits still move by up to "
+            f"{report.max_logit_change:.3g} when trainable channels change (wiring the probe cannot map)"
+        )
+    model.load_state_dict(trial.state_dict())
+    return report
 
-    # Closure to a fixed point (each pass only adds channels, so it terminates).
+
+def _close_frozen_sets_(
+    sets: dict[str, torch.Tensor],
+    wiring: Mapping[str, list[str]],
+    modules: Mapping[str, nn.Module],
+    old_rows: int,
+    heads: set[str],
+) -> None:
+    """Grow ``sets`` (in place) to a fixed point: a frozen row that reads a channel some producer keeps frozen and
+    another does not makes every producer keep it (each pass only adds channels, so it terminates)."""
     changed = True
     while changed:
         changed = False
@@ -227,8 +253,16 @@ def isolate_(
                         sets[p] |= add
                         changed = True
 
-    # Cut what is left: frozen rows of dense consumers stop reading channels no producer keeps frozen.
-    trial = copy.deepcopy(model)
+
+def _cut_unfrozen_reads_(
+    trial: nn.Module,
+    sets: Mapping[str, torch.Tensor],
+    wiring: Mapping[str, list[str]],
+    old_rows: int,
+    heads: set[str],
+) -> int:
+    """Cut what is left (in ``trial``): frozen rows of dense consumers stop reading channels no producer keeps frozen.
+    Returns the number of non-zero weights set to zero."""
     trial_modules = dict(trial.named_modules())
     cut = 0
     with torch.no_grad():
@@ -246,21 +280,7 @@ def isolate_(
                 block = w[r[:, None], c[None, :]]
                 cut += int((block != 0).sum())
                 w[r[:, None], c[None, :]] = 0
-
-    report = IsolationReport(
-        frozen=sets,
-        added={k: int((sets[k] & ~before[k]).sum()) for k in sets if (sets[k] & ~before[k]).any()},
-        cut_weights=cut,
-        producers={k: v for k, v in wiring.items() if v},
-    )
-    report.max_logit_change = _prove(trial, groups, sets, old_rows, heads, example, seed)
-    if report.max_logit_change > 0.0:
-        raise IsolationError(
-            f"cannot isolate the frozen channels of this model: old-class logits still move by up to "
-            f"{report.max_logit_change:.3g} when trainable channels change (wiring the probe cannot map)"
-        )
-    model.load_state_dict(trial.state_dict())
-    return report
+    return cut
 
 
 def frozen_classifier_inputs(model: nn.Module, report: IsolationReport) -> torch.Tensor | None:
