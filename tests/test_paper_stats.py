@@ -178,3 +178,18 @@ def test_refuses_other_settings(paper_stats, tmp_path, capsys):
     b.write_text(json.dumps(doc))
     assert paper_stats.main([str(a), str(b), "--out", str(tmp_path / "s.json")]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_per_class_masking_averages_each_class_over_seeds_and_skips_global_rows(paper_stats):
+    def run(per_class):
+        masking = [
+            {"metric": "deeplift", "scope": "category", "band": "0-10%", "accuracy": 0.0, "per_class": per_class},
+            {"metric": "deeplift", "scope": "global", "band": "0-10%", "accuracy": 50.0},
+        ]
+        return {"models": {"m": {"masking": masking}}}
+
+    table = paper_stats.per_class_masking({0: run([0.0, 40.0]), 1: run([10.0, 60.0])})
+    cells = table["m"]["deeplift"]["0-10%"]
+    assert cells["0"]["mean"] == 5.0 and cells["1"]["mean"] == 50.0 and cells["1"]["n"] == 2
+    assert cells["1"]["std"] == pytest.approx(statistics.stdev([40.0, 60.0]))
+    assert list(table["m"]["deeplift"]) == ["0-10%"]  # the global row carries no per-class accuracy
