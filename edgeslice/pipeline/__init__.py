@@ -5,6 +5,7 @@
 """
 
 from ..data import make_prepare as make_prepare  # where it lived before; the normalisation is the data's
+from .baseline import BaselineRecipe as BaselineRecipe
 from .baseline import cached_baseline as cached_baseline
 from .baseline import check_against_data as check_against_data
 from .baseline import check_data as check_data

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,58 +47,79 @@ def meta_for(timm_name: str, bundle: DataBundle, **info: Any) -> ModelMeta:
     )
 
 
+@dataclass(frozen=True)
+class BaselineRecipe:
+    """How a baseline is trained, and so what its cache key names: the training options, the seed and where the
+    initial weights come from. ``train_baseline`` and ``cached_baseline`` take one (or its fields as keywords)."""
+
+    epochs: float
+    seed: int
+    batch_size: int = 128
+    lr: float = 3e-3
+    pretrained: bool = False
+    pretrained_file: str | None = None
+    use_ema: bool = False
+    augment: str | bool = "auto"
+    amp: bool = False
+
+    def train_options(self) -> TrainOptions:
+        return TrainOptions(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                            augment=self.augment, amp=self.amp)  # fmt: skip
+
+
+def _recipe(recipe: BaselineRecipe | None, settings: dict[str, Any]) -> BaselineRecipe:
+    if recipe is not None and settings:
+        raise TypeError(f"give a BaselineRecipe or its fields, not both ({', '.join(settings)})")
+    return recipe if recipe is not None else BaselineRecipe(**settings)
+
+
 def train_baseline(
-    model_name: str,
-    bundle: DataBundle,
-    *,
-    epochs: float,
-    seed: int,
-    device: torch.device,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    pretrained: bool = False,
-    pretrained_file: str | None = None,
-    use_ema: bool = False,
-    augment: str | bool = "auto",
-    amp: bool = False,
+    model_name: str, bundle: DataBundle, recipe: BaselineRecipe | None = None, *, device: torch.device, **settings: Any
 ) -> tuple[nn.Module, ModelMeta]:
     """Train a model on ``bundle`` (from scratch, or from timm's pretrained weights) and measure its test accuracy.
+
+    Args:
+        model_name: a timm name or alias.
+        bundle: the data.
+        recipe: how to train (or its fields as keywords: ``epochs=``, ``seed=``, …).
+        device: where torch runs.
 
     Raises:
         DataError: ``bundle`` has fewer than 2 classes or a class without training images.
     """
+    r = _recipe(recipe, settings)
     check_data(bundle)
     timm_name = resolve_model_name(model_name)
-    torch.manual_seed(seed)
+    torch.manual_seed(r.seed)
     model = create_model(
         timm_name,
         num_classes=len(bundle.classes),
         in_chans=bundle.in_chans,
         input_size=bundle.image_size,
-        pretrained=pretrained,
-        pretrained_file=pretrained_file,
-        use_ema=use_ema,
+        pretrained=r.pretrained,
+        pretrained_file=r.pretrained_file,
+        use_ema=r.use_ema,
     ).to(device)
     prepare = make_prepare(bundle)
     t0 = time.perf_counter()
-    options = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment, amp=amp)
-    stats = train_model(model, bundle.train, options, prepare=prepare, device=device, description=f"train {timm_name}")
+    description = f"train {timm_name}"
+    stats = train_model(model, bundle.train, r.train_options(), prepare=prepare, device=device, description=description)
     acc = evaluate(model, bundle.test, prepare=prepare, device=device, description="test accuracy")
     meta = meta_for(
         timm_name,
         bundle,
         data=bundle.describe(),
-        seed=seed,
-        epochs=epochs,
+        seed=r.seed,
+        epochs=r.epochs,
         test_accuracy=acc,
         train_seconds=round(time.perf_counter() - t0, 2),
         final_loss=stats["final_loss"],
     )
-    if pretrained or pretrained_file:
-        meta.info["weights"] = weights_source(pretrained, pretrained_file)
+    if r.pretrained or r.pretrained_file:
+        meta.info["weights"] = weights_source(r.pretrained, r.pretrained_file)
     train = bundle.train.dataset if isinstance(bundle.train, Subset) else bundle.train
     if isinstance(train, ImageFolderStream):
-        meta.info["augment"] = augment_recipe(augment, bundle.image_size) or "none"
+        meta.info["augment"] = augment_recipe(r.augment, bundle.image_size) or "none"
     return model, meta
 
 
@@ -110,19 +132,7 @@ def weights_source(pretrained: bool, pretrained_file: str | None) -> str:
 
 
 def cached_baseline(
-    model_name: str,
-    bundle: DataBundle,
-    *,
-    epochs: float,
-    seed: int,
-    device: torch.device,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    pretrained: bool = False,
-    pretrained_file: str | None = None,
-    use_ema: bool = False,
-    augment: str | bool = "auto",
-    amp: bool = False,
+    model_name: str, bundle: DataBundle, recipe: BaselineRecipe | None = None, *, device: torch.device, **settings: Any
 ) -> tuple[nn.Module, ModelMeta, Path, bool]:
     """The baseline for (model, data, seed, epochs, batch size, lr): loaded from the cache, or trained and cached.
 
@@ -130,60 +140,45 @@ def cached_baseline(
     ``noaug`` without augmentation, ``aug-small`` with the small-image recipe (``edgeslice.data.augment_recipe``)
     and ``amp`` with mixed precision; a timm-augmented fp32 baseline's key is unchanged.
 
+    Args:
+        model_name: a timm name or alias.
+        bundle: the data.
+        recipe: how to train (or its fields as keywords: ``epochs=``, ``seed=``, …).
+        device: where torch runs.
+
     Returns:
         (model on ``device``, meta, checkpoint path, whether it came from the cache).
     """
+    r = _recipe(recipe, settings)
     timm_name = resolve_model_name(model_name)
-    path = (
-        edgeslice_home()
-        / "baselines"
-        / (
-            f"{timm_name}-{_data_key(bundle)}-seed{seed}-ep{epochs:g}-bs{batch_size}-lr{lr:g}"
-            + _baseline_key_suffix(bundle, pretrained, pretrained_file, use_ema, augment, amp)
-        )
-        / "model.safetensors"
-    )
+    key = f"{timm_name}-{_data_key(bundle)}-seed{r.seed}-ep{r.epochs:g}-bs{r.batch_size}-lr{r.lr:g}"
+    path = edgeslice_home() / "baselines" / (key + _baseline_key_suffix(bundle, r)) / "model.safetensors"
     if path.is_file():
         try:
             model, meta = load_checkpoint(path, expect_model=timm_name)
             return model.to(device), meta, path, True
         except ModelError:
             pass  # a corrupt cache entry is retrained and overwritten
-    model, meta = train_baseline(
-        model_name,
-        bundle,
-        epochs=epochs,
-        seed=seed,
-        device=device,
-        batch_size=batch_size,
-        lr=lr,
-        pretrained=pretrained,
-        pretrained_file=pretrained_file,
-        use_ema=use_ema,
-        augment=augment,
-        amp=amp,
-    )
+    model, meta = train_baseline(model_name, bundle, r, device=device)
     save_checkpoint(model, meta, path)
     return model, meta, path, False
 
 
-def _baseline_key_suffix(
-    bundle: DataBundle, pretrained: bool, pretrained_file: str | None, use_ema: bool, augment: str | bool, amp: bool
-) -> str:
+def _baseline_key_suffix(bundle: DataBundle, r: BaselineRecipe) -> str:
     """The part of a baseline's cache key beyond today's: empty for a from-scratch fp32 baseline."""
 
     parts = []
-    source = weights_source(pretrained, pretrained_file)
+    source = weights_source(r.pretrained, r.pretrained_file)
     if source != "scratch":
-        parts.append(source.replace(":", "-") + ("-ema" if use_ema else ""))
+        parts.append(source.replace(":", "-") + ("-ema" if r.use_ema else ""))
     train = bundle.train.dataset if isinstance(bundle.train, Subset) else bundle.train
     if isinstance(train, ImageFolderStream):
-        recipe = augment_recipe(augment, bundle.image_size)
+        recipe = augment_recipe(r.augment, bundle.image_size)
         if recipe is None:
             parts.append("noaug")
         elif recipe == "small":
             parts.append("aug-small")
-    if amp:
+    if r.amp:
         parts.append("amp")
     return "".join(f"-{p}" for p in parts)
 

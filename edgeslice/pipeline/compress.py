@@ -36,6 +36,7 @@ from ..models import (
 from ..slicing import SliceResult
 from ..train import TrainOptions, evaluate, iterate_batches, train_model
 from .baseline import (
+    BaselineRecipe,
     cached_baseline,
     check_against_data,
     check_data,
@@ -130,11 +131,7 @@ def load_stage(cfg: CompressConfig, device: torch.device, timer: Timer) -> Loade
             check_data(bundle)
             preflight(create_model(timm_name, num_classes=len(bundle.classes), in_chans=bundle.in_chans,
                                    input_size=bundle.image_size), bundle, cfg)  # fmt: skip
-            model, meta, path, cached = cached_baseline(
-                cfg.model, bundle, epochs=cfg.train_epochs, seed=cfg.seed, device=device,
-                batch_size=cfg.batch_size, lr=cfg.lr, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file,
-                use_ema=cfg.use_ema, augment=cfg.augment, amp=cfg.amp,
-            )  # fmt: skip
+            model, meta, path, cached = cached_baseline(cfg.model, bundle, baseline_recipe(cfg), device=device)
             source = _cache_relative(path)
     prepare = make_prepare(meta)
     with timer.span("evaluate_s"):
@@ -143,6 +140,13 @@ def load_stage(cfg: CompressConfig, device: torch.device, timer: Timer) -> Loade
     for w in warnings:
         sys.stderr.write(f"warning: {w}\n")
     return Loaded(timm_name, bundle, model, meta, prepare, source, cached, acc, warnings)
+
+
+def baseline_recipe(cfg: CompressConfig) -> BaselineRecipe:
+    """How compress trains a baseline when no checkpoint is given (``--train-epochs`` and the data options)."""
+    return BaselineRecipe(epochs=cfg.train_epochs, seed=cfg.seed, batch_size=cfg.batch_size, lr=cfg.lr,
+                          pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file, use_ema=cfg.use_ema,
+                          augment=cfg.augment, amp=cfg.amp)  # fmt: skip
 
 
 def preflight(model: nn.Module, bundle: DataBundle, cfg: CompressConfig) -> None:

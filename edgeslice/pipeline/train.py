@@ -17,7 +17,7 @@ from ..artifacts.staging import claim_output, staging_dir
 from ..classes import select_classes
 from ..data import AUGMENT_MODES
 from ..models import resolve_model_name, save_checkpoint
-from .baseline import load_compress_data, train_baseline
+from .baseline import BaselineRecipe, load_compress_data, train_baseline
 from .config import CompressConfig
 
 
@@ -94,20 +94,10 @@ def run(config: TrainConfig, device: torch.device) -> TrainReport:
         )
         bundle = load_compress_data(data_options, resolve_model_name(config.model))
         bundle = select_classes(bundle, config.classes, min_classes=2)
-        net, meta = train_baseline(
-            config.model,
-            bundle,
-            epochs=config.epochs,
-            seed=config.seed,
-            device=device,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            pretrained=config.pretrained,
-            pretrained_file=config.pretrained_file,
-            use_ema=config.use_ema,
-            augment=config.augment,
-            amp=config.amp,
-        )
+        recipe = BaselineRecipe(epochs=config.epochs, seed=config.seed, batch_size=config.batch_size, lr=config.lr,
+                                pretrained=config.pretrained, pretrained_file=config.pretrained_file,
+                                use_ema=config.use_ema, augment=config.augment, amp=config.amp)  # fmt: skip
+        net, meta = train_baseline(config.model, bundle, recipe, device=device)
         manifest_config = {"command": "train", "model": meta.timm_name, "data": bundle.name, "epochs": config.epochs,
                            "batch_size": config.batch_size, "lr": config.lr, "augment": config.augment,
                            "classes": config.classes}  # fmt: skip
