@@ -6,7 +6,10 @@ Reads multi-seed result files and writes ``--out`` (JSON) and the same stem with
   otherwise. Per model and pruner, CR, NI (iterations run, the rejected last one included), NI kept (iterations
   whose pruning the final model has) and MA as mean ± std for P, Global+P, Category-wise+P and NeuSemSlice+P;
   paired tests NeuSemSlice+P vs each of the other three, per pruner and on the mean over the pruners (the
-  paper's "averaged" figures). With ``--rq2`` the Table 5 check is added: the paper's plain-pruner cells against
+  paper's "averaged" figures). ``--rq2-rule CAP DROP`` (repeatable; replaces the runs' own rule) replays every run
+  under at most CAP iterations and a DROP-point budget, read from its history (exact: a stricter run is a prefix
+  of the looser one), so runs made with different caps can be compared under one rule. With ``--rq2`` the
+  Table 5 check is added: the paper's plain-pruner cells against
   CR = 1 − q^NI (q = 0.95; 0.9 on MLP-MNIST) and the restructure's share r = 1 − (1 − CR) / q^NI of its sliced cells.
 - ``--rq3``: result files of ``benchmarks/rq3_readapt.py`` (``rows``: model, seed, attack, method, tpr, ra, raa).
   Grouped by model, attack and ε; per method TPR / RA / RAA mean ± std; NeuSemSlice vs Fully Training, Global
@@ -21,6 +24,7 @@ ddof 1), paired by seed. A comparison with fewer than 2 seeds is refused in one 
 twice.
 
     python benchmarks/paper_stats_rq.py --rq2 benchmarks/results/rq2_mlp_paper_step05_s*/rq2.json \\
+        --rq2-rule 20 1.0 --rq2-rule 10 1.0 --rq2-rule 20 0.5 \\
         --rq3 benchmarks/results/rq3_readapt_mlp_converged.json \\
         --rq4 benchmarks/results/rq4_incremental_mlp_5seeds.json --out benchmarks/results/paper_stats_rq.json
 """
@@ -146,14 +150,45 @@ def _summ(values: dict[int, float]) -> dict[str, Any]:
 # ---------------------------------------------------------------- RQ2
 
 
-def load_rq2(paths: list[Path]) -> dict[str, Any]:
-    """{"config": settings without the seed, "cells": {(model, method, pruner): {seed: {CR, NI, NI_kept, MA}}}}."""
+def replay(report: dict[str, Any], max_iterations: int, max_acc_drop: float) -> dict[str, float]:
+    """CR, NI, NI kept and MA of ``report``'s run under a stricter rule, read from its history.
+
+    Each pruning iteration depends only on the ones before it (its fine-tuning seed is the iteration's), so a run
+    with a lower iteration cap or a smaller accuracy budget is a prefix of this one: the first ``max_iterations``
+    iterations, stopped at the first whose accuracy is more than ``max_acc_drop`` below the baseline (that one
+    counted in NI, the model before it reported).
+
+    Raises:
+        StatsInputError: the rule is looser than the run's own (its result is not in the history).
+    """
+    cfg = report["config"]
+    if max_iterations > cfg["max_iterations"] or max_acc_drop > cfg["max_acc_drop"]:
+        raise StatsInputError(
+            f"rule (cap {max_iterations}, drop {max_acc_drop:g}) is looser than the run's "
+            f"(cap {cfg['max_iterations']}, drop {cfg['max_acc_drop']:g}): it cannot be replayed"
+        )
+    final, ni, kept = report["start"], 0, 0
+    for h in report["history"][:max_iterations]:
+        ni += 1
+        if report["baseline_accuracy"] - h["accuracy"] > max_acc_drop:
+            break
+        final, kept = h, kept + 1
+    return {"CR": 100 * final["compression_rate"], "NI": ni, "NI_kept": kept, "MA": final["accuracy"]}
+
+
+def load_rq2(paths: list[Path], rule: tuple[int, float] | None = None) -> dict[str, Any]:
+    """{"config": settings without the seed, "cells": {(model, method, pruner): {seed: {CR, NI, NI_kept, MA}}}}.
+
+    With ``rule`` (iteration cap, accuracy budget) every run is replayed under it, and the files may differ in their
+    own cap and budget (not in anything else).
+    """
     config = None
+    free = ("seed", "max_iterations", "max_acc_drop") if rule else ("seed",)
     cells: dict[tuple[str, str, str], dict[int, dict[str, float]]] = {}
     for path in paths:
         doc = json.loads(path.read_text())
         seed = doc["config"]["seed"]
-        rest = {k: v for k, v in doc["config"].items() if k != "seed"}
+        rest = {k: v for k, v in doc["config"].items() if k not in free}
         if config is None:
             config = rest
         elif rest != config:
@@ -165,17 +200,25 @@ def load_rq2(paths: list[Path]) -> dict[str, Any]:
             if seed in per_seed:
                 raise StatsInputError(f"{path}: RQ2 seed {seed} given twice for {key}")
             r = cell["report"]
-            per_seed[seed] = {
-                "CR": 100 * r["compression_rate"],
-                "NI": r["iterations"],
-                "NI_kept": r["iterations_kept"],
-                "MA": r["accuracy"],
-            }
+            if rule:
+                per_seed[seed] = replay(r, *rule)
+                own = replay(r, r["config"]["max_iterations"], r["config"]["max_acc_drop"])
+                if (own["CR"], own["NI"], own["MA"]) != (100 * r["compression_rate"], r["iterations"], r["accuracy"]):
+                    raise StatsInputError(f"{path}: {key}: its history does not replay to its own result")
+            else:
+                per_seed[seed] = {
+                    "CR": 100 * r["compression_rate"],
+                    "NI": r["iterations"],
+                    "NI_kept": r["iterations_kept"],
+                    "MA": r["accuracy"],
+                }
+    if rule:
+        config = {**config, "max_iterations": rule[0], "max_acc_drop": rule[1], "replayed": True}
     return {"config": config, "cells": cells}
 
 
-def rq2_stats(paths: list[Path]) -> dict[str, Any]:
-    data = load_rq2(paths)
+def rq2_stats(paths: list[Path], rule: tuple[int, float] | None = None) -> dict[str, Any]:
+    data = load_rq2(paths, rule)
     cells = data["cells"]
     out: dict[str, Any] = {"config": data["config"], "models": {}}
     for model in sorted({m for m, _, _ in cells}):
@@ -344,10 +387,10 @@ def markdown(result: dict[str, Any]) -> str:
             for r in t5["mlp_fmnist_sliced"]
         ]
         lines.append("")
-    if "rq2" in result:
-        c = result["rq2"]["config"]
+    for rq2 in result.get("rq2", []):
+        c = rq2["config"]
         lines += [
-            "## RQ2",
+            "## RQ2" + (" (replayed from the runs' histories)" if c.get("replayed") else ""),
             "",
             f"Step {c['prune_step']:g} of the remaining weights, {c['finetune_steps']} fine-tuning steps, at most "
             f"{c['max_iterations']} iterations, stop before a {c['max_acc_drop']:g}-point drop; restructure "
@@ -355,7 +398,7 @@ def markdown(result: dict[str, Any]) -> str:
             "iterations in the final model.",
             "",
         ]
-        for model, per in result["rq2"]["models"].items():
+        for model, per in rq2["models"].items():
             lines += [
                 f"### {model}",
                 "",
@@ -413,18 +456,29 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rq2", nargs="+", type=Path, default=[], help="rq2.json files, one seed each")
+    ap.add_argument(
+        "--rq2-rule",
+        nargs=2,
+        action="append",
+        metavar=("CAP", "DROP"),
+        help="also replay the RQ2 runs with at most CAP iterations and a DROP-point budget (repeatable)",
+    )
     ap.add_argument("--rq3", nargs="+", type=Path, default=[], help="rq3_readapt.py result files")
     ap.add_argument("--rq4", nargs="+", type=Path, default=[], help="rq4_incremental.py result files")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/paper_stats_rq.json"))
     args = ap.parse_args(argv)
     parts = [f"--{k} " + " ".join(str(p) for p in getattr(args, k)) for k in ("rq2", "rq3", "rq4") if getattr(args, k)]
+    parts += [f"--rq2-rule {cap} {drop}" for cap, drop in args.rq2_rule or []]
     result: dict[str, Any] = {"command": " ".join(["python benchmarks/paper_stats_rq.py", *parts, f"--out {args.out}"])}
     try:
         if not parts:
             raise StatsInputError("nothing to compare: give --rq2, --rq3 or --rq4 result files")
         if args.rq2:
             result["table5"] = table5_check()
-            result["rq2"] = rq2_stats(args.rq2)
+            result["rq2"] = [
+                rq2_stats(args.rq2, (int(cap), float(drop)) if cap is not None else None)
+                for cap, drop in args.rq2_rule or [(None, None)]
+            ]
         if args.rq3:
             result["rq3"] = rq3_stats(args.rq3)
         if args.rq4:

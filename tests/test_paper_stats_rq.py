@@ -153,3 +153,20 @@ def test_main_writes_json_and_markdown(rq, tmp_path):
     assert rq.main(["--rq4", str(path), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["rq4"]["groups"][0]["tests"]["NeuSemSlice vs Global Slicing"]["A"]["n"] == 3
     assert "NeuSemSlice vs Global Slicing" in out.with_suffix(".md").read_text()
+
+
+def test_rq2_replay_under_a_stricter_rule(rq):
+    history = [(89.8, 0.15), (89.4, 0.19), (89.6, 0.23), (88.5, 0.27)]
+    report = {
+        "config": {"max_iterations": 5, "max_acc_drop": 1.0},
+        "baseline_accuracy": 90.0,
+        "start": {"accuracy": 90.0, "compression_rate": 0.10},
+        "history": [{"accuracy": a, "compression_rate": c, "kept": a >= 89.0} for a, c in history],
+    }
+    # its own rule: the fourth iteration (1.5 points down) is rejected, the third is the result
+    assert rq.replay(report, 5, 1.0) == pytest.approx({"CR": 23.0, "NI": 4, "NI_kept": 3, "MA": 89.6})
+    assert rq.replay(report, 2, 1.0) == pytest.approx({"CR": 19.0, "NI": 2, "NI_kept": 2, "MA": 89.4})
+    # a half-point budget stops at the second iteration (0.6 down) and keeps the first
+    assert rq.replay(report, 5, 0.5) == pytest.approx({"CR": 15.0, "NI": 2, "NI_kept": 1, "MA": 89.8})
+    with pytest.raises(rq.StatsInputError, match="looser"):
+        rq.replay(report, 6, 1.0)
