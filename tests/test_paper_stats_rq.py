@@ -38,7 +38,7 @@ def test_table5_reading(rq):
     assert rq.step_cr(7, q=0.9) == pytest.approx(52.17, abs=0.01)
     check = rq.table5_check()
     assert len(check["plain"]) == 24
-    assert check["max_abs_residual_plain"] <= 0.01
+    assert check["max_abs_residual_plain"] < 0.0051  # 36.97 printed for 36.975
     r = {(c["slicing"], c["pruner"]): c["r"] for c in check["mlp_fmnist_sliced"]}
     # one restructure share per slicing method, whatever the pruner
     for slicing, share in (("NeuSemSlice", 9.1), ("Global", 12.4), ("Category-wise", 8.3)):
