@@ -12,8 +12,8 @@ Reads multi-seed result files and writes ``--out`` (JSON) and the same stem with
   Table 5 check is added: the paper's plain-pruner cells against
   CR = 1 − q^NI (q = 0.95; 0.9 on MLP-MNIST) and the restructure's share r = 1 − (1 − CR) / q^NI of its sliced cells.
 - ``--rq3``: result files of ``benchmarks/rq3_readapt.py`` (``rows``: model, seed, attack, method, tpr, ra, raa).
-  Grouped by model, attack and ε; per method TPR / RA / RAA mean ± std; NeuSemSlice vs Fully Training, Global
-  Slicing and Category-wise Slicing on RA and RAA.
+  Grouped by model, attack, ε, repair lr and baseline epochs; per method TPR / RA / RAA mean ± std; NeuSemSlice vs
+  Fully Training, Global Slicing and Category-wise Slicing on RA and RAA.
 - ``--rq4``: result files of ``benchmarks/rq4_incremental.py`` (``rows`` with ``R_class_il`` / ``R_task_il``, the
   accuracy matrices). Per model, scenario and evaluation (class-IL, task-IL): each task's accuracy after the last
   task and their average, mean ± std; NeuSemSlice vs Global Slicing, Category-wise Slicing, Retrain, Replay 5%,
@@ -262,24 +262,29 @@ def rq2_stats(paths: list[Path], rule: tuple[int, float] | None = None) -> dict[
 
 
 def rq3_stats(paths: list[Path]) -> dict[str, Any]:
-    groups: dict[tuple[str, str, float], dict[str, dict[int, dict[str, float]]]] = {}
+    groups: dict[tuple, dict[str, dict[int, dict[str, float]]]] = {}
     for path in paths:
         doc = json.loads(path.read_text())
-        eps = doc["args"]["eps"]
+        a = doc["args"]
+        baseline = "ladder " + " ".join(f"{e:g}" for e in a["converge_epochs"]) if a.get("converge_epochs") else None
         for row in doc["rows"]:
-            per_seed = groups.setdefault((row["model"], row["attack"], eps), {}).setdefault(row["method"], {})
+            epochs = baseline or f"{float(a['train_epochs']):g}"
+            key = (row["model"], row["attack"], a["eps"], a["lr"], epochs)
+            per_seed = groups.setdefault(key, {}).setdefault(row["method"], {})
             if row["seed"] in per_seed:
-                raise StatsInputError(f"{path}: RQ3 seed {row['seed']} given twice for {row['model']} {row['method']}")
+                raise StatsInputError(f"{path}: RQ3 seed {row['seed']} given twice for {key} {row['method']}")
             per_seed[row["seed"]] = {"TPR": 100 * row["tpr"], "RA": row["ra"], "RAA": row["raa"]}
     out = []
-    for (model, attack, eps), methods in sorted(groups.items()):
-        what = f"RQ3 {model} {attack} eps {eps:g}"
+    for (model, attack, eps, lr, epochs), methods in sorted(groups.items()):
+        what = f"RQ3 {model} {attack} eps {eps:g} lr {lr:g} baseline {epochs}"
         vals = {m: {k: {s: v[k] for s, v in methods[m].items()} for k in ("TPR", "RA", "RAA")} for m in methods}
         out.append(
             {
                 "model": model,
                 "attack": attack,
                 "eps": eps,
+                "lr": lr,
+                "baseline_epochs": epochs,
                 "summary": {
                     m: {k: _summ(_seeded(vals[m][k], what)) for k in ("TPR", "RA", "RAA")}
                     for m in RQ3_METHODS
@@ -425,7 +430,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["## RQ3", ""]
         for g in result["rq3"]["groups"]:
             lines += [
-                f"### {g['model']}, {g['attack'].upper()}, ε {g['eps']:g}",
+                f"### {g['model']}, {g['attack'].upper()}, ε {g['eps']:g}, repair lr {g['lr']:g}, baseline "
+                f"{g['baseline_epochs']} epochs",
                 "",
                 "| method | TPR % | RA % | RAA % |",
                 "|---|---|---|---|",

@@ -170,3 +170,25 @@ def test_rq2_replay_under_a_stricter_rule(rq):
     assert rq.replay(report, 5, 0.5) == pytest.approx({"CR": 15.0, "NI": 2, "NI_kept": 1, "MA": 89.8})
     with pytest.raises(rq.StatsInputError, match="looser"):
         rq.replay(report, 6, 1.0)
+
+
+def test_rq3_groups_by_setting_and_pairs_by_seed(rq, tmp_path):
+    def rq3_file(name: str, lr: float, ra: dict[int, tuple[float, float]]) -> Path:
+        rows = [
+            {"model": "mlp", "seed": seed, "attack": "fgsm", "method": m, "tpr": tpr, "ra": a, "raa": 10.0 + seed}
+            for seed, (full, sem) in ra.items()
+            for m, tpr, a in (("Fully Training", 1.0, full), ("NeuSemSlice", 0.4, sem))
+        ]
+        path = tmp_path / name
+        path.write_text(json.dumps({"args": {"eps": 0.1, "lr": lr, "train_epochs": 20.0}, "rows": rows}))
+        return path
+
+    slow = rq3_file("a.json", 1e-3, {0: (80.0, 77.0), 1: (82.0, 78.0)})  # RA differences −3 and −4
+    fast = rq3_file("b.json", 1e-2, {0: (90.0, 90.0), 1: (91.0, 90.0)})
+    groups = {g["lr"]: g for g in rq.rq3_stats([slow, fast])["groups"]}
+    assert set(groups) == {1e-3, 1e-2}
+    t = groups[1e-3]["tests"]["NeuSemSlice vs Fully Training"]["RA"]
+    p, d = two_seed_test((-3.0, -4.0))
+    assert (t["mean_diff"], t["p"], t["d"]) == pytest.approx((-3.5, p, d))
+    assert groups[1e-3]["summary"]["NeuSemSlice"]["TPR"]["mean"] == pytest.approx(40.0)
+    assert groups[1e-3]["tests"]["NeuSemSlice vs Fully Training"]["RAA"]["p"] is None  # equal RAA: no spread
