@@ -491,7 +491,12 @@ def main(argv: list[str] | None = None) -> int:
             result["rq3"] = rq3_stats(args.rq3)
         if args.rq4:
             result["rq4"] = rq4_stats(args.rq4)
-    except (StatsInputError, OSError, KeyError) as e:
+    except KeyError as e:
+        print(
+            f"paper_stats_rq: a result file lacks {e}: not the output of the script its option names", file=sys.stderr
+        )
+        return 2
+    except (StatsInputError, OSError) as e:
         print(f"paper_stats_rq: {e}", file=sys.stderr)
         return 2
     from edgeslice.artifacts.files import atomic_write_bytes, atomic_write_json
