@@ -11,6 +11,11 @@ repaired model), PGD-20 re-attack, clean accuracy before/after, wall time of the
 
     nice -n 10 python benchmarks/rq3_readapt.py --models mobilenetv3 mlp --seeds 0 \\
         --out benchmarks/results/rq3_readapt.json
+
+Baselines train ``--train-epochs`` (1 by default). ``--converge-epochs 5 10 20 40`` trains each seed's baseline up
+that ladder instead (one-cycle schedule per rung, each rung cached) and stops at the first rung whose test accuracy
+is not more than ``--plateau`` points above the best so far: the best rung is the converged baseline, and every
+rung's accuracy is recorded (``info.baseline``).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from edgeslice.maintain import (
 )
 from edgeslice.ondevice import channel_groups, make_plan
 from edgeslice.pipeline import SliceConfig, cached_baseline, make_prepare, slice_model
-from edgeslice.train import iterate_batches
+from edgeslice.train import evaluate, iterate_batches
 
 METHODS = ("Fully Training", "DeepArc", "Global Slicing", "Category-wise Slicing", "NeuSemSlice", "NeuSemSlice+DeepArc")
 # Paper Table 6, MLP-FMNIST (the setting closest to ours) and the paper's averages over its six settings.
@@ -108,16 +113,47 @@ def trainable_sets(model, meta, bundle, args, device) -> tuple[dict[str, Any], d
     return sets, info
 
 
+def converged_baseline(model_name: str, bundle, args, seed: int, device) -> tuple[Any, Any, Path, bool, dict]:
+    """The baseline trained up ``args.converge_epochs`` until test accuracy stops improving by > ``args.plateau``.
+
+    Returns:
+        (model, meta, checkpoint path, from cache, record); the record has the chosen epochs and every rung's
+        test accuracy (full test set).
+    """
+    curve: list[dict[str, Any]] = []
+    best: tuple[float, Any, Any, Path, bool, float] | None = None
+    for epochs in args.converge_epochs:
+        model, meta, path, cached = cached_baseline(
+            model_name, bundle, epochs=epochs, seed=seed, device=device, batch_size=128, lr=args.train_lr
+        )
+        acc = evaluate(model, bundle.test, prepare=make_prepare(meta), device=device, description=f"{epochs:g} ep")
+        curve.append({"epochs": epochs, "test_accuracy": acc, "cached": cached})
+        print(json.dumps({"model": meta.timm_name, "seed": seed, **curve[-1]}), flush=True)
+        improved = best is None or acc > best[0] + args.plateau
+        if best is None or acc > best[0]:
+            best = (acc, model, meta, path, cached, epochs)
+        if not improved:
+            break
+    acc, model, meta, path, cached, epochs = best
+    record = {"epochs": epochs, "test_accuracy": acc, "plateau": args.plateau, "curve": curve}
+    return model, meta, path, cached, record
+
+
 def run_model(model_name: str, args, device) -> list[dict[str, Any]]:
     bundle = load_data(args.data, seed=0)
     rows = []
     for seed in args.seeds:
         args.seed_now = seed
-        model, meta, path, cached = cached_baseline(
-            model_name, bundle, epochs=args.train_epochs, seed=seed, device=device, batch_size=128, lr=args.train_lr
-        )
+        if args.converge_epochs:
+            model, meta, path, cached, baseline = converged_baseline(model_name, bundle, args, seed, device)
+        else:
+            model, meta, path, cached = cached_baseline(
+                model_name, bundle, epochs=args.train_epochs, seed=seed, device=device, batch_size=128, lr=args.train_lr
+            )
+            baseline = {"epochs": args.train_epochs}
         prepare = make_prepare(meta)
         sets, info = trainable_sets(model, meta, bundle, args, device)
+        info["baseline"] = baseline
         example = prepare(next(iterate_batches(bundle.test, 2))[0]).to(device)
         print(
             json.dumps(
@@ -229,6 +265,22 @@ def markdown(rows: list[dict[str, Any]], args) -> str:
         f"CKA(input, output) ≥ {args.deeparc_threshold} are redundant (not trained).",
         "",
     ]
+    baselines = [(r["model"], r["seed"], r["info"]["baseline"]) for r in rows if "baseline" in r.get("info", {})]
+    if any("curve" in b for _, _, b in baselines):
+        lines += [
+            f"Baselines trained until test accuracy stopped improving by more than {args.plateau:g} points "
+            f"(ladder {' '.join(f'{e:g}' for e in args.converge_epochs)} epochs, batch 128, lr {args.train_lr:g}):",
+            "",
+            "| model | seed | epochs | test accuracy | curve (epochs: accuracy) |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {m} | {seed} | {b['epochs']:g} | {b['test_accuracy']:.2f}% | "
+            + ", ".join(f"{c['epochs']:g}: {c['test_accuracy']:.2f}" for c in b["curve"])
+            + " |"
+            for m, seed, b in baselines
+        ]
+        lines.append("")
     header = "| attack | method | " + " | ".join(
         f"{m} TPR | {m} RA | {m} RAA | {m} PGD-20 | {m} clean after | {m} s" for m in models
     )
@@ -290,6 +342,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--train-epochs", type=float, default=1.0, help="baseline training epochs (cached)")
     ap.add_argument("--train-lr", type=float, default=3e-3)
+    ap.add_argument(
+        "--converge-epochs",
+        type=float,
+        nargs="+",
+        default=None,
+        help="train baselines up this ladder of epochs until test accuracy stops improving (replaces --train-epochs)",
+    )
+    ap.add_argument("--plateau", type=float, default=0.1, help="points a rung must gain to count as improving")
     ap.add_argument("--metric", default="taylor")
     ap.add_argument("--similarity", default="cka")
     ap.add_argument("--theta", type=float, default=0.95)
