@@ -351,6 +351,50 @@ def rq4_stats(paths: list[Path]) -> dict[str, Any]:
 # ---------------------------------------------------------------- Markdown
 
 
+# ---------------------------------------------------------------- Torch-Pruning head-to-head
+
+
+def h2h_stats(paths: list[Path]) -> dict[str, Any]:
+    """``vs_torch_pruning.py`` runs, one seed each (its ``--seed``; read from the file's ``args``): per model, θ and
+    distillation setting, accuracy after the fine-tune of every method (mean ± std) and edgeslice vs each
+    Torch-Pruning pruner (and the dense control) paired by seed; the parameter gap to edgeslice's count, mean.
+
+    Raises:
+        StatsInputError: a seed twice, or fewer than 2 seeds for a comparison.
+    """
+    cells: dict[tuple[str, float, bool], dict[str, dict[int, float]]] = {}
+    gaps: dict[tuple[str, float, bool], dict[str, list[float]]] = {}
+    seen: set[int] = set()
+    for path in paths:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        seed = int(doc["args"]["seed"])
+        if seed in seen:
+            raise StatsInputError(f"{path}: seed {seed} is in more than one file")
+        seen.add(seed)
+        for row in doc["rows"]:
+            key = (row["model"], float(row["theta"]), bool(row["distill"]))
+            cells.setdefault(key, {}).setdefault(row["method"], {})[seed] = float(row["accuracy_after_ft"])
+            cells[key].setdefault("dense control", {})[seed] = float(row["dense_control_accuracy"])
+            gaps.setdefault(key, {}).setdefault(row["method"], []).append(
+                float(row.get("params_gap_vs_edgeslice") or 0)
+            )
+    groups = []
+    for (model, theta, distill), methods in sorted(cells.items()):
+        ours = methods["edgeslice"]
+        tests = {
+            f"edgeslice vs {m}": _compare(ours, v, f"{model} θ {theta:g}: edgeslice vs {m}")
+            for m, v in methods.items()
+            if m != "edgeslice"
+        }
+        groups.append({
+            "model": model, "theta": theta, "distill": distill,
+            "summary": {m: _summ(v) for m, v in methods.items()},
+            "params_gap_mean": {m: statistics.fmean(g) for m, g in gaps[(model, theta, distill)].items()},
+            "tests": tests,
+        })  # fmt: skip
+    return {"sources": [str(p) for p in paths], "groups": groups}
+
+
 def _pm(s: dict[str, Any]) -> str:
     return f"{s['mean']:.2f} ± {s['std']:.2f}"
 
@@ -458,6 +502,23 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append("|---" * (1 + len(tasks)) + "|")
             lines += [f"| {name} | " + " | ".join(_t(t[k]) for k in tasks) + " |" for name, t in g["tests"].items()]
             lines.append("")
+    if "h2h" in result:
+        lines += ["## Torch-Pruning head-to-head (accuracy % after the same fine-tune, equal parameter count)", ""]
+        for g in result["h2h"]["groups"]:
+            lines += [
+                f"### {g['model']}, θ {g['theta']:g}, distillation {'on' if g['distill'] else 'off'}",
+                "",
+                "| method | accuracy after fine-tune | mean parameter gap vs edgeslice |",
+                "|---|---|---|",
+            ]
+            gap = g["params_gap_mean"]
+            lines += [
+                f"| {m} | {_pm(s)} | {'' if m not in gap else format(gap[m], '+.3%')} |"
+                for m, s in g["summary"].items()
+            ]
+            lines += ["", "| comparison | Δ, p, d |", "|---|---|"]
+            lines += [f"| {name} | {_t(t)} |" for name, t in g["tests"].items()]
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -473,14 +534,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rq3", nargs="+", type=Path, default=[], help="rq3_readapt.py result files")
     ap.add_argument("--rq4", nargs="+", type=Path, default=[], help="rq4_incremental.py result files")
+    ap.add_argument("--h2h", nargs="+", type=Path, default=[], help="vs_torch_pruning.py result files, one seed each")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/paper_stats_rq.json"))
     args = ap.parse_args(argv)
-    parts = [f"--{k} " + " ".join(str(p) for p in getattr(args, k)) for k in ("rq2", "rq3", "rq4") if getattr(args, k)]
+    keys = ("rq2", "rq3", "rq4", "h2h")
+    parts = [f"--{k} " + " ".join(str(p) for p in getattr(args, k)) for k in keys if getattr(args, k)]
     parts += [f"--rq2-rule {cap} {drop}" for cap, drop in args.rq2_rule or []]
     result: dict[str, Any] = {"command": " ".join(["python benchmarks/paper_stats_rq.py", *parts, f"--out {args.out}"])}
     try:
         if not parts:
-            raise StatsInputError("nothing to compare: give --rq2, --rq3 or --rq4 result files")
+            raise StatsInputError("nothing to compare: give --rq2, --rq3, --rq4 or --h2h result files")
         if args.rq2:
             result["table5"] = table5_check()
             result["rq2"] = [
@@ -491,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
             result["rq3"] = rq3_stats(args.rq3)
         if args.rq4:
             result["rq4"] = rq4_stats(args.rq4)
+        if args.h2h:
+            result["h2h"] = h2h_stats(args.h2h)
     except KeyError as e:
         print(
             f"paper_stats_rq: a result file lacks {e}: not the output of the script its option names", file=sys.stderr

@@ -192,3 +192,27 @@ def test_rq3_groups_by_setting_and_pairs_by_seed(rq, tmp_path):
     assert (t["mean_diff"], t["p"], t["d"]) == pytest.approx((-3.5, p, d))
     assert groups[1e-3]["summary"]["NeuSemSlice"]["TPR"]["mean"] == pytest.approx(40.0)
     assert groups[1e-3]["tests"]["NeuSemSlice vs Fully Training"]["RAA"]["p"] is None  # equal RAA: no spread
+
+
+def _h2h_file(tmp_path: Path, seed: int, ours: float, lamp: float) -> Path:
+    common = {"model": "m", "theta": 0.95, "distill": False, "dense_control_accuracy": 80.0}
+    rows = [
+        {**common, "method": "edgeslice", "accuracy_after_ft": ours, "params_gap_vs_edgeslice": 0.0},
+        {**common, "method": "tp-lamp", "accuracy_after_ft": lamp, "params_gap_vs_edgeslice": 0.01},
+    ]
+    path = tmp_path / f"h2h{seed}.json"
+    path.write_text(json.dumps({"args": {"seed": str(seed)}, "rows": rows}))
+    return path
+
+
+def test_h2h_pairs_edgeslice_with_each_pruner_by_seed(rq, tmp_path):
+    files = [_h2h_file(tmp_path, 0, 78.0, 76.0), _h2h_file(tmp_path, 1, 77.0, 74.0)]
+    (group,) = rq.h2h_stats(files)["groups"]
+    test = group["tests"]["edgeslice vs tp-lamp"]
+    p, d = two_seed_test((2.0, 3.0))
+    assert test["mean_diff"] == pytest.approx(2.5) and test["p"] == pytest.approx(p, rel=1e-6)
+    assert test["d"] == pytest.approx(d, rel=1e-6)
+    assert group["summary"]["dense control"]["mean"] == 80.0 and group["params_gap_mean"]["tp-lamp"] == 0.01
+    with pytest.raises(rq.StatsInputError, match="seed 0 is in more than one file"):
+        (tmp_path / "again").mkdir()
+        rq.h2h_stats([files[0], _h2h_file(tmp_path / "again", 0, 1.0, 1.0)])
