@@ -275,7 +275,7 @@ def replay_buffer(config: IncrementConfig, meta: ModelMeta, new: NewClasses) -> 
     return sample_fraction(relabel(rb.train, old_map), config.replay_fraction, config.seed)
 
 
-def evaluate(model: nn.Module, meta: ModelMeta, new: NewClasses, device: torch.device) -> dict[str, Any]:
+def class_accuracies(model: nn.Module, meta: ModelMeta, new: NewClasses, device: torch.device) -> dict[str, Any]:
     """New-class accuracy, and old-class accuracy when the new data's test split also has old classes."""
     prepare, old = make_prepare(meta), new.old
     seen = old + len(new.names)
@@ -380,7 +380,7 @@ def run(config: IncrementConfig, device: torch.device) -> IncrementReport:
             "checkpoint": str(located.checkpoint),
             "index": str(located.index),
             "new_data": new.bundle.describe(),
-            "evaluation": evaluate(result.model, meta, new, device),
+            "evaluation": class_accuracies(result.model, meta, new, device),
             "bytes_kept": {
                 "index": index_bytes,
                 "replay_buffer": 0 if replay is None else stored_bytes(replay),
