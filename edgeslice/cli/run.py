@@ -106,12 +106,8 @@ def _print_recipes(json_out: bool) -> None:
 
 
 def _print_report(report: RunReport) -> None:
-    from edgeslice.pipeline.report import report_from_json
-    from edgeslice.pipeline.results import CompressReport
-
     from .compress import print_report
 
     out = Path(report.out)
-    compressed = report_from_json(CompressReport, {**report.compress, "out": report.out})
-    print_report(compressed, out, title_prefix=f"recipe {Path(report.recipe).stem}: ")
+    print_report(report.compress, out, title_prefix=f"recipe {Path(report.recipe).stem}: ")
     console.print(f"recipe.effective.toml written; check the folder with: edgeslice verify {out}")

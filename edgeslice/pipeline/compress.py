@@ -297,7 +297,7 @@ def build_candidate(
             bundled = bundle_stage(cfg, staging, loaded, model, device)
         timer.finish()
         report = build_report(effective, device, timer, search, loaded, sliced, model, rs, tuned, exported, bundled)
-        atomic_write_json(staging / "report.json", report_document(report))
+        atomic_write_json(staging / "report.json", report_json(report))  # out is still None: not in the file
         write_manifest(staging, effective.to_dict(), cfg.seed)
     return report
 
@@ -356,13 +356,6 @@ def build_report(
         "bundle": bundled,
     }
     return CompressReport(**fields)
-
-
-def report_document(report: CompressReport) -> dict[str, Any]:
-    """``report.json``'s object: the report without ``out`` (where the folder was put is not part of it)."""
-    document = report_json(report)
-    document.pop("out")
-    return document
 
 
 def finetune_options(cfg: CompressConfig, dense: nn.Module) -> TrainOptions:

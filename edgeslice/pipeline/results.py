@@ -20,6 +20,7 @@ from ..index import CriticalIndex
 from ..models import ModelMeta
 from ..restructure import RestructureReport
 from ..slicing import SemanticSlicer, SliceResult
+from .report import optional
 
 
 class Timer:
@@ -138,4 +139,4 @@ class CompressReport:
     groups: list[dict[str, Any]]
     timings_s: dict[str, float]
     bundle: dict[str, Any]
-    out: str | None = None  # set by :func:`.compress.run`; not part of report.json
+    out: str | None = optional()  # set by :func:`.compress.run`; absent from report.json

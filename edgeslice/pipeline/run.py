@@ -6,7 +6,7 @@ it or nothing.
 
 config = RunConfig(recipe="mobilenetv3-fashion-mnist", overrides=("slicing.theta=0.9",), out=Path("out/run"))
 report = run(config, torch.device("cpu"))
-print(report.compress["compression_rate"], report.recipe)
+print(report.compress.compression_rate, report.recipe)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from ..artifacts.staging import claim_output, staging_dir
 from .config import CompressConfig
 from .report import INLINE
+from .results import CompressReport
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class RunConfig:
 class RunReport:
     """What ``edgeslice run`` wrote and measured: compress's report (its keys at the top level), ``out``, ``recipe``."""
 
-    compress: dict[str, Any] = field(metadata=INLINE)
+    compress: CompressReport = field(metadata=INLINE)
     out: str
     recipe: str
 
@@ -107,7 +108,7 @@ def run_recipe(
     name: str,
     overrides: list[str],
     emit_c_header: bool = False,
-) -> dict[str, Any]:
+) -> CompressReport:
     """``compress`` into a staging folder, add ``recipe.effective.toml`` (and the C header), rewrite the manifest.
 
     Everything lands in ``out`` only when all of it succeeded.
@@ -121,15 +122,15 @@ def run_recipe(
         emit_c_header: also write ``critical_index.h``.
 
     Returns:
-        The compress report's document (``report.json``).
+        The compress report.
     """
     from ..artifacts.files import atomic_write_bytes
     from ..artifacts.manifest import read_manifest, write_manifest
-    from .compress import compress, report_document
+    from .compress import compress
     from .recipes import EFFECTIVE_NAME, config_from_dict, config_to_toml
 
     with staging_dir(out) as staging:
-        report = report_document(compress(cfg, staging, device))
+        report = compress(cfg, staging, device)
         # What compress ran, as its manifest says: with a device, θ and the precision chosen by the budget search.
         effective = read_manifest(staging)["config"]
         effective = config_from_dict(effective).to_dict()  # fields in declaration order, as in a hand-written recipe

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeslice.pipeline.report import HIDDEN, optional, report_from_json, report_json
+from edgeslice.pipeline.report import HIDDEN, INLINE, optional, report_from_json, report_json
 from edgeslice.pipeline.train import TrainReport
 
 
@@ -74,3 +74,22 @@ def test_an_optional_field_is_left_out_while_none_and_comes_back_as_none():
     assert report_from_json(_Sometimes, {"always": 2, "sometimes": "y"}) == _Sometimes(2, "y")
     with pytest.raises(ValueError, match=r"missing fields \['always'\]"):
         report_from_json(_Sometimes, {"sometimes": "y"})
+
+
+@dataclass(frozen=True)
+class _Inner2:
+    a: int
+    out: str | None = optional()
+
+
+@dataclass(frozen=True)
+class _Outer2:
+    inner: _Inner2 = field(metadata=INLINE)
+    out: str = ""
+
+
+def test_an_inline_report_prints_at_the_top_level_and_comes_back_typed():
+    report = _Outer2(_Inner2(1), out="folder")
+    doc = report_json(report)
+    assert doc == {"a": 1, "out": "folder"}  # the inner report's unset optional out gives way to the outer one
+    assert report_from_json(_Outer2, doc) == report
