@@ -244,7 +244,7 @@ def config_from(cls: type[C], options: dict[str, Any], **given: Any) -> C:
     """The frozen config ``cls`` built from a command's parsed options (``locals()`` of the command).
 
     Every field of ``cls`` that an option of the same name sets takes its value (an ``Enum`` option its ``.value``, a
-    ``Path`` option a string where the field is not a ``Path``); ``given`` sets fields whose values need more than that
+    ``Path`` option a string where the field is a ``str``); ``given`` sets fields whose values need more than that
     (nested configs, parsed lists). Fields no option names keep their defaults.
     """
     hints = typing.get_type_hints(cls)
@@ -256,7 +256,7 @@ def config_from(cls: type[C], options: dict[str, Any], **given: Any) -> C:
             value = options[f.name]
             if isinstance(value, Enum):
                 value = value.value
-            elif isinstance(value, Path) and hints[f.name] is not Path:
+            elif isinstance(value, Path) and str in (hints[f.name], *typing.get_args(hints[f.name])):
                 value = str(value)
             values[f.name] = value
     return cls(**values)
