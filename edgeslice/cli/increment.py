@@ -160,9 +160,7 @@ def increment_command(
 
 def _show(report: IncrementReport) -> None:
     """The accuracy table of an increment and one line on how it was learned and what the device keeps."""
-    from edgeslice.models import read_meta
-
-    timm_name = read_meta(Path(report.out) / "model.json").timm_name
+    timm_name = report.model
     rows = [
         [k, f"{v['class_il']:.2f}%", f"{v['task_il']:.2f}%"]
         for k, v in report.evaluation.items()

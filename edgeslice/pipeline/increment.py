@@ -12,7 +12,7 @@ print(report.evaluation, report.onnx_parity_max_abs)
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from ..ondevice import IncrementConfig as LearnSettings
 from ..routed import RoutedHead
 from ..train import iterate_batches
 from .baseline import load_checkpoint_data
-from .report import optional, report_json
+from .report import HIDDEN, optional, report_json
 
 
 @dataclass(frozen=True)
@@ -112,11 +112,12 @@ class IncrementReport:
     onnx_parity_max_abs: float
     index_bytes_after: int
     bundle: dict[str, Any] | None
-    out: str
+    out: str | None = optional()  # set once report.json is written: not part of it
     head: str | None = optional()
     router_seconds: float | None = optional()
     class_stats: dict[str, Any] | None = optional()
     tasks: list[list[int]] | None = optional()
+    model: str = field(default="", metadata=HIDDEN)  # the timm name, for the human table
 
 
 @dataclass(frozen=True)
@@ -306,25 +307,25 @@ def label_onnx(path: Path, classes: list[str], head: str, tasks: list[list[int]]
     onnx.save(proto, str(path))
 
 
-def export_checked_onnx(stage: Path, result: IncrementResult, head: str, x_check: torch.Tensor) -> float:
-    """Export ``stage``/model.onnx, labelled with the classes, and check it against the model with onnxruntime;
+def export_checked_onnx(staging: Path, result: IncrementResult, head: str, x_check: torch.Tensor) -> float:
+    """Export ``staging``/model.onnx, labelled with the classes, and check it against the model with onnxruntime;
     returns the largest output difference."""
-    export_onnx(result.model, x_check, stage / "model.onnx")
-    label_onnx(stage / "model.onnx", result.meta.classes, head, result.report.get("tasks"))
+    export_onnx(result.model, x_check, staging / "model.onnx")
+    label_onnx(staging / "model.onnx", result.meta.classes, head, result.report.get("tasks"))
     # The routed head outputs log-probabilities: unlikely classes get large negative values, in which the
     # features' float32 rounding (onnxruntime folds BatchNorm) is amplified by the router; 1e-3 of the largest.
     atol = 1e-3 if head == "routed" else 1e-4
-    return check_parity(result.model, stage / "model.onnx", x_check, atol=atol)
+    return check_parity(result.model, staging / "model.onnx", x_check, atol=atol)
 
 
 def keep_bundle(
-    stage: Path, result: IncrementResult, old_stats: Any, new: NewClasses, seed: int, device: torch.device
+    staging: Path, result: IncrementResult, old_stats: Any, new: NewClasses, seed: int, device: torch.device
 ) -> dict[str, Any] | None:
     """Keep a device bundle a bundle: statistics restricted to the classifier inputs that stayed frozen, plus the
     new classes'; None (a plain output folder) when the input was no bundle or no input stayed frozen."""
     model, stats_block = result.model, result.index.class_stats
     dims = None if stats_block is None else stats_block.dims
-    meta = read_meta(stage / "model.json")
+    meta = read_meta(staging / "model.json")
     stats = grown_statistics(old_stats, model, dims, new.train, new.names, make_prepare(meta), first_label=new.old,
                              seed=seed, device=device)  # fmt: skip
     model.cpu()
@@ -332,12 +333,12 @@ def keep_bundle(
         return None
     head = result.report.get("head") or "trained"
     history = [{"op": "increment", "path": "host", "classes": list(new.names)}]
-    write_bundle(stage, model, meta, stats, history=history, head=head)
+    write_bundle(staging, model, meta, stats, history=history, head=head)
     return {"head": head, "stats_features": int(stats.means.shape[1]), "classes": len(meta.classes)}
 
 
 def write_increment(
-    stage: Path,
+    staging: Path,
     result: IncrementResult,
     located: Located,
     new: NewClasses,
@@ -347,12 +348,12 @@ def write_increment(
     """Write the grown checkpoint, its index, the parity-checked ONNX model and (from a bundle) the bundle files."""
     model = result.model.cpu()
     x_check = make_prepare(result.meta)(next(iterate_batches(new.test if len(new.test) else new.train, 64))[0])
-    saved = save_checkpoint(model, result.meta, stage / "model.safetensors")
+    saved = save_checkpoint(model, result.meta, staging / "model.safetensors")
     result.index.model_fingerprint = saved.fingerprint
-    result.index.save(stage / "critical_index")
-    parity = export_checked_onnx(stage, result, settings.head, x_check)
-    index_bytes = (stage / "critical_index").stat().st_size
-    bundle = keep_bundle(stage, result, located.old_stats, new, settings.seed, device)
+    result.index.save(staging / "critical_index")
+    parity = export_checked_onnx(staging, result, settings.head, x_check)
+    index_bytes = (staging / "critical_index").stat().st_size
+    bundle = keep_bundle(staging, result, located.old_stats, new, settings.seed, device)
     return Written(onnx_parity_max_abs=parity, index_bytes_after=index_bytes, bundle=bundle)
 
 
@@ -387,11 +388,11 @@ def run(config: IncrementConfig, device: torch.device) -> IncrementReport:
                 "replay_fraction": None if replay is None else config.replay_fraction,
             },
         }
-        with staging_dir(config.out, config=settings.to_dict(), seed=config.seed) as stage:
-            written = write_increment(stage, result, located, new, settings, device)
-            report = IncrementReport(**learned, **asdict(written), out=str(config.out))
-            atomic_write_json(stage / "report.json", {k: v for k, v in report_json(report).items() if k != "out"})
-    return report
+        with staging_dir(config.out, config=settings.to_dict(), seed=config.seed) as staging:
+            written = write_increment(staging, result, located, new, settings, device)
+            report = IncrementReport(**learned, **asdict(written), model=meta.timm_name)
+            atomic_write_json(staging / "report.json", report_json(report))  # out is still None: not in the file
+    return replace(report, out=str(config.out))
 
 
 __all__ = ["IncrementConfig", "IncrementReport", "run"]

@@ -160,12 +160,12 @@ def critical_channels_plan(loaded: Loaded, train_classifier: bool) -> TrainPlan:
 def write_repaired(out: Path, loaded: Loaded, settings: RepairSettings, measured: dict[str, Any], seed: int) -> None:
     """Write the repaired checkpoint, report.json and manifest.json into ``out`` (all or nothing)."""
     meta = loaded.meta
-    with staging_dir(out, config=settings.to_dict(), seed=seed) as stage:
+    with staging_dir(out, config=settings.to_dict(), seed=seed) as staging:
         info = {**meta.info, "readapt": {"source_fingerprint": meta.fingerprint, "attack": settings.attack.describe()}}
         info["test_accuracy"] = measured["clean_after"]
         repaired = replace(meta, info=info, shapes={}, fingerprint="")
-        save_checkpoint(loaded.net.cpu(), repaired, stage / "model.safetensors")
-        atomic_write_json(stage / "report.json", measured)
+        save_checkpoint(loaded.net.cpu(), repaired, staging / "model.safetensors")
+        atomic_write_json(staging / "report.json", measured)
 
 
 def run(config: ReadaptConfig, device: torch.device) -> ReadaptReport:
